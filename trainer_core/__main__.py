@@ -1,0 +1,3 @@
+from trainer_core.cli import main
+
+raise SystemExit(main())
