@@ -9,3 +9,15 @@ from trainer_core import native_blas
 native_blas.preload()
 
 __version__ = "0.1.0"
+
+
+def versions() -> dict:
+    """Versions of the libraries that shape results (recorded in checkpoints)."""
+    from importlib.metadata import PackageNotFoundError, version
+    found = {"fine-tune-studio": __version__}
+    for name in ("mlx", "mlx-lm", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "unknown"
+    return found

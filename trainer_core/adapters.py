@@ -1,0 +1,71 @@
+"""Decide what trains: full weights, or LoRA / DoRA adapters on chosen modules.
+
+The adapter layers are mlx-lm's own (`linear_to_lora_layers`), so a checkpoint's
+`adapters.safetensors` + `adapter_config.json` load with
+`mlx_lm.load(model, adapter_path=...)`. A quantized base gives QLoRA: the
+quantized linear stays frozen under the adapter.
+"""
+
+from __future__ import annotations
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from trainer_core.errors import UserError
+
+LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
+
+
+def block_linear_names(model) -> list[str]:
+    """Names (relative to a transformer block) of the linear layers in block 0."""
+    return [name for name, module in model.layers[0].named_modules() if isinstance(module, LINEAR_TYPES)]
+
+
+def is_quantized(model) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+
+
+def lora_parameters(config, model) -> dict:
+    """mlx-lm's `lora_parameters` dict for this config (keys checked against the model)."""
+    available = block_linear_names(model)
+    targets = list(config.lora.targets) or available
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise UserError(
+            f"lora.targets: {', '.join(unknown)} is not a linear layer of this model's blocks. "
+            f"Choose from: {', '.join(available)}.", field="lora.targets")
+    return {"rank": config.lora.rank, "scale": config.lora.alpha / config.lora.rank,
+            "dropout": config.lora.dropout, "keys": targets}
+
+
+def num_adapted_layers(config, model) -> int:
+    total = len(model.layers)
+    n = config.lora.num_layers
+    if n > total:
+        raise UserError(f"lora.num_layers is {n} but the model has {total} blocks; use -1 for all.", field="lora.num_layers")
+    return total if n == -1 else n
+
+
+def prepare_for_training(model, config) -> dict:
+    """Freeze/unfreeze `model` for `config`'s fine-tune type; return the adapter_config dict.
+
+    full: every float parameter trains (a quantized base is refused: load it dequantized).
+    lora/dora: the base is frozen and adapters are added to the last `num_layers` blocks.
+    """
+    kind = config.resolved_fine_tune_type
+    if kind == "full":
+        if is_quantized(model):
+            raise UserError("Full fine-tuning needs float weights but this model is quantized; "
+                            "use LoRA (QLoRA) or load a float model.", field="fine_tune_type")
+        model.unfreeze()
+        return {"fine_tune_type": "full", "num_layers": len(model.layers)}
+    params = lora_parameters(config, model)
+    num_layers = num_adapted_layers(config, model)
+    model.freeze()
+    linear_to_lora_layers(model, num_layers, params, use_dora=(kind == "dora"))
+    return {"fine_tune_type": kind, "num_layers": num_layers, "lora_parameters": params}
+
+
+def trainable_count(model) -> int:
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))

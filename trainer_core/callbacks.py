@@ -1,0 +1,154 @@
+"""Callbacks: how the core reports, with plain-dict payloads.
+
+A callback implements any of the hooks below; the loop calls them in order on
+the training thread. `should_stop()` is polled at every step boundary.
+Payload keys are the metric names of metrics.jsonl (DESIGN.md), so the CLI,
+the GUI bridge and the plots share one vocabulary. The core never prints:
+the metrics file, the log file and the CLI progress bar are all callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class Callback:
+    """No-op base; override what you need."""
+
+    def on_train_begin(self, info: dict) -> None: ...
+    def on_train_end(self, info: dict) -> None: ...
+    def on_epoch_begin(self, info: dict) -> None: ...
+    def on_epoch_end(self, info: dict) -> None: ...
+    def on_step_begin(self, info: dict) -> None: ...
+    def on_step_end(self, metrics: dict) -> None: ...
+    def on_evaluate(self, metrics: dict) -> None: ...
+    def on_save(self, info: dict) -> None: ...
+    def on_event(self, info: dict) -> None: ...
+    def on_log(self, message: str) -> None: ...
+    def should_stop(self) -> bool:
+        return False
+
+
+HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
+         "on_step_end", "on_evaluate", "on_save", "on_event", "on_log")
+
+
+class CallbackList(Callback):
+    """Fans every hook out to several callbacks; stops when any asks to."""
+
+    def __init__(self, callbacks=()):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def should_stop(self) -> bool:
+        return any(c.should_stop() for c in self.callbacks)
+
+
+def _fan_out(name):
+    def hook(self, payload):
+        for callback in self.callbacks:
+            getattr(callback, name)(payload)
+    hook.__name__ = name
+    return hook
+
+
+for _name in HOOKS:
+    setattr(CallbackList, _name, _fan_out(_name))
+
+
+def _clean(value):
+    """JSON-safe: NaN/Inf become null so every line parses everywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter(Callback):
+    """Appends one JSON object per train step / eval / checkpoint / event to metrics.jsonl.
+
+    Each record is written with a single write + flush, so a crash can only
+    tear the last line, which `read_metrics` skips.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = None
+
+    def _write(self, kind: str, payload: dict) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")
+        record = {"type": kind, "step": int(payload.get("step", 0)), "time": time.time()}
+        record.update({k: _clean(v) for k, v in payload.items() if k not in ("step",)})
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def on_step_end(self, metrics):
+        self._write("train", metrics)
+
+    def on_evaluate(self, metrics):
+        self._write("eval", metrics)
+
+    def on_save(self, info):
+        self._write("checkpoint", info)
+
+    def on_event(self, info):
+        self._write("event", info)
+
+    def on_train_end(self, info):
+        self._write("event", {"event": "train_end", **info})
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All complete records of a metrics.jsonl; a torn or corrupt line is skipped."""
+    records = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "type" in record:
+                    records.append(record)
+    except FileNotFoundError:
+        pass
+    return records
+
+
+class LogWriter(Callback):
+    """Human log (log.txt): messages plus one line per eval and checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {message}\n")
+
+    def on_evaluate(self, metrics):
+        self.on_log(f"eval step {metrics['step']}: loss {metrics.get('loss', float('nan')):.4f}")
+
+    def on_save(self, info):
+        self.on_log(f"checkpoint step {info['step']} -> {info['path']}")
+
+    def on_event(self, info):
+        self.on_log(f"event: {info}")
+
+
+class StopFlag(Callback):
+    """A stop request another thread can set; honoured at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def should_stop(self) -> bool:
+        return self.requested

@@ -1,0 +1,139 @@
+"""CheckpointManager: atomic checkpoints, latest/best/list, retention.
+
+Layout of one checkpoint (DESIGN.md):
+    step-000500/
+      adapters.safetensors   trainable weights (LoRA/DoRA adapters, or the full model)
+      adapter_config.json    mlx-lm compatible
+      optimizer.safetensors  AdamW moments and update count
+      trainer_state.json     step, epoch, data position, RNG, metrics, config hash, versions
+
+Atomicity: everything is written into a hidden `.tmp-*` folder beside the
+final one, each file fsynced, then the folder is renamed into place and the
+parent fsynced. `list()` only considers `step-NNNNNN` folders, so a crash at
+any instant leaves either the old set or the new complete checkpoint, never a
+half one that `latest()` would pick. Leftover temp folders are removed on start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+from trainer_core.errors import UserError
+
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "trainer_state.json"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
+                         optimizer: dict | None, state: dict) -> Path:
+    """Write a complete checkpoint folder at `target` atomically (replacing one there)."""
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        tmp.mkdir()
+        mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx"})
+        if optimizer is not None:
+            mx.save_safetensors(str(tmp / OPTIMIZER), optimizer)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+        (tmp / STATE).write_text(json.dumps(state, indent=2))
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        if target.exists():
+            old = parent / f".old-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+        _fsync_path(parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"Could not write checkpoint {target}: {e.strerror or e}. "
+                        "Free disk space or choose a writable output folder, then resume the run; "
+                        "earlier checkpoints are intact.") from None
+    return target
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((Path(checkpoint) / STATE).read_text())
+
+
+class CheckpointManager:
+    """Checkpoints of one run under `<run>/checkpoints`."""
+
+    def __init__(self, directory: Path, keep_last: int = 0, best_metric: str = "eval_loss"):
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.best_metric = best_metric
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.directory.glob(".old-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"step-{step:06d}"
+
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest step first."""
+        found = []
+        for p in self.directory.iterdir() if self.directory.exists() else ():
+            m = STEP_DIR.match(p.name)
+            if m and (p / STATE).is_file() and (p / WEIGHTS).is_file():
+                found.append((int(m.group(1)), p))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        checkpoints = self.list()
+        return checkpoints[-1] if checkpoints else None
+
+    def best(self, metric: str | None = None) -> Path | None:
+        """Checkpoint with the lowest `metric` (default eval_loss) in its trainer_state."""
+        metric = metric or self.best_metric
+        scored = []
+        for p in self.list():
+            value = read_state(p).get("metrics", {}).get(metric)
+            if isinstance(value, (int, float)):
+                scored.append((value, p))
+        return min(scored, key=lambda t: t[0])[1] if scored else None
+
+    def save(self, step: int, **parts) -> Path:
+        """Write checkpoint `step` (see write_checkpoint_dir), then apply retention."""
+        path = write_checkpoint_dir(self.path_for(step), **parts)
+        self.prune()
+        return path
+
+    def prune(self) -> list[Path]:
+        """Delete the oldest checkpoints beyond keep_last, never the best or the latest."""
+        if not self.keep_last:
+            return []
+        checkpoints = self.list()
+        keep = set(checkpoints[-self.keep_last:])
+        best = self.best()
+        if best is not None:
+            keep.add(best)
+        removed = [p for p in checkpoints if p not in keep]
+        for p in removed:
+            shutil.rmtree(p, ignore_errors=True)
+        return removed

@@ -1,0 +1,288 @@
+"""TrainingLoop: the one loop every method runs through.
+
+Per optimizer step: take `gradient_accumulation_steps` micro-batches from the
+deterministic batch order (batching.py), run the compiled step (step.py) at the
+schedule's learning rate (schedules.py), report a `train` record to the
+callbacks, evaluate every `eval_every` steps, checkpoint every `save_every`
+steps, and honour a stop request at the step boundary (saving first).
+
+Everything a resumed run needs is in the checkpoint: weights, optimizer
+moments, step, epoch, position in the epoch's batch order and the RNG key;
+the schedule is a pure function of the step. So 10 steps + resume to 20 equals
+20 uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from trainer_core import batching
+from trainer_core.callbacks import Callback, CallbackList
+from trainer_core.checkpoint import CheckpointManager, read_state, write_checkpoint_dir
+from trainer_core.errors import UserError
+from trainer_core.optim import AdamW
+from trainer_core.schedules import schedule_for
+from trainer_core.step import CompiledSteps
+
+
+@dataclass
+class TrainResult:
+    status: str  # finished | stopped
+    step: int
+    total_steps: int
+    last_train_loss: float | None
+    last_eval_loss: float | None
+    best_eval_loss: float | None
+    final_dir: str | None
+
+
+def config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TrainingLoop:
+    def __init__(self, *, config, model, method, train_examples, valid_examples, adapter_config: dict,
+                 checkpoints: CheckpointManager | None = None, final_dir=None,
+                 callbacks: list[Callback] | tuple = (), world_size: int = 1, rank: int = 0):
+        self.config, self.model, self.method = config, model, method
+        self.train_examples, self.valid_examples = train_examples, valid_examples
+        self.adapter_config = adapter_config
+        self.checkpoints, self.final_dir = checkpoints, final_dir
+        self.callbacks = CallbackList(callbacks)
+        self.world_size, self.rank = world_size, rank
+        self.stop_requested = False
+        self.lengths = [method.length(e) for e in train_examples]
+        self.accumulation = config.gradient_accumulation_steps
+        self.micro_per_epoch = len(self._epoch_order(0))
+        if self.micro_per_epoch < self.accumulation:
+            raise UserError(f"The training split has {len(train_examples)} usable examples: fewer than one optimizer step "
+                            f"(batch_size {config.batch_size} x gradient_accumulation_steps {self.accumulation}"
+                            f"{f' x {world_size} processes' if world_size > 1 else ''}). Add data or lower those values.",
+                            field="batch_size")
+        self.steps_per_epoch = self.micro_per_epoch // self.accumulation
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.learning_rate = schedule_for(config, self.total_steps)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.bad_steps = 0
+        self.metrics = {"train_loss": None, "eval_loss": None, "best_eval_loss": None}
+        self._order_cache = (None, None)
+        model.train()
+        params = dict(tree_flatten(model.trainable_parameters()))
+        self.optimizer = AdamW(params, beta1=config.adam_beta1, beta2=config.adam_beta2, eps=config.adam_eps,
+                               weight_decay=config.weight_decay, param_groups=config.param_groups)
+        self.steps = CompiledSteps(model, method, self.optimizer, config.max_grad_norm, world_size)
+
+    # ---- data order ------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_order_cache", (None,))[0] == epoch:
+            return self._order_cache[1]
+        order = batching.epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch,
+                                       world_size=self.world_size, rank=self.rank)
+        self._order_cache = (epoch, order)
+        return order
+
+    def _next_micro_batch(self):
+        order = self._epoch_order(self.epoch)
+        if self.batch_in_epoch >= len(order):
+            self.callbacks.on_epoch_end({"step": self.step, "epoch": self.epoch})
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.callbacks.on_epoch_begin({"step": self.step, "epoch": self.epoch})
+            order = self._epoch_order(self.epoch)
+        indices = order[self.batch_in_epoch]
+        self.batch_in_epoch += 1
+        return [self.train_examples[i] for i in indices], indices
+
+    @property
+    def epoch_progress(self) -> float:
+        return self.epoch + self.batch_in_epoch / max(1, self.micro_per_epoch)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Change the run length (resume --max-steps); the schedule follows the new total."""
+        self.total_steps = total_steps
+        self.learning_rate = schedule_for(self.config, total_steps)
+
+    # ---- control -----------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop (and checkpoint) at the next step boundary. Thread-safe."""
+        self.stop_requested = True
+
+    def train(self) -> TrainResult:
+        cfg = self.config
+        start_step = self.step
+        self.callbacks.on_train_begin({"step": self.step, "total_steps": self.total_steps,
+                                       "steps_per_epoch": self.steps_per_epoch, "epoch": self.epoch,
+                                       "train_examples": len(self.train_examples),
+                                       "valid_examples": len(self.valid_examples)})
+        if start_step == 0:
+            self.callbacks.on_epoch_begin({"step": 0, "epoch": 0})
+        saved_at = evaluated_at = None
+        status = "finished"
+        while self.step < self.total_steps:
+            if self.stop_requested or self.callbacks.should_stop():
+                status = "stopped"
+                break
+            self._train_step()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.valid_examples:
+                self.evaluate()
+                evaluated_at = self.step
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save_checkpoint()
+                saved_at = self.step
+        if status == "finished" and self.valid_examples and evaluated_at != self.step:
+            self.evaluate()
+        if self.step > start_step and saved_at != self.step:
+            self.save_checkpoint()
+        final = None
+        if status == "finished":
+            self.callbacks.on_epoch_end({"step": self.step, "epoch": self.epoch})
+            final = self.write_final()
+        result = TrainResult(status, self.step, self.total_steps, self.metrics["train_loss"],
+                             self.metrics["eval_loss"], self.metrics["best_eval_loss"], final)
+        self.callbacks.on_train_end({"step": self.step, "status": status, "total_steps": self.total_steps,
+                                     "final_dir": final})
+        return result
+
+    def _train_step(self) -> None:
+        cfg = self.config
+        self.callbacks.on_step_begin({"step": self.step})
+        started = time.perf_counter()
+        micro = [self._next_micro_batch() for _ in range(self.accumulation)]
+        batches = [self.method.collate(examples) for examples, _ in micro]
+        counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
+        learning_rate = self.learning_rate(self.step)
+        loss_sum, weight, metric_sums, norm, ok = self.steps.train_step(batches, learning_rate)
+        elapsed = time.perf_counter() - started
+        self.step += 1
+        weight_value = weight.item()
+        loss = loss_sum.item() / weight_value if weight_value else float("nan")
+        grad_norm = norm.item()
+        if not ok.item():
+            self.bad_steps += 1
+            self.callbacks.on_event({"step": self.step, "event": "bad_step", "loss": loss, "grad_norm": grad_norm,
+                                     "batch_indices": [i for _, idx in micro for i in idx]})
+            if self.bad_steps >= cfg.max_bad_steps:
+                raise UserError(f"Training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN/Inf "
+                                "loss or gradient (updates were skipped, no NaN was saved). Lower learning_rate, "
+                                "enable max_grad_norm, or check the data.")
+        else:
+            self.bad_steps = 0
+            self.metrics["train_loss"] = loss
+        input_tokens = sum(c["input_tokens"] for c in counts) * self.world_size
+        record = {
+            "step": self.step, "epoch": round(self.epoch_progress, 4), "loss": loss,
+            "learning_rate": learning_rate, "grad_norm": grad_norm,
+            "tokens": int(weight_value) if self.method.name != "dpo" else input_tokens,
+            "input_tokens": input_tokens,
+            "padded_tokens": sum(c["padded_tokens"] for c in counts) * self.world_size,
+            "tokens_per_sec": input_tokens / elapsed if elapsed > 0 else 0.0,
+            "step_time": elapsed,
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        }
+        record.update({k: v.item() / weight_value for k, v in metric_sums.items()} if weight_value else {})
+        if self.step % cfg.report_every == 0 or self.step == self.total_steps:
+            self.callbacks.on_step_end(record)
+
+    def evaluate(self) -> dict:
+        """Loss (and method metrics) over the valid split; reports an `eval` record."""
+        self.model.eval()
+        examples = sorted(range(len(self.valid_examples)), key=lambda i: self.method.length(self.valid_examples[i]))
+        size = self.config.batch_size
+        chunks = [examples[i:i + size] for i in range(0, len(examples), size)]
+        if self.config.eval_batches:
+            chunks = chunks[:self.config.eval_batches]
+        total_loss = total_weight = 0.0
+        sums: dict[str, float] = {}
+        for chunk in chunks:
+            loss_sum, weight, metrics = self.steps.evaluate(self.method.collate([self.valid_examples[i] for i in chunk]))
+            mx.eval(loss_sum, weight, metrics)
+            total_loss += loss_sum.item()
+            total_weight += weight.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+        self.model.train()
+        if self.world_size > 1:
+            totals = mx.distributed.all_sum(mx.array([total_loss, total_weight] + [sums[k] for k in sorted(sums)]))
+            total_loss, total_weight, *rest = totals.tolist()
+            sums = dict(zip(sorted(sums), rest))
+        loss = total_loss / total_weight if total_weight else float("nan")
+        record = {"step": self.step, "loss": loss, "tokens": int(total_weight)}
+        record.update({k: v / total_weight for k, v in sums.items()} if total_weight else {})
+        self.metrics["eval_loss"] = loss
+        best = self.metrics["best_eval_loss"]
+        if math.isfinite(loss) and (best is None or loss < best):
+            self.metrics["best_eval_loss"] = loss
+        self.callbacks.on_evaluate(record)
+        return record
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def _weights(self) -> dict:
+        params = self.model.trainable_parameters() if self.adapter_config["fine_tune_type"] != "full" \
+            else self.model.parameters()
+        return dict(tree_flatten(params))
+
+    def _optimizer_arrays(self) -> dict:
+        state = self.steps.optimizer_state
+        return {"t": state["t"], **{f"m.{k}": v for k, v in state["m"].items()},
+                **{f"v.{k}": v for k, v in state["v"].items()}}
+
+    def _trainer_state(self) -> dict:
+        from trainer_core import versions
+        return {
+            "step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch, "epoch_progress": self.epoch_progress,
+            "rng_state": mx.random.state[0].tolist(), "bad_steps": self.bad_steps,
+            "metrics": {k: v for k, v in self.metrics.items() if v is not None},
+            "method": self.config.method, "world_size": self.world_size,
+            "config_hash": config_hash(self.config), "versions": versions(), "time": time.time(),
+        }
+
+    def _parts(self) -> dict:
+        return {"weights": self._weights(), "adapter_config": self.adapter_config,
+                "optimizer": self._optimizer_arrays(), "state": self._trainer_state()}
+
+    def save_checkpoint(self):
+        """Write checkpoint step-NNNNNN (rank 0 only) and report it."""
+        if self.checkpoints is None or self.rank != 0:
+            return None
+        path = self.checkpoints.save(self.step, **self._parts())
+        self.callbacks.on_save({"step": self.step, "path": str(path), "train_loss": self.metrics["train_loss"],
+                                "eval_loss": self.metrics["eval_loss"]})
+        return path
+
+    def write_final(self):
+        if self.final_dir is None or self.rank != 0:
+            return None
+        return str(write_checkpoint_dir(self.final_dir, **self._parts()))
+
+    def restore(self, checkpoint) -> None:
+        """Load weights, optimizer moments, data position and RNG from a checkpoint folder."""
+        state = read_state(checkpoint)
+        if state.get("world_size", 1) != self.world_size:
+            raise UserError(f"{checkpoint} was written by a run with {state.get('world_size', 1)} processes; "
+                            f"resume it with the same number (now {self.world_size}).")
+        weights = mx.load(str(checkpoint / "adapters.safetensors"))
+        self.model.load_weights(list(weights.items()), strict=False)
+        arrays = mx.load(str(checkpoint / "optimizer.safetensors"))
+        self.steps.optimizer_state = {
+            "t": arrays["t"],
+            "m": {k: arrays[f"m.{k}"] for k in self.optimizer.state["m"]},
+            "v": {k: arrays[f"v.{k}"] for k in self.optimizer.state["v"]},
+        }
+        mx.random.state[0] = mx.array(state["rng_state"], dtype=mx.uint32)
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.bad_steps = state.get("bad_steps", 0)
+        self.metrics.update(state.get("metrics", {}))
+        mx.eval(self.model.parameters(), self.steps.optimizer_state)
+
+
+

@@ -1,0 +1,41 @@
+"""The Method interface the TrainingLoop drives.
+
+A method turns data splits into examples, examples into a padded batch, and a
+batch into a loss. `loss` returns `(loss_sum, weight, metric_sums)`: the
+training objective is `loss_sum / weight` (weight = target tokens for token
+losses, pairs for DPO), and each metric is a sum that the loop divides by the
+total weight of the step. Summing before dividing is what makes gradient
+accumulation over micro-batches equal one big batch exactly.
+"""
+
+from __future__ import annotations
+
+
+class Method:
+    name = "base"
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, config, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+
+    def prepare(self, splits) -> tuple[list, list, dict]:
+        """(train examples, valid examples, data stats dict) from DatasetSplits."""
+        raise NotImplementedError
+
+    def length(self, example) -> int:
+        """Tokens in an example, for length bucketing."""
+        raise NotImplementedError
+
+    def collate(self, examples) -> dict:
+        """A batch dict of mx.arrays for `loss`."""
+        raise NotImplementedError
+
+    def loss(self, model, batch):
+        """(loss_sum, weight, {metric: sum}) as mx scalars; traced by mx.compile."""
+        raise NotImplementedError
+
+    def batch_tokens(self, examples, batch) -> dict:
+        """Host-side counts for throughput: real (unpadded) and padded input tokens."""
+        ids = batch["input_ids"]
+        return {"input_tokens": sum(self.length(e) for e in examples), "padded_tokens": int(ids.size)}

@@ -1,0 +1,77 @@
+"""AdamW with decoupled weight decay and per-parameter learning-rate groups.
+
+Our own (not `mlx.optimizers.AdamW`) because we need two things it lacks:
+weight decay that skips norms and biases (parameters with fewer than two
+dimensions), and a learning-rate multiplier per parameter-name pattern
+(param groups). Its whole state is `self.state` (flat dicts of arrays), which
+the compiled step lists as input/output and the checkpoint saves verbatim.
+
+Update for parameter p with gradient g at update number t (1-based), rate lr:
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+    p = p (1 - lr * wd) - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+(as torch.optim.AdamW), with lr multiplied by the parameter's group multiplier.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import mlx.core as mx
+
+
+def group_multipliers(names, param_groups) -> dict[str, float]:
+    """Learning-rate multiplier per parameter name; the last matching group wins."""
+    multipliers = {name: 1.0 for name in names}
+    for group in param_groups:
+        for name in names:
+            if fnmatch.fnmatchcase(name, group.pattern) or fnmatch.fnmatchcase(name, f"*{group.pattern}"):
+                multipliers[name] = float(group.lr_multiplier)
+    return multipliers
+
+
+class AdamW:
+    def __init__(self, params: dict[str, mx.array], *, beta1=0.9, beta2=0.999, eps=1e-8,
+                 weight_decay=0.0, param_groups=()):
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.multipliers = group_multipliers(list(params), param_groups)
+        self.decays = {name: p.ndim >= 2 for name, p in params.items()}
+        self.state = self.initial_state(params)
+
+    @staticmethod
+    def initial_state(params: dict[str, mx.array]) -> dict:
+        return {
+            "t": mx.array(0, dtype=mx.int32),  # updates applied so far
+            "m": {name: mx.zeros(p.shape, dtype=mx.float32) for name, p in params.items()},
+            "v": {name: mx.zeros(p.shape, dtype=mx.float32) for name, p in params.items()},
+        }
+
+    def step(self, params: dict[str, mx.array], grads: dict[str, mx.array], state: dict,
+             learning_rate: mx.array) -> tuple[dict, dict]:
+        """Pure update: (new parameters, new state). Does not touch `self.state`."""
+        b1, b2 = self.beta1, self.beta2
+        t = state["t"] + 1
+        tf = t.astype(mx.float32)
+        correction1 = 1 - mx.power(b1, tf)
+        correction2 = 1 - mx.power(b2, tf)
+        new_params, new_m, new_v = {}, {}, {}
+        for name, p in params.items():
+            g = grads[name].astype(mx.float32)
+            m = b1 * state["m"][name] + (1 - b1) * g
+            v = b2 * state["v"][name] + (1 - b2) * mx.square(g)
+            new_m[name], new_v[name] = m, v
+            lr = learning_rate * self.multipliers[name]
+            p32 = p.astype(mx.float32)
+            if self.weight_decay and self.decays[name]:
+                p32 = p32 * (1 - lr * self.weight_decay)
+            p32 = p32 - lr * (m / correction1) / (mx.sqrt(v / correction2) + self.eps)
+            new_params[name] = p32.astype(p.dtype)
+        return new_params, {"t": t, "m": new_m, "v": new_v}
+
+
+def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float):
+    """(clipped grads, norm before clipping); max_norm 0 disables clipping."""
+    norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+    if not max_norm:
+        return grads, norm
+    scale = mx.minimum(1.0, max_norm / (norm + 1e-6))
+    return {k: (g * scale).astype(g.dtype) for k, g in grads.items()}, norm

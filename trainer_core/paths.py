@@ -1,0 +1,32 @@
+"""Where things live on disk (platformdirs), overridable for tests.
+
+Set FINETUNE_STUDIO_HOME to put runs, settings and logs under one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "Fine-Tune Studio"
+
+
+def data_root() -> Path:
+    override = os.environ.get("FINETUNE_STUDIO_HOME")
+    return Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_runs_root() -> Path:
+    return data_root() / "runs"
+
+
+def log_dir() -> Path:
+    override = os.environ.get("FINETUNE_STUDIO_HOME")
+    return Path(override) / "logs" if override else Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+
+
+def settings_dir() -> Path:
+    override = os.environ.get("FINETUNE_STUDIO_HOME")
+    return Path(override) / "settings" if override else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))

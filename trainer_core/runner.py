@@ -1,0 +1,138 @@
+"""Build and run a training run from a RunConfig: the library call the CLI and GUI share.
+
+    result = train(config, callbacks=[...])          # new run
+    result = resume(run_dir, max_steps=None)         # continue exactly where it stopped
+
+Order matters for "nothing half-written": the config is validated, the data
+read and checked, the model loaded and the examples tokenised *before* the run
+folder is created, so bad input never leaves a folder that looks like a run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from trainer_core.adapters import prepare_for_training, trainable_count
+from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
+from trainer_core.checkpoint import CheckpointManager
+from trainer_core.config import RunConfig
+from trainer_core.data import load_dataset
+from trainer_core.errors import UserError
+from trainer_core.loop import TrainingLoop, TrainResult
+from trainer_core.methods import make_method
+from trainer_core.models import load_model
+from trainer_core.paths import default_runs_root
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass
+class Run:
+    """Everything built for one run, ready for `loop.train()`."""
+    config: RunConfig
+    run_dir: Path
+    loop: TrainingLoop
+    model_name: str
+    data_stats: dict
+
+
+def runs_root(config: RunConfig) -> Path:
+    return Path(config.output_dir).expanduser() if config.output_dir else default_runs_root()
+
+
+def default_run_name(config: RunConfig, model_name: str) -> str:
+    short = re.sub(r"[^A-Za-z0-9]+", "-", model_name.split("(")[0]).strip("-").lower()[:32] or "model"
+    return f"{config.method}-{short}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _split_validation(splits, config: RunConfig):
+    """Hold out val_fraction of train as valid when there is no valid split (seeded)."""
+    if splits.valid or not config.val_fraction:
+        return splits
+    import numpy as np
+    order = np.random.default_rng(config.seed).permutation(len(splits.train))
+    n_valid = max(1, int(len(order) * config.val_fraction))
+    valid_idx = set(order[:n_valid].tolist())
+    splits.valid = [r for i, r in enumerate(splits.train) if i in valid_idx]
+    splits.train = [r for i, r in enumerate(splits.train) if i not in valid_idx]
+    return splits
+
+
+def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, world_size: int = 1,
+              rank: int = 0) -> Run:
+    """Validate, load data and model, prepare adapters, create the run folder, build the loop."""
+    config.validate()
+    log = CallbackList(callbacks)
+    splits = _split_validation(load_dataset(config.data, config.data_kind or None), config)
+    log.on_log(f"Data {config.data}: {splits.kind}, {len(splits.train)} train / {len(splits.valid)} valid records")
+    loaded = load_model(config.model, dequantize=config.resolved_fine_tune_type == "full")
+    log.on_log(f"Model {loaded.info.name}: {loaded.info.architecture}, {loaded.info.num_parameters / 1e6:.0f}M "
+               f"parameters, {loaded.info.quantization}")
+    mx.random.seed(config.seed)
+    adapter_config = prepare_for_training(loaded.model, config)
+    adapter_config["base_model"] = str(loaded.info.path)
+    method = make_method(config, loaded.tokenizer)
+    train_examples, valid_examples, stats = method.prepare(splits)
+    log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "
+               f"{len(train_examples)} train / {len(valid_examples)} valid examples")
+    if run_dir is None:
+        run_dir = runs_root(config) / (config.run_name or default_run_name(config, loaded.info.name))
+        if (run_dir / CONFIG_FILE).exists():
+            raise UserError(f"Run folder {run_dir} already holds a run. Choose another --run-name, or continue it "
+                            f"with `finetune resume {run_dir}`.", field="run_name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            config.save(run_dir / CONFIG_FILE)
+    except OSError as e:
+        raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
+                        field="output_dir") from None
+    own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if rank == 0 else []
+    loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
+                        valid_examples=valid_examples, adapter_config=adapter_config,
+                        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
+                        final_dir=run_dir / "final", callbacks=own + list(callbacks),
+                        world_size=world_size, rank=rank)
+    return Run(config, run_dir, loop, loaded.info.name, stats)
+
+
+def train(config: RunConfig, callbacks: list[Callback] | tuple = (), **world) -> TrainResult:
+    """Run a new training run to the end (or until a callback asks to stop)."""
+    run = build_run(config, callbacks, **world)
+    return run.loop.train()
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE}). Pass the folder a run was written to.")
+    return RunConfig.load(run_dir / CONFIG_FILE)
+
+
+def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), checkpoint: Path | None = None,
+                   **world) -> Run:
+    """Rebuild a run from its folder and restore its latest (or the given) checkpoint."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    if max_steps is not None:
+        config.max_steps = max_steps
+    run = build_run(config, callbacks, run_dir=run_dir, **world)
+    checkpoint = checkpoint or run.loop.checkpoints.latest()
+    if checkpoint is None:
+        raise UserError(f"{run_dir} has no complete checkpoint to resume from; start it again with `finetune train`.")
+    run.loop.restore(Path(checkpoint))
+    if max_steps is None:
+        from trainer_core.checkpoint import read_state
+        run.loop.set_total_steps(read_state(checkpoint)["total_steps"])
+    run.loop.callbacks.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}")
+    return run
+
+
+def resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), **kwargs) -> TrainResult:
+    """Continue a stopped run exactly where its latest checkpoint left off."""
+    return prepare_resume(run_dir, max_steps=max_steps, callbacks=callbacks, **kwargs).loop.train()

@@ -1,0 +1,107 @@
+"""The compiled training and evaluation steps.
+
+One `mx.compile`d function per optimizer step when there is no accumulation
+(forward, backward, clipping, AdamW update, NaN guard: no host sync inside),
+or a compiled micro-step (forward + backward) plus a compiled update when
+gradients are accumulated over k micro-batches. Model, optimizer and RNG state
+are listed once as the compiled functions' inputs and outputs (mlx-lm's habit).
+
+Gradients are of the *summed* loss; the update divides by the total weight
+(tokens or pairs) of the whole step, so k micro-batches equal one k-times
+bigger batch. A step whose loss or gradient norm is not finite leaves weights
+and optimizer moments untouched (`ok` is False) — the loop counts those.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from trainer_core.optim import AdamW, clip_by_global_norm
+
+
+class CompiledSteps:
+    def __init__(self, model, method, optimizer: AdamW, max_grad_norm: float, world_size: int = 1):
+        self.model = model
+        self.method = method
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.world_size = world_size
+        self.holder = {"optimizer": optimizer.state}
+        state = [model.state, self.holder, mx.random.state]
+
+        def loss_fn(model, batch):
+            return method.loss(model, batch)
+
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+        def apply_update(grads, loss_sum, weight, learning_rate):
+            if world_size > 1:  # data parallel: sum over ranks, then divide by the global weight
+                grads = tree_map(mx.distributed.all_sum, grads)
+                loss_sum = mx.distributed.all_sum(loss_sum)
+                weight = mx.distributed.all_sum(weight)
+            params = dict(tree_flatten(model.trainable_parameters()))
+            flat = {k: g / weight for k, g in tree_flatten(grads)}
+            flat, norm = clip_by_global_norm(flat, max_grad_norm)
+            old_state = self.holder["optimizer"]
+            new_params, new_state = optimizer.step(params, flat, old_state, learning_rate)
+            ok = mx.isfinite(loss_sum) & mx.isfinite(norm)
+            new_params = {k: mx.where(ok, v, params[k]) for k, v in new_params.items()}
+            self.holder["optimizer"] = tree_map(lambda new, old: mx.where(ok, new, old), new_state, old_state)
+            model.update(tree_unflatten(list(new_params.items())))
+            return loss_sum, weight, norm, ok
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def fused(batch, learning_rate):
+            (loss_sum, weight, metrics), grads = loss_and_grad(model, batch)
+            loss_sum, weight, norm, ok = apply_update(grads, loss_sum, weight, learning_rate)
+            return loss_sum, weight, metrics, norm, ok
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def micro(batch):
+            (loss_sum, weight, metrics), grads = loss_and_grad(model, batch)
+            return loss_sum, weight, metrics, grads
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def update(grads, loss_sum, weight, learning_rate):
+            return apply_update(grads, loss_sum, weight, learning_rate)
+
+        @partial(mx.compile, inputs=[model.state])
+        def evaluate(batch):
+            return method.loss(model, batch)
+
+        self._fused, self._micro, self._update, self.evaluate = fused, micro, update, evaluate
+
+    @property
+    def optimizer_state(self) -> dict:
+        return self.holder["optimizer"]
+
+    @optimizer_state.setter
+    def optimizer_state(self, state: dict) -> None:
+        self.holder["optimizer"] = state
+
+    def train_step(self, batches, learning_rate: float):
+        """Run one optimizer step over the micro-batches; returns evaluated
+        (loss_sum, weight, metric sums, grad_norm, ok) as mx arrays."""
+        lr = mx.array(learning_rate, dtype=mx.float32)
+        if len(batches) == 1:
+            out = self._fused(batches[0], lr)
+            mx.eval(out, self.model.state, self.holder)
+            return out
+        grads = loss_sum = weight = metrics = None
+        for batch in batches:
+            ls, w, m, g = self._micro(batch)
+            if grads is None:
+                grads, loss_sum, weight, metrics = g, ls, w, m
+            else:
+                grads = tree_map(mx.add, grads, g)
+                loss_sum, weight = loss_sum + ls, weight + w
+                metrics = {k: metrics[k] + m[k] for k in metrics}
+            mx.eval(grads, loss_sum, weight, metrics)  # bound memory to one micro-batch of activations
+        loss_sum, weight, norm, ok = self._update(grads, loss_sum, weight, lr)
+        out = (loss_sum, weight, metrics, norm, ok)
+        mx.eval(out, self.model.state, self.holder)
+        return out
