@@ -181,7 +181,7 @@ class TrainingLoop:
         record = {
             "step": self.step, "epoch": round(self.epoch_progress, 4), "loss": loss,
             "learning_rate": learning_rate, "grad_norm": grad_norm,
-            "tokens": int(weight_value) if self.method.name != "dpo" else input_tokens,
+            "tokens": sum(c["trained_tokens"] for c in counts) * self.world_size,
             "input_tokens": input_tokens,
             "padded_tokens": sum(c["padded_tokens"] for c in counts) * self.world_size,
             "tokens_per_sec": input_tokens / elapsed if elapsed > 0 else 0.0,

@@ -5,12 +5,28 @@
 
 from __future__ import annotations
 
+import importlib
+
+from trainer_core.errors import UserError
 from trainer_core.methods.base import Method
+
+# method name -> (module, class); modules are imported only when used
+REGISTRY = {
+    "sft": ("trainer_core.methods.sft", "SFTMethod"),
+    "lora": ("trainer_core.methods.sft", "SFTMethod"),
+    "dpo": ("trainer_core.methods.dpo", "DPOMethod"),
+    "grpo": ("trainer_core.methods.grpo", "GRPOMethod"),
+    "diffusion": ("trainer_core.methods.diffusion", "DiffusionMethod"),
+}
 
 
 def make_method(config, tokenizer) -> Method:
-    if config.method in ("sft", "lora"):
-        from trainer_core.methods.sft import SFTMethod
-        return SFTMethod(config, tokenizer)
-    from trainer_core.errors import UserError
-    raise UserError(f"method {config.method!r} is not available in this build yet; use sft or lora.", field="method")
+    module_name, class_name = REGISTRY[config.method]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise UserError(f"method {config.method!r} is not available in this build yet; use sft or lora.",
+                        field="method") from None
+    return getattr(module, class_name)(config, tokenizer)

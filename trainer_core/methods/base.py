@@ -36,6 +36,7 @@ class Method:
         raise NotImplementedError
 
     def batch_tokens(self, examples, batch) -> dict:
-        """Host-side counts for throughput: real (unpadded) and padded input tokens."""
+        """Host-side counts: real (unpadded) input tokens, padded tokens, trained tokens."""
         ids = batch["input_ids"]
-        return {"input_tokens": sum(self.length(e) for e in examples), "padded_tokens": int(ids.size)}
+        return {"input_tokens": sum(self.length(e) for e in examples), "padded_tokens": int(ids.size),
+                "trained_tokens": sum(sum(e.target_mask) for e in examples)}

@@ -1,0 +1,134 @@
+"""`finetune` / `python -m trainer_core`: the headless program (names fixed in DESIGN.md).
+
+    finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
+    finetune resume RUN_DIR [--max-steps N]
+    finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
+
+A user mistake prints one paragraph naming the file/line/field and exits 2,
+without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
+after saving a checkpoint; a second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trainer_core  # noqa: F401  (OpenBLAS before MLX)
+from trainer_core.config import SCHEDULES, METHODS, RunConfig
+from trainer_core.errors import UserError
+
+# flag -> RunConfig field, for the top-level flags of `finetune train`
+TRAIN_FLAGS = {
+    "--method": ("method", str), "--model": ("model", str), "--data": ("data", str),
+    "--output-dir": ("output_dir", str), "--run-name": ("run_name", str), "--max-steps": ("max_steps", int),
+    "--epochs": ("epochs", int), "--batch-size": ("batch_size", int),
+    "--gradient-accumulation-steps": ("gradient_accumulation_steps", int),
+    "--learning-rate": ("learning_rate", float), "--lr-schedule": ("lr_schedule", str),
+    "--warmup-steps": ("warmup_steps", int), "--max-grad-norm": ("max_grad_norm", float),
+    "--weight-decay": ("weight_decay", float), "--max-seq-length": ("max_seq_length", int),
+    "--seed": ("seed", int), "--save-every": ("save_every", int), "--eval-every": ("eval_every", int),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description="Fine-Tune Studio's headless trainer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="start a new training run")
+    train.add_argument("config", nargs="?", help="a config.toml to start from (flags override it)")
+    for flag, (name, kind) in TRAIN_FLAGS.items():
+        choices = METHODS if name == "method" else SCHEDULES if name == "lr_schedule" else None
+        train.add_argument(flag, dest=name, type=kind, choices=choices, default=None)
+    train.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="any other config field, e.g. --set lora.rank=16")
+
+    resume = sub.add_parser("resume", help="continue a stopped run exactly where it left off")
+    resume.add_argument("run_dir")
+    resume.add_argument("--max-steps", type=int, default=None, help="extend or shorten the run")
+
+    generate = sub.add_parser("generate", help="generate text with a model and optional checkpoint")
+    generate.add_argument("--model", default=None, help="model folder, .gguf or 'demo' (default: the checkpoint's base)")
+    generate.add_argument("--adapter", default=None, help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--system", default=None, help="system prompt")
+    generate.add_argument("--max-tokens", type=int, default=256)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    return parser
+
+
+def config_from_args(args) -> RunConfig:
+    config = RunConfig.load(args.config) if args.config else RunConfig()
+    flags = {name: getattr(args, name) for _, (name, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
+    data = config.to_dict()
+    data.update(flags)
+    config = RunConfig.from_dict(data, source="command line")
+    if args.assignments:
+        config = config.with_overrides(args.assignments)
+    return config.validate()
+
+
+def install_stop_handlers(stop) -> None:
+    """First Ctrl-C / SIGTERM: stop at the next step (checkpoint first); second Ctrl-C: abort."""
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request()
+        print("\nStopping after this step (saving a checkpoint)… press Ctrl-C again to abort.", file=sys.stderr)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_training(args) -> int:
+    from trainer_core import runner
+    from trainer_core.callbacks import StopFlag
+    from trainer_core.progress import TerminalProgress
+
+    stop = StopFlag()
+    install_stop_handlers(stop)
+    callbacks = [TerminalProgress(), stop]
+    if args.command == "train":
+        result = runner.train(config_from_args(args), callbacks)
+        run_dir_hint = ""
+    else:
+        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks)
+        run_dir_hint = args.run_dir
+    if result.status == "stopped":
+        where = run_dir_hint or "the run folder"
+        print(f"Stopped at step {result.step}/{result.total_steps}; continue with `finetune resume {where}`.",
+              file=sys.stderr)
+    return 0
+
+
+def run_generate(args) -> int:
+    from trainer_core.generate import GenerationSettings, load_for_inference, stream
+
+    loaded = load_for_inference(args.model, args.adapter)
+    settings = GenerationSettings(args.max_tokens, args.temperature, args.top_p, args.top_k)
+    for piece in stream(loaded, args.prompt, settings, system=args.system):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("train", "resume"):
+            return run_training(args)
+        return run_generate(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Aborted. The last complete checkpoint is intact; continue with `finetune resume RUN_DIR`.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Text generation shared by `finetune generate`, the GUI chat and sample prompts.
+
+Stands on mlx-lm's `stream_generate` (KV cache, sampling); we add loading a
+base model together with one of our checkpoints and applying the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from mlx_lm.generate import stream_generate
+from mlx_lm.sample_utils import make_sampler
+from mlx_lm.tuner.utils import load_adapters
+
+from trainer_core.errors import UserError
+from trainer_core.models import LoadedModel, load_model
+
+
+@dataclass
+class GenerationSettings:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+def read_adapter_config(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / "adapter_config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{checkpoint} is not a checkpoint folder (no adapter_config.json). "
+                        "Pass a checkpoints/step-NNNNNN or final/ folder of a run.") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the checkpoint is damaged — pick another one.") from None
+
+
+def load_for_inference(model_spec: str | None, checkpoint: str | Path | None = None) -> LoadedModel:
+    """Load a base model, and apply a checkpoint's adapters or full weights when given.
+
+    With a checkpoint and no model, the base model recorded in the checkpoint is used.
+    """
+    adapter_config = read_adapter_config(Path(checkpoint)) if checkpoint else None
+    spec = model_spec or (adapter_config or {}).get("base_model")
+    if not spec:
+        raise UserError("No model given: pass --model PATH (a folder, a .gguf file or 'demo').")
+    full = bool(adapter_config and adapter_config.get("fine_tune_type") == "full")
+    loaded = load_model(spec, dequantize=full)
+    if checkpoint:
+        try:
+            load_adapters(loaded.model, str(checkpoint))
+        except ValueError as e:
+            raise UserError(f"The checkpoint {checkpoint} does not fit the model {spec}: {e}") from None
+    loaded.model.eval()
+    return loaded
+
+
+def build_prompt(tokenizer, messages_or_text, system: str | None = None) -> list[int]:
+    """Token ids for a chat turn (chat template + generation prompt) or plain text."""
+    if isinstance(messages_or_text, str):
+        messages = [{"role": "user", "content": messages_or_text}]
+    else:
+        messages = list(messages_or_text)
+    if system:
+        messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    text = "\n".join(m["content"] for m in messages)
+    return list(tokenizer.encode(text))
+
+
+def stream(loaded: LoadedModel, prompt, settings: GenerationSettings = GenerationSettings(),
+           system: str | None = None) -> Iterator[str]:
+    """Yield text pieces of the answer as they are generated."""
+    ids = build_prompt(loaded.tokenizer, prompt, system)
+    sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    for response in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=settings.max_tokens,
+                                    sampler=sampler):
+        if response.text:
+            yield response.text
+
+
+def generate(loaded: LoadedModel, prompt, settings: GenerationSettings = GenerationSettings(),
+             system: str | None = None) -> str:
+    return "".join(stream(loaded, prompt, settings, system))
