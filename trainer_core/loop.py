@@ -50,7 +50,7 @@ def config_hash(config) -> str:
 class TrainingLoop:
     def __init__(self, *, config, model, method, train_examples, valid_examples, adapter_config: dict,
                  checkpoints: CheckpointManager | None = None, final_dir=None,
-                 callbacks: list[Callback] | tuple = (), world_size: int = 1, rank: int = 0):
+                 callbacks: list[Callback] | tuple = (), world_size: int = 1, rank: int = 0, run_dir=None):
         self.config, self.model, self.method = config, model, method
         self.train_examples, self.valid_examples = train_examples, valid_examples
         self.adapter_config = adapter_config
@@ -58,6 +58,7 @@ class TrainingLoop:
         self.callbacks = CallbackList(callbacks)
         self.world_size, self.rank = world_size, rank
         self.stop_requested = False
+        method.bind(model, run_dir)
         self.lengths = [method.length(e) for e in train_examples]
         self.accumulation = config.gradient_accumulation_steps
         self.micro_per_epoch = len(self._epoch_order(0))

@@ -97,7 +97,7 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
                         valid_examples=valid_examples, adapter_config=adapter_config,
                         checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
                         final_dir=run_dir / "final", callbacks=own + list(callbacks),
-                        world_size=world_size, rank=rank)
+                        world_size=world_size, rank=rank, run_dir=run_dir)
     return Run(config, run_dir, loop, loaded.info.name, stats)
 
 

@@ -19,6 +19,15 @@ class Method:
         self.config = config
         self.tokenizer = tokenizer
 
+    def bind(self, model, run_dir=None) -> None:
+        """Called once by the loop: the model being trained and the run folder (may be None).
+
+        Methods that need the model outside the compiled loss (reference log-probs,
+        rollouts) keep it here and use it in `collate`, which runs eagerly.
+        """
+        self.model = model
+        self.run_dir = run_dir
+
     def prepare(self, splits) -> tuple[list, list, dict]:
         """(train examples, valid examples, data stats dict) from DatasetSplits."""
         raise NotImplementedError
