@@ -27,6 +27,9 @@ FINE_TUNE_TYPES = ("lora", "dora", "full")
 DEFAULT_FINE_TUNE_TYPE = {"sft": "full", "lora": "lora", "dpo": "lora", "grpo": "lora", "diffusion": "full"}
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 DATA_KINDS = ("", "text", "completions", "chat", "preference", "prompt_answer")
+# Fields a resumed run may change: they do not alter the maths of the steps already taken.
+RESUMABLE_CHANGES = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "keep_last", "report_every",
+                     "max_bad_steps", "early_stopping_patience", "output_dir", "run_name")
 
 
 @dataclass
@@ -112,6 +115,7 @@ class RunConfig:
     keep_last: int = 3  # checkpoints kept (plus the best); 0 = keep all
     report_every: int = 1  # write a train record every N steps
     max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
+    early_stopping_patience: int = 0  # stop after N evaluations without a better eval loss; 0 = off
     param_groups: list[ParamGroup] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -162,6 +166,7 @@ class RunConfig:
         for name in ("save_every", "eval_every", "eval_batches", "keep_last"):
             need(getattr(self, name) >= 0, name, f"{name} must be 0 or more.")
         need(self.report_every >= 1, "report_every", "report_every must be at least 1.")
+        need(self.early_stopping_patience >= 0, "early_stopping_patience", "early_stopping_patience must be 0 (off) or more.")
         need(self.max_bad_steps >= 1, "max_bad_steps", "max_bad_steps must be at least 1.")
         need(0 <= self.val_fraction < 1, "val_fraction", "val_fraction must be in [0, 1).")
         for i, group in enumerate(self.param_groups):

@@ -7,8 +7,8 @@ callbacks, evaluate every `eval_every` steps, checkpoint every `save_every`
 steps, and honour a stop request at the step boundary (saving first).
 
 Everything a resumed run needs is in the checkpoint: weights, optimizer
-moments, step, epoch, position in the epoch's batch order and the RNG key;
-the schedule is a pure function of the step. So 10 steps + resume to 20 equals
+moments, step, epoch and position in the epoch's batch order; the RNG and the
+schedule are pure functions of (seed, step). So 10 steps + resume to 20 equals
 20 uninterrupted steps.
 """
 
@@ -43,6 +43,13 @@ class TrainResult:
     final_dir: str | None
 
 
+def step_seed(seed: int, step: int) -> int:
+    """RNG seed for optimizer step `step`: the random state (dropout, masking, sampling)
+    is a pure function of (seed, step), so a resumed run draws the same numbers without
+    saving the RNG (MLX's key cannot be restored in place)."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
 def config_hash(config) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -50,7 +57,8 @@ def config_hash(config) -> str:
 class TrainingLoop:
     def __init__(self, *, config, model, method, train_examples, valid_examples, adapter_config: dict,
                  checkpoints: CheckpointManager | None = None, final_dir=None,
-                 callbacks: list[Callback] | tuple = (), world_size: int = 1, rank: int = 0, run_dir=None):
+                 callbacks: list[Callback] | tuple = (), world_size: int = 1, rank: int = 0, run_dir=None,
+                 fingerprint: dict | None = None):
         self.config, self.model, self.method = config, model, method
         self.train_examples, self.valid_examples = train_examples, valid_examples
         self.adapter_config = adapter_config
@@ -58,6 +66,7 @@ class TrainingLoop:
         self.callbacks = CallbackList(callbacks)
         self.world_size, self.rank = world_size, rank
         self.stop_requested = False
+        self.fingerprint = fingerprint or {}  # model + data identity, checked on resume
         method.bind(model, run_dir)
         self.lengths = [method.length(e) for e in train_examples]
         self.accumulation = config.gradient_accumulation_steps
@@ -74,6 +83,7 @@ class TrainingLoop:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.bad_steps = 0
+        self.evals_without_improvement = 0
         self.metrics = {"train_loss": None, "eval_loss": None, "best_eval_loss": None}
         self._order_cache = (None, None)
         model.train()
@@ -132,6 +142,12 @@ class TrainingLoop:
             if self.stop_requested or self.callbacks.should_stop():
                 status = "stopped"
                 break
+            patience = cfg.early_stopping_patience
+            if patience and self.evals_without_improvement >= patience:
+                self.callbacks.on_event({"step": self.step, "event": "early_stop",
+                                         "best_eval_loss": self.metrics["best_eval_loss"]})
+                self.callbacks.on_log(f"Early stopping at step {self.step}: no better eval loss in {patience} evaluations")
+                break
             self._train_step()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.valid_examples:
                 self.evaluate()
@@ -161,6 +177,7 @@ class TrainingLoop:
         batches = [self.method.collate(examples) for examples, _ in micro]
         counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
         learning_rate = self.learning_rate(self.step)
+        mx.random.seed(step_seed(self.config.seed, self.step))
         loss_sum, weight, metric_sums, norm, ok = self.steps.train_step(batches, learning_rate)
         elapsed = time.perf_counter() - started
         self.step += 1
@@ -217,11 +234,16 @@ class TrainingLoop:
             sums = dict(zip(sorted(sums), rest))
         loss = total_loss / total_weight if total_weight else float("nan")
         record = {"step": self.step, "loss": loss, "tokens": int(total_weight)}
+        if self.method.token_loss and math.isfinite(loss):
+            record["perplexity"] = math.exp(min(loss, 50.0))
         record.update({k: v / total_weight for k, v in sums.items()} if total_weight else {})
         self.metrics["eval_loss"] = loss
         best = self.metrics["best_eval_loss"]
         if math.isfinite(loss) and (best is None or loss < best):
             self.metrics["best_eval_loss"] = loss
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
         self.callbacks.on_evaluate(record)
         return record
 
@@ -241,7 +263,9 @@ class TrainingLoop:
         return {
             "step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch, "epoch_progress": self.epoch_progress,
-            "rng_state": mx.random.state[0].tolist(), "bad_steps": self.bad_steps,
+            "rng": "re-seeded at every step from (seed, step)", "bad_steps": self.bad_steps,
+            "evals_without_improvement": self.evals_without_improvement,
+            "config": self.config.to_dict(), "fingerprint": self.fingerprint,
             "metrics": {k: v for k, v in self.metrics.items() if v is not None},
             "method": self.config.method, "world_size": self.world_size,
             "config_hash": config_hash(self.config), "versions": versions(), "time": time.time(),
@@ -266,7 +290,7 @@ class TrainingLoop:
         return str(write_checkpoint_dir(self.final_dir, **self._parts()))
 
     def restore(self, checkpoint) -> None:
-        """Load weights, optimizer moments, data position and RNG from a checkpoint folder."""
+        """Load weights, optimizer moments and data position from a checkpoint folder."""
         state = read_state(checkpoint)
         if state.get("world_size", 1) != self.world_size:
             raise UserError(f"{checkpoint} was written by a run with {state.get('world_size', 1)} processes; "
@@ -279,9 +303,9 @@ class TrainingLoop:
             "m": {k: arrays[f"m.{k}"] for k in self.optimizer.state["m"]},
             "v": {k: arrays[f"v.{k}"] for k in self.optimizer.state["v"]},
         }
-        mx.random.state[0] = mx.array(state["rng_state"], dtype=mx.uint32)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.bad_steps = state.get("bad_steps", 0)
+        self.evals_without_improvement = state.get("evals_without_improvement", 0)
         self.metrics.update(state.get("metrics", {}))
         mx.eval(self.model.parameters(), self.steps.optimizer_state)
 

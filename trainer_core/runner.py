@@ -19,7 +19,7 @@ import mlx.core as mx
 
 from trainer_core.adapters import prepare_for_training, trainable_count
 from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
-from trainer_core.checkpoint import CheckpointManager
+from trainer_core.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
 from trainer_core.data import load_dataset
 from trainer_core.errors import UserError
@@ -27,6 +27,7 @@ from trainer_core.loop import TrainingLoop, TrainResult
 from trainer_core.methods import make_method
 from trainer_core.models import load_model
 from trainer_core.paths import default_runs_root
+from trainer_core.resume_checks import check_resumable, fingerprint
 
 CONFIG_FILE = "config.toml"
 
@@ -97,7 +98,8 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
                         valid_examples=valid_examples, adapter_config=adapter_config,
                         checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
                         final_dir=run_dir / "final", callbacks=own + list(callbacks),
-                        world_size=world_size, rank=rank, run_dir=run_dir)
+                        world_size=world_size, rank=rank, run_dir=run_dir,
+                        fingerprint=fingerprint(config, splits.files))
     return Run(config, run_dir, loop, loaded.info.name, stats)
 
 
@@ -121,14 +123,19 @@ def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(),
     config = load_run_config(run_dir)
     if max_steps is not None:
         config.max_steps = max_steps
-    run = build_run(config, callbacks, run_dir=run_dir, **world)
-    checkpoint = checkpoint or run.loop.checkpoints.latest()
+    latest = CheckpointManager(run_dir / "checkpoints").latest()
+    checkpoint = Path(checkpoint) if checkpoint else latest
     if checkpoint is None:
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; start it again with `finetune train`.")
-    run.loop.restore(Path(checkpoint))
+    state = read_state(checkpoint)
+    run = build_run(config, callbacks, run_dir=run_dir, **world)
+    changes = check_resumable(checkpoint, state, config, run.loop.fingerprint)
+    run.loop.restore(checkpoint)
     if max_steps is None:
-        from trainer_core.checkpoint import read_state
-        run.loop.set_total_steps(read_state(checkpoint)["total_steps"])
+        run.loop.set_total_steps(state["total_steps"])
+    for field, (before, after) in changes.items():
+        run.loop.callbacks.on_event({"step": run.loop.step, "event": "config_changed", "field": field,
+                                     "before": before, "after": after})
     run.loop.callbacks.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}")
     return run
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 class Method:
     name = "base"
     metric_names: tuple[str, ...] = ()
+    token_loss = False  # True when loss is a mean token cross-entropy (eval then reports perplexity)
 
     def __init__(self, config, tokenizer):
         self.config = config

@@ -17,6 +17,7 @@ SFT_KINDS = ("text", "completions", "chat")
 
 class SFTMethod(Method):
     name = "sft"
+    token_loss = True
 
     def prepare(self, splits):
         if splits.kind not in SFT_KINDS:
