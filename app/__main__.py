@@ -1,0 +1,70 @@
+"""`python -m app` / `finetune-studio` / `make run`: open the window.
+
+By default the form starts on the demo model and resources/demo_data;
+`--model`, `--data` and a config/preset TOML override that, and `--run DIR`
+opens a finished run's plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import app  # noqa: F401  (trainer_core, hence OpenBLAS, before mlx and Qt)
+from trainer_core.config import RunConfig
+from trainer_core.errors import UserError
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+
+def default_config() -> RunConfig:
+    return RunConfig(model="demo", data=str(RESOURCES / "demo_data"))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="finetune-studio", description="Fine-Tune Studio")
+    parser.add_argument("config", nargs="?", help="a config.toml or preset to open")
+    parser.add_argument("--model", help="model folder, .gguf file or 'demo'")
+    parser.add_argument("--data", help="data file or folder")
+    parser.add_argument("--run", help="open a run folder's plots")
+    return parser.parse_args(argv)
+
+
+def create_application(argv=None):
+    """The QApplication with Fine-Tune Studio's name and style sheet."""
+    from PySide6.QtWidgets import QApplication
+
+    application = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
+    application.setApplicationName("Fine-Tune Studio")
+    application.setOrganizationName("Fine-Tune Studio")
+    style = RESOURCES / "style.qss"
+    if style.is_file():
+        application.setStyleSheet(style.read_text(encoding="utf-8"))
+    return application
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = RunConfig.load(args.config) if args.config else default_config()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.model:
+        config.model = args.model
+    if args.data:
+        config.data = args.data
+    application = create_application()
+    from app.main_window import MainWindow
+
+    window = MainWindow(config)
+    application.aboutToQuit.connect(window.shutdown)
+    window.show()
+    if args.run:
+        window.show_run(Path(args.run))
+    return application.exec()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""The main window: toolbar (Start / Pause / Stop / Save now), Setup and Training tabs,
+status line. Owns the TrainingController (worker thread) and wires its signals.
+
+Closing the window while a run trains asks first, then stops the run at the
+next step boundary (a checkpoint is written) and closes once the thread has
+ended; the window stays responsive meanwhile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QStyle, QTabWidget,
+                               QToolBar, QWidget)
+
+from app.setup_pane import SetupPane
+from app.status_bar import RunStatus, StatusLine, duration
+from app.training_pane import TrainingPane
+from app.worker import TrainingController
+from trainer_core.config import RunConfig
+
+APP_TITLE = "Fine-Tune Studio"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, config: RunConfig, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(APP_TITLE)
+        self.resize(1360, 900)
+        self.controller = TrainingController(self)
+        self.run_status = RunStatus()
+        self.run_dir: Path | None = None
+        self._close_when_done = False
+        self.confirm_close = self._ask_close  # replaceable (tests answer without a dialog)
+
+        self.setup = SetupPane(config)
+        self.training = TrainingPane()
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.setup, "Setup")
+        self.tabs.addTab(self.training, "Training")
+        self.setCentralWidget(self.tabs)
+        self.status = StatusLine(self.statusBar())
+        self._build_actions()
+        self._connect()
+        self._status_timer = QTimer(self, interval=250, timeout=self._update_status)
+        self._update_actions()
+
+    # ---- actions -------------------------------------------------------------------
+    def _build_actions(self) -> None:
+        style = self.style()
+        self.start_action = QAction(style.standardIcon(QStyle.SP_MediaPlay), "Start", self)
+        self.start_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_R))
+        self.start_action.triggered.connect(self.start)
+        self.pause_action = QAction(style.standardIcon(QStyle.SP_MediaPause), "Pause", self)
+        self.pause_action.setCheckable(True)
+        self.pause_action.setToolTip("Hold at the next step (the model stays in memory)")
+        self.pause_action.toggled.connect(self.controller.pause)
+        self.stop_action = QAction(style.standardIcon(QStyle.SP_MediaStop), "Stop", self)
+        self.stop_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_Period))
+        self.stop_action.setToolTip("Save a checkpoint at the next step, then end (⌘.)")
+        self.stop_action.triggered.connect(self.stop)
+        self.save_action = QAction(style.standardIcon(QStyle.SP_DialogSaveButton), "Save now", self)
+        self.save_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_S))
+        self.save_action.setToolTip("Write a checkpoint at the next step boundary")
+        self.save_action.triggered.connect(self.controller.save_now)
+        toolbar = QToolBar("Run")
+        toolbar.setObjectName("runToolbar")
+        toolbar.setMovable(False)
+        toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
+            toolbar.addAction(action)
+        self.blocker_label = QLabel("")
+        self.blocker_label.setObjectName("blocker")
+        self.blocker_label.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.blocker_label.setContentsMargins(12, 0, 12, 0)
+        spacer = QWidget()
+        spacer.setFixedWidth(8)
+        toolbar.addWidget(spacer)
+        toolbar.addWidget(self.blocker_label)
+        self.addToolBar(Qt.TopToolBarArea, toolbar)
+
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction("Open Run Folder…", self.open_run)
+        self.open_config_action = file_menu.addAction("Open config.toml", self.open_config)
+        file_menu.addAction("Load Preset…", self.setup.load_preset)
+        file_menu.addAction("Save Preset…", self.setup.save_preset)
+        file_menu.addSeparator()
+        file_menu.addAction("Close Window", QKeySequence.Close, self.close)
+        run_menu = self.menuBar().addMenu("&Run")
+        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
+            run_menu.addAction(action)
+
+    def _connect(self) -> None:
+        c = self.controller
+        c.runCreated.connect(self._run_created)
+        c.trainBegan.connect(self._train_began)
+        c.progress.connect(self.status.show_progress)
+        c.metrics.connect(self._metrics)
+        c.checkpointSaved.connect(self._checkpoint_saved)
+        c.log.connect(self.training.append_log)
+        c.pausedChanged.connect(self._paused_changed)
+        c.finished.connect(self._finished)
+        c.failed.connect(self._failed)
+        c.failedField.connect(self._failed_field)
+        c.runningChanged.connect(self._running_changed)
+        self.setup.changed.connect(self._update_actions)
+
+    def _update_actions(self) -> None:
+        running = self.controller.running
+        blocker = None if running else self.setup.start_blocker()
+        self.start_action.setEnabled(not running and blocker is None)
+        self.start_action.setToolTip("Start training (⌘R)" if blocker is None else f"Can't start: {blocker}")
+        self.pause_action.setEnabled(running)
+        self.stop_action.setEnabled(running)
+        self.save_action.setEnabled(running)
+        self.blocker_label.setText("" if blocker is None else f"Can't start: {blocker}")
+        self.blocker_label.setToolTip(blocker or "")
+        self.open_config_action.setEnabled(self.run_dir is not None)
+
+    # ---- running -------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start a run with the Setup pane's config; False (and nothing happens) if blocked."""
+        if self.controller.running or self.setup.start_blocker() is not None:
+            return False
+        config = self.setup.config()
+        self.run_dir = None
+        self.run_status = RunStatus()
+        self.training.begin_run()
+        self.training.set_banner("Loading the model and tokenising the data…")
+        self.status.show_text("Loading the model and tokenising the data…")
+        self.status.busy()
+        self.setup.set_locked(True)
+        self.tabs.setCurrentWidget(self.training)
+        self.controller.start(config)
+        return True
+
+    def stop(self) -> None:
+        if self.controller.running:
+            self.controller.stop()
+            self.pause_action.setChecked(False)
+            self.status.show_text("Stopping after this step — saving a checkpoint…")
+
+    def _run_created(self, run_dir: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
+        self.training.run_dir = self.run_dir
+        self.training.set_banner(f"Training {self.run_dir.name}  ·  {self.run_dir}")
+        self._update_actions()
+
+    def _train_began(self, info: dict) -> None:
+        self.run_status = RunStatus(int(info.get("total_steps", 0)))
+        self.status.show_progress(int(info.get("step", 0)), int(info.get("total_steps", 0)))
+        self._status_timer.start()
+        self._update_status()
+
+    def _metrics(self, record: dict) -> None:
+        self.training.add_metrics(record)
+        if record.get("type") == "train":
+            self.run_status.add(record)
+
+    def _checkpoint_saved(self, info: dict) -> None:
+        self.training.add_checkpoint(info)
+
+    def _update_status(self) -> None:
+        if self.controller.running and not self.controller.paused:
+            self.status.show_text(self.run_status.text())
+
+    def _paused_changed(self, paused: bool) -> None:
+        self.pause_action.setText("Resume" if paused else "Pause")
+        if paused:
+            step = self.run_status.last.get("step", 0)
+            self.status.show_text(f"Paused at step {step:,}/{self.run_status.total_steps:,} — the model stays in "
+                                  "memory; Resume continues, Stop saves a checkpoint.")
+
+    def _finished(self, result: dict) -> None:
+        self._status_timer.stop()
+        self.status.hide_progress()
+        step, total = result["step"], result["total_steps"]
+        where = result.get("run_dir", "")
+        if result["status"] == "finished":
+            loss = result.get("last_eval_loss") or result.get("last_train_loss")
+            text = (f"Finished {step:,} steps in {duration(result.get('elapsed'))}"
+                    f"{f' · loss {loss:.4f}' if loss is not None else ''} · final weights in {result.get('final_dir')}")
+        else:
+            text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with "
+                    f"`finetune resume {where}`" if step else "Stopped before the first step; nothing was trained.")
+        self.status.show_text(text)
+        self.training.set_banner(text)
+        self.training.append_log(text)
+
+    def _failed(self, message: str) -> None:
+        self._status_timer.stop()
+        self.status.hide_progress()
+        self.status.show_text(message, "error")
+        self.training.set_banner(message, "error")
+        self.training.append_log(f"error: {message}")
+
+    def _failed_field(self, field: str, message: str) -> None:
+        widget = self.setup.form.fields.get(field)
+        if widget is not None:
+            widget.show_problem(message)
+            self.tabs.setCurrentWidget(self.setup)
+
+    def _running_changed(self, running: bool) -> None:
+        self.setup.set_locked(running)
+        if not running:
+            self.pause_action.setChecked(False)
+            self.pause_action.setText("Pause")
+        self._update_actions()
+        if not running and self._close_when_done:
+            self.close()
+
+    # ---- files -------------------------------------------------------------------------
+    def open_run(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a run folder (holds metrics.jsonl)")
+        if path:
+            self.show_run(Path(path))
+
+    def show_run(self, run_dir: Path) -> None:
+        """Plot a run from its folder (what the run history will use)."""
+        self.run_dir = Path(run_dir)
+        self.training.load_run(self.run_dir)
+        self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
+        self.tabs.setCurrentWidget(self.training)
+        self._update_actions()
+
+    def open_config(self) -> None:
+        if self.run_dir is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run_dir / "config.toml")))
+
+    # ---- closing -------------------------------------------------------------------------
+    def _ask_close(self) -> bool:
+        answer = QMessageBox.question(
+            self, "Stop training?", "A run is training. Stop it (a checkpoint is saved first) and close?",
+            QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+        return answer == QMessageBox.Yes
+
+    def closeEvent(self, event) -> None:
+        if not self.controller.running:
+            event.accept()
+            return
+        event.ignore()
+        if self._close_when_done or self.confirm_close():
+            self._close_when_done = True
+            self.stop()
+            self.status.show_text("Stopping: saving a checkpoint, then closing…")
+
+    def shutdown(self) -> None:
+        """Last call before the application quits: stop and wait for the worker thread."""
+        self.controller.shutdown()

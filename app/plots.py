@@ -1,0 +1,225 @@
+"""The Training tab's live plots: loss, learning rate, grad norm, method metrics.
+
+Every curve is created once and fed with `setData` from a `MetricsStore` on
+a timer (`redraw()`), never per step. Long runs keep the full history:
+pyqtgraph's 'peak' downsampling draws min and max of each pixel column.
+While "follow" is on the view tracks the data (the loss y-range ignores the
+top 1% of raw spikes, so one outlier cannot squash the curve); zooming or
+panning by hand turns follow off until the user asks again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QGridLayout, QWidget
+
+from app.metrics_store import AXES, MetricsStore
+from app.plot_style import COLORS, SERIES, ShortFloatAxis, faint, style_plot
+
+TITLES = {"loss": "Loss", "learning_rate": "Learning rate", "grad_norm": "Gradient norm",
+          "method": "Throughput and method metrics"}
+
+
+def robust_range(arrays, log: bool) -> tuple[float, float] | None:
+    """y-range covering the data minus the top 1% of spikes (in log10 units when `log`)."""
+    parts = [np.asarray(a, dtype=float) for a in arrays if len(a)]
+    values = np.concatenate(parts) if parts else np.array([])
+    values = values[np.isfinite(values)]
+    if log:
+        values = np.log10(values[values > 0])
+    if not len(values):
+        return None
+    low, high = float(values.min()), float(np.percentile(values, 99)) if len(values) > 50 else float(values.max())
+    if high <= low:
+        high = low + (abs(low) * 0.1 or 1e-3)
+    pad = (high - low) * 0.06
+    return low - pad, high + pad
+
+
+class _Hover:
+    """Crosshair + value readout for one plot."""
+
+    def __init__(self, widget: pg.PlotWidget, describe):
+        self.widget, self.describe = widget, describe
+        self.line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen((128, 128, 128, 140), width=1))
+        self.label = pg.TextItem(anchor=(0, 0), color=widget.getPlotItem().getAxis("left").textPen().color())
+        for item in (self.line, self.label):
+            item.setVisible(False)
+            widget.addItem(item, ignoreBounds=True)
+        self.proxy = pg.SignalProxy(widget.scene().sigMouseMoved, rateLimit=30, slot=self._moved)
+
+    def _moved(self, event) -> None:
+        pos = event[0]
+        vb = self.widget.getPlotItem().vb
+        if not self.widget.sceneBoundingRect().contains(pos) or not vb.sceneBoundingRect().contains(pos):
+            self.line.setVisible(False)
+            self.label.setVisible(False)
+            return
+        point = vb.mapSceneToView(pos)
+        text = self.describe(point.x())
+        if not text:
+            return
+        self.line.setPos(point.x())
+        (x0, x1), (y0, y1) = vb.viewRange()
+        self.label.setText(text)
+        self.label.setPos(x0 + (x1 - x0) * 0.02 if point.x() > (x0 + x1) / 2 else point.x(), y1)
+        self.line.setVisible(True)
+        self.label.setVisible(True)
+
+
+class TrainingPlots(QWidget):
+    followChanged = Signal(bool)
+
+    def __init__(self, store: MetricsStore, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.axis = "step"
+        self.smoothing = 0.9
+        self.log_y = False
+        self.follow = True
+        self._drawn = (-1, None)
+        self._auto = False  # True while we move the view ourselves
+        self.widgets: dict[str, pg.PlotWidget] = {}
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(8)
+        for i, name in enumerate(TITLES):
+            axes = {"left": ShortFloatAxis("left")} if name == "learning_rate" else None
+            widget = style_plot(pg.PlotWidget(axisItems=axes))
+            item = widget.getPlotItem()
+            item.setTitle(TITLES[name], size="10pt")
+            item.vb.sigRangeChangedManually.connect(self._manual_range)
+            widget.setMinimumHeight(170)
+            self.widgets[name] = widget
+            grid.addWidget(widget, i // 2, i % 2)
+        loss = self.widgets["loss"]
+        loss.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.curves = {
+            "loss": loss.plot([], [], pen=pg.mkPen(faint(COLORS["train"], 80), width=1), name="train"),
+            "loss_ema": loss.plot([], [], pen=pg.mkPen(COLORS["ema"], width=2), name="train (EMA)"),
+            "eval": loss.plot([], [], pen=None, symbol="o", symbolSize=7, symbolBrush=COLORS["eval"],
+                              symbolPen=None, name="eval"),
+            "checkpoint": loss.plot([], [], pen=None, symbol="d", symbolSize=10, symbolBrush=COLORS["checkpoint"],
+                                    symbolPen=pg.mkPen("w", width=0.5), name="checkpoint"),
+            "learning_rate": self.widgets["learning_rate"].plot([], [], pen=pg.mkPen(COLORS["lr"], width=2)),
+            "grad_norm": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(faint(COLORS["grad_norm"], 90))),
+            "grad_norm_ema": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(COLORS["grad_norm"], width=2)),
+        }
+        self.widgets["method"].addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.method_curves: dict[str, pg.PlotDataItem] = {}
+        self._method_curve("tokens_per_sec", "tokens/s")
+        for curve in self.curves.values():
+            curve.setClipToView(True)
+            curve.setDownsampling(auto=True, method="peak")
+        self.hovers = [_Hover(w, lambda x, n=name: self._describe(n, x)) for name, w in self.widgets.items()]
+        self.set_axis("step")
+
+    def _method_curve(self, key: str, label: str | None = None) -> pg.PlotDataItem:
+        color = SERIES[len(self.method_curves) % len(SERIES)]
+        curve = self.widgets["method"].plot([], [], pen=pg.mkPen(color, width=2), name=label or key)
+        curve.setClipToView(True)
+        curve.setDownsampling(auto=True, method="peak")
+        self.method_curves[key] = curve
+        return curve
+
+    # ---- options -------------------------------------------------------------------
+    def set_axis(self, axis: str) -> None:
+        self.axis = axis
+        for widget in self.widgets.values():
+            widget.getPlotItem().setLabel("bottom", AXES[axis])
+        self.set_follow(True)
+
+    def set_smoothing(self, smoothing: float) -> None:
+        self.smoothing = smoothing
+        self.redraw(force=True)
+
+    def set_log_y(self, log_y: bool) -> None:
+        self.log_y = log_y
+        for name in ("loss", "grad_norm"):
+            self.widgets[name].getPlotItem().setLogMode(y=log_y)
+        self.redraw(force=True)
+
+    def set_follow(self, follow: bool) -> None:
+        if follow != self.follow:
+            self.follow = follow
+            self.followChanged.emit(follow)
+        self.redraw(force=True)
+
+    def _manual_range(self, *_) -> None:
+        if not self._auto:
+            self.set_follow(False)
+
+    # ---- drawing -----------------------------------------------------------------------
+    def redraw(self, force: bool = False) -> bool:
+        """Push the store into the curves if it changed; True if it drew."""
+        key = (self.store.version, self.axis)
+        if not force and key == self._drawn:
+            return False
+        self._drawn = key
+        store, x = self.store, self.store.x(self.axis)
+        loss = store.series("loss")
+        loss_ema = store.smoothed("loss", self.smoothing)
+        self.curves["loss"].setData(x, loss, connect="finite")
+        self.curves["loss_ema"].setData(x, loss_ema, connect="finite")
+        evals = [e for e in store.evals if isinstance(e.get("loss"), (int, float))]
+        self.curves["eval"].setData(store.x_at([e["step"] for e in evals], self.axis, [e.get("time", 0) for e in evals]),
+                                    [e["loss"] for e in evals])
+        marks = store.checkpoints
+        ema_at = np.interp([c["step"] for c in marks], store.x("step"), np.nan_to_num(loss_ema)) \
+            if marks and len(store) else []
+        self.curves["checkpoint"].setData(
+            store.x_at([c["step"] for c in marks], self.axis, [c.get("time", 0) for c in marks]), ema_at)
+        self.curves["learning_rate"].setData(x, store.series("learning_rate"), connect="finite")
+        self.curves["grad_norm"].setData(x, store.series("grad_norm"), connect="finite")
+        self.curves["grad_norm_ema"].setData(x, store.smoothed("grad_norm", self.smoothing), connect="finite")
+        for name in store.method_keys():
+            if name not in self.method_curves:
+                self._method_curve(name)
+        for name, curve in self.method_curves.items():
+            curve.setData(x, store.series(name), connect="finite")
+        if self.follow:
+            self._follow(x, loss, loss_ema, [e["loss"] for e in evals])
+        return True
+
+    def _follow(self, x, loss, loss_ema, eval_losses) -> None:
+        self._auto = True
+        try:
+            for name, widget in self.widgets.items():
+                vb = widget.getPlotItem().vb
+                if name == "loss":
+                    span = robust_range([loss, loss_ema, np.asarray(eval_losses, dtype=float)], self.log_y)
+                    finite = x[np.isfinite(x)]
+                    if span is None or not len(finite):
+                        vb.enableAutoRange()
+                        continue
+                    vb.setXRange(float(finite.min()), float(finite.max()) if len(finite) > 1 else finite.min() + 1,
+                                 padding=0.02)
+                    vb.setYRange(*span, padding=0)
+                else:
+                    vb.enableAutoRange()
+        finally:
+            self._auto = False
+
+    def _describe(self, name: str, x: float) -> str:
+        store = self.store
+        xs = store.x(self.axis)
+        if not len(xs):
+            return ""
+        i = int(np.clip(np.searchsorted(xs, x), 0, len(xs) - 1))
+        if i > 0 and abs(xs[i - 1] - x) < abs(xs[i] - x):
+            i -= 1
+        step = int(store.columns["step"][i])
+
+        def fmt(v):
+            return "—" if not math.isfinite(v) else f"{v:.4g}"
+        if name == "loss":
+            text = f"step {step} · loss {fmt(store.series('loss')[i])} · EMA {fmt(store.smoothed('loss', self.smoothing)[i])}"
+            evals = [e for e in store.evals if e.get("step") == step and isinstance(e.get("loss"), (int, float))]
+            return text + (f" · eval {evals[0]['loss']:.4g}" if evals else "")
+        if name == "method":
+            return f"step {step} · " + " · ".join(f"{k} {fmt(store.series(k)[i])}" for k in self.method_curves)
+        return f"step {step} · {name.replace('_', ' ')} {fmt(store.series(name)[i])}"
