@@ -3,6 +3,7 @@
     finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
     finetune resume RUN_DIR [--max-steps N]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
+    finetune export CHECKPOINT_DIR --format mlx-lm|fused|peft|gguf --out DIR [--dequantize]
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=0)
+
+    from trainer_core.export import FORMATS, GGUF_TYPES
+    export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF")
+    export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
+    export.add_argument("--format", dest="fmt", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument("--model", default=None, help="the base model (default: the checkpoint's base)")
+    export.add_argument("--dequantize", action="store_true",
+                        help="fused: merge into float weights instead of keeping the base's quantization")
+    export.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, help="gguf: tensor type")
     return parser
 
 
@@ -115,11 +126,25 @@ def run_generate(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from trainer_core.export import export
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
+
+    out = export(args.checkpoint, args.fmt, args.out, model=args.model, dequantize=args.dequantize,
+                 gguf_type=args.gguf_type, progress=progress)
+    print(out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("train", "resume"):
             return run_training(args)
+        if args.command == "export":
+            return run_export(args)
         return run_generate(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
