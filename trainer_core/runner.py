@@ -11,6 +11,7 @@ folder is created, so bad input never leaves a folder that looks like a run.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         if (run_dir / CONFIG_FILE).exists():
             raise UserError(f"Run folder {run_dir} already holds a run. Choose another --run-name, or continue it "
                             f"with `finetune resume {run_dir}`.", field="run_name")
+    fresh = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if rank == 0:
@@ -94,12 +96,17 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
     own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if rank == 0 else []
-    loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
-                        valid_examples=valid_examples, adapter_config=adapter_config,
-                        checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
-                        final_dir=run_dir / "final", callbacks=own + list(callbacks),
-                        world_size=world_size, rank=rank, run_dir=run_dir,
-                        fingerprint=fingerprint(config, splits.files))
+    try:
+        loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
+                            valid_examples=valid_examples, adapter_config=adapter_config,
+                            checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
+                            final_dir=run_dir / "final", callbacks=own + list(callbacks),
+                            world_size=world_size, rank=rank, run_dir=run_dir,
+                            fingerprint=fingerprint(config, splits.files))
+    except UserError:  # bad input found late (e.g. too few examples for one step): leave no run folder
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return Run(config, run_dir, loop, loaded.info.name, stats)
 
 
