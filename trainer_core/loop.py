@@ -61,13 +61,13 @@ class TrainingLoop:
                  fingerprint: dict | None = None):
         self.config, self.model, self.method = config, model, method
         self.train_examples, self.valid_examples = train_examples, valid_examples
-        self.adapter_config = adapter_config
         self.checkpoints, self.final_dir = checkpoints, final_dir
         self.callbacks = CallbackList(callbacks)
         self.world_size, self.rank = world_size, rank
         self.stop_requested = False
         self.fingerprint = fingerprint or {}  # model + data identity, checked on resume
         method.bind(model, run_dir)
+        self.adapter_config = {**adapter_config, **method.checkpoint_info()}
         self.lengths = [method.length(e) for e in train_examples]
         self.accumulation = config.gradient_accumulation_steps
         self.micro_per_epoch = len(self._epoch_order(0))

@@ -29,6 +29,10 @@ class Method:
         self.model = model
         self.run_dir = run_dir
 
+    def checkpoint_info(self) -> dict:
+        """Keys (after `bind`) this method adds to adapter_config.json, for loading at inference."""
+        return {}
+
     def prepare(self, splits) -> tuple[list, list, dict]:
         """(train examples, valid examples, data stats dict) from DatasetSplits."""
         raise NotImplementedError
