@@ -70,10 +70,11 @@ class GRPOConfig:
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "linear"  # linear | cosine | polynomial mapping of t to mask probability
+    schedule: str = "linear"  # mask probability p(t): linear t | cosine sin(pi t / 2) | polynomial t ** schedule_power
+    schedule_power: float = 2.0  # exponent of the polynomial schedule
     eps: float = 1e-3  # t ~ U(eps, 1)
     sft_mode: bool = True  # never mask prompt tokens; noise and score the response only
-    mask_token: str = ""  # empty = the tokenizer's mask token, else one is added
+    mask_token: str = ""  # a vocabulary token to use as [MASK]; empty = the tokenizer's mask token, else a row is added
 
 
 @dataclass
@@ -198,6 +199,7 @@ class RunConfig:
         diff = self.diffusion
         need(diff.schedule in ("linear", "cosine", "polynomial"), "diffusion.schedule", "diffusion.schedule must be linear, cosine or polynomial.")
         need(0 < diff.eps < 1, "diffusion.eps", "diffusion.eps must be in (0, 1).")
+        need(diff.schedule_power > 0, "diffusion.schedule_power", "diffusion.schedule_power must be positive.")
         return p
 
     def validate(self) -> "RunConfig":
