@@ -49,6 +49,9 @@ def load_for_inference(model_spec: str | None, checkpoint: str | Path | None = N
         raise UserError("No model given: pass --model PATH (a folder, a .gguf file or 'demo').")
     full = bool(adapter_config and adapter_config.get("fine_tune_type") == "full")
     loaded = load_model(spec, dequantize=full)
+    if adapter_config and "diffusion" in adapter_config:  # a [MASK] row the run added to the embedding
+        from trainer_core.methods.diffusion import restore_mask_token
+        restore_mask_token(loaded.model, adapter_config["diffusion"])
     if checkpoint:
         try:
             load_adapters(loaded.model, str(checkpoint))
