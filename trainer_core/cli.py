@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--method", choices=METHODS, default=None,
+                          help="diffusion: denoise with the masked-diffusion sampler (default: the checkpoint's kind)")
+    generate.add_argument("--steps", type=int, default=0, help="diffusion: denoising steps (0 = --max-tokens)")
+    generate.add_argument("--block-length", type=int, default=32, help="diffusion: semi-autoregressive block size "
+                          "(0 = one block); --top-p/--top-k are not used")
 
     from trainer_core.export import FORMATS, GGUF_TYPES
     export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF")
@@ -115,11 +120,18 @@ def run_training(args) -> int:
 
 
 def run_generate(args) -> int:
+    from trainer_core import diffusion_sampler
     from trainer_core.generate import GenerationSettings, load_for_inference, stream
 
-    loaded = load_for_inference(args.model, args.adapter)
-    settings = GenerationSettings(args.max_tokens, args.temperature, args.top_p, args.top_k)
-    for piece in stream(loaded, args.prompt, settings, system=args.system):
+    if args.method == "diffusion" or (args.method is None and diffusion_sampler.is_diffusion_checkpoint(args.adapter)):
+        model = diffusion_sampler.load(args.model, args.adapter)
+        settings = diffusion_sampler.DiffusionSettings(args.max_tokens, args.steps, args.block_length, args.temperature)
+        pieces = diffusion_sampler.stream(model, args.prompt, settings, system=args.system)
+    else:
+        loaded = load_for_inference(args.model, args.adapter)
+        settings = GenerationSettings(args.max_tokens, args.temperature, args.top_p, args.top_k)
+        pieces = stream(loaded, args.prompt, settings, system=args.system)
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
