@@ -51,8 +51,11 @@ class ShortFloatAxis(pg.AxisItem):
     """Tick labels like 2e-4 / 1.5e-4 instead of 0.00015 (learning rates)."""
 
     def tickStrings(self, values, scale, spacing):
+        values = [round(v * scale, 12) for v in values]
+        if 0 < max((abs(v) for v in values), default=0) < 1e-2:  # one notation for the whole axis
+            return ["0" if v == 0 else f"{v:.1e}".replace(".0e", "e").replace("e-0", "e-") for v in values]
         from app.form import format_float
-        return [format_float(round(v * scale, 12)) for v in values]
+        return [format_float(v) for v in values]
 
 
 def small_plot(height: int = 120, short_floats: bool = False) -> pg.PlotWidget:

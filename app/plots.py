@@ -1,7 +1,8 @@
 """The Training tab's live plots: loss, learning rate, grad norm, method metrics.
 
-Every curve is created once and fed with `setData` from a `MetricsStore` on
-a timer (`redraw()`), never per step. Long runs keep the full history:
+Every curve is created once and fed with `setData` from a `MetricsStore`
+by the Training pane's timer (`draw_panel()`, one stale panel per tick), never
+per step. Long runs keep the full history:
 pyqtgraph's 'peak' downsampling draws min and max of each pixel column.
 While "follow" is on the view tracks the data (the loss y-range ignores the
 top 1% of raw spikes, so one outlier cannot squash the curve); zooming or
@@ -81,7 +82,7 @@ class TrainingPlots(QWidget):
         self.smoothing = 0.9
         self.log_y = False
         self.follow = True
-        self._drawn = (-1, None)
+        self._drawn: dict[str, tuple] = {}
         self._auto = False  # True while we move the view ourselves
         self.widgets: dict[str, pg.PlotWidget] = {}
         grid = QGridLayout(self)
@@ -155,54 +156,77 @@ class TrainingPlots(QWidget):
 
     # ---- drawing -----------------------------------------------------------------------
     def redraw(self, force: bool = False) -> bool:
-        """Push the store into the curves if it changed; True if it drew."""
+        """Push the store into every panel whose data changed (all with `force`); True if any drew."""
+        drew = False
+        for name in TITLES:
+            drew = self.draw_panel(name, force) or drew
+        return drew
+
+    def draw_panel(self, name: str, force: bool = False) -> bool:
+        """Feed one panel's curves from the store if it is stale; True if it drew."""
         key = (self.store.version, self.axis)
-        if not force and key == self._drawn:
+        if not force and self._drawn.get(name) == key:
             return False
-        self._drawn = key
-        store, x = self.store, self.store.x(self.axis)
-        loss = store.series("loss")
+        self._drawn[name] = key
+        x = self.store.x(self.axis)
+        getattr(self, f"_draw_{name}")(x)
+        if self.follow:
+            self._auto = True
+            try:
+                self._follow(name, x)
+            finally:
+                self._auto = False
+        return True
+
+    def stale_panels(self) -> list[str]:
+        key = (self.store.version, self.axis)
+        return [name for name in TITLES if self._drawn.get(name) != key]
+
+    def _draw_loss(self, x) -> None:
+        store = self.store
         loss_ema = store.smoothed("loss", self.smoothing)
-        self.curves["loss"].setData(x, loss, connect="finite")
+        self.curves["loss"].setData(x, store.series("loss"), connect="finite")
         self.curves["loss_ema"].setData(x, loss_ema, connect="finite")
-        evals = [e for e in store.evals if isinstance(e.get("loss"), (int, float))]
-        self.curves["eval"].setData(store.x_at([e["step"] for e in evals], self.axis, [e.get("time", 0) for e in evals]),
-                                    [e["loss"] for e in evals])
+        evals = self._evals()
+        self.curves["eval"].setData(store.x_at([e["step"] for e in evals], self.axis,
+                                               [e.get("time", 0) for e in evals]), [e["loss"] for e in evals])
         marks = store.checkpoints
         ema_at = np.interp([c["step"] for c in marks], store.x("step"), np.nan_to_num(loss_ema)) \
             if marks and len(store) else []
         self.curves["checkpoint"].setData(
             store.x_at([c["step"] for c in marks], self.axis, [c.get("time", 0) for c in marks]), ema_at)
-        self.curves["learning_rate"].setData(x, store.series("learning_rate"), connect="finite")
-        self.curves["grad_norm"].setData(x, store.series("grad_norm"), connect="finite")
-        self.curves["grad_norm_ema"].setData(x, store.smoothed("grad_norm", self.smoothing), connect="finite")
-        for name in store.method_keys():
+
+    def _draw_learning_rate(self, x) -> None:
+        self.curves["learning_rate"].setData(x, self.store.series("learning_rate"), connect="finite")
+
+    def _draw_grad_norm(self, x) -> None:
+        self.curves["grad_norm"].setData(x, self.store.series("grad_norm"), connect="finite")
+        self.curves["grad_norm_ema"].setData(x, self.store.smoothed("grad_norm", self.smoothing), connect="finite")
+
+    def _draw_method(self, x) -> None:
+        for name in self.store.method_keys():
             if name not in self.method_curves:
                 self._method_curve(name)
         for name, curve in self.method_curves.items():
-            curve.setData(x, store.series(name), connect="finite")
-        if self.follow:
-            self._follow(x, loss, loss_ema, [e["loss"] for e in evals])
-        return True
+            curve.setData(x, self.store.series(name), connect="finite")
 
-    def _follow(self, x, loss, loss_ema, eval_losses) -> None:
-        self._auto = True
-        try:
-            for name, widget in self.widgets.items():
-                vb = widget.getPlotItem().vb
-                if name == "loss":
-                    span = robust_range([loss, loss_ema, np.asarray(eval_losses, dtype=float)], self.log_y)
-                    finite = x[np.isfinite(x)]
-                    if span is None or not len(finite):
-                        vb.enableAutoRange()
-                        continue
-                    vb.setXRange(float(finite.min()), float(finite.max()) if len(finite) > 1 else finite.min() + 1,
-                                 padding=0.02)
-                    vb.setYRange(*span, padding=0)
-                else:
-                    vb.enableAutoRange()
-        finally:
-            self._auto = False
+    def _evals(self) -> list[dict]:
+        return [e for e in self.store.evals if isinstance(e.get("loss"), (int, float))]
+
+    def _follow(self, name: str, x) -> None:
+        vb = self.widgets[name].getPlotItem().vb
+        finite = x[np.isfinite(x)]
+        if name != "loss" or not len(finite):
+            vb.enableAutoRange()
+            return
+        store = self.store
+        span = robust_range([store.series("loss"), store.smoothed("loss", self.smoothing),
+                             np.asarray([e["loss"] for e in self._evals()], dtype=float)], self.log_y)
+        if span is None:
+            vb.enableAutoRange()
+            return
+        vb.setXRange(float(finite.min()), float(finite.max()) if len(finite) > 1 else finite.min() + 1, padding=0.02)
+        vb.setYRange(*span, padding=0)
 
     def _describe(self, name: str, x: float) -> str:
         store = self.store
