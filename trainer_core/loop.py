@@ -6,10 +6,17 @@ schedule's learning rate (schedules.py), report a `train` record to the
 callbacks, evaluate every `eval_every` steps, checkpoint every `save_every`
 steps, and honour a stop request at the step boundary (saving first).
 
+A method may reuse one set of collated batches for `method.passes_per_batch`
+consecutive optimizer steps (GRPO optimises one rollout num_iterations times):
+new micro-batches are drawn and collated only at multiples of it, and
+`method.batch_for_step` adapts the batch to each step.
+
 Everything a resumed run needs is in the checkpoint: weights, optimizer
-moments, step, epoch and position in the epoch's batch order; the RNG and the
-schedule are pure functions of (seed, step). So 10 steps + resume to 20 equals
-20 uninterrupted steps.
+moments, step, epoch and position in the epoch's batch order, and, when a
+checkpoint falls inside a reuse cycle, the cycle's collated batches (arrays
+`cycle.<micro>.<key>` in optimizer.safetensors); the RNG (re-seeded before
+collating) and the schedule are pure functions of (seed, step). So 10 steps +
+resume to 20 equals 20 uninterrupted steps.
 """
 
 from __future__ import annotations
@@ -70,13 +77,15 @@ class TrainingLoop:
         self.adapter_config = {**adapter_config, **method.checkpoint_info()}
         self.lengths = [method.length(e) for e in train_examples]
         self.accumulation = config.gradient_accumulation_steps
+        self.passes = method.passes_per_batch
+        self.cycle = None  # (micro-batch indices, collated batches, token counts) reused for `passes` steps
         self.micro_per_epoch = len(self._epoch_order(0))
         if self.micro_per_epoch < self.accumulation:
             raise UserError(f"The training split has {len(train_examples)} usable examples: fewer than one optimizer step "
                             f"(batch_size {config.batch_size} x gradient_accumulation_steps {self.accumulation}"
                             f"{f' x {world_size} processes' if world_size > 1 else ''}). Add data or lower those values.",
                             field="batch_size")
-        self.steps_per_epoch = self.micro_per_epoch // self.accumulation
+        self.steps_per_epoch = self.micro_per_epoch // self.accumulation * self.passes
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.learning_rate = schedule_for(config, self.total_steps)
         self.step = 0
@@ -173,11 +182,15 @@ class TrainingLoop:
         cfg = self.config
         self.callbacks.on_step_begin({"step": self.step})
         started = time.perf_counter()
-        micro = [self._next_micro_batch() for _ in range(self.accumulation)]
-        batches = [self.method.collate(examples) for examples, _ in micro]
-        counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
-        learning_rate = self.learning_rate(self.step)
         mx.random.seed(step_seed(self.config.seed, self.step))
+        if self.step % self.passes == 0:
+            micro = [self._next_micro_batch() for _ in range(self.accumulation)]
+            batches = [self.method.collate(examples) for examples, _ in micro]
+            counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
+            self.cycle = ([indices for _, indices in micro], batches, counts)
+        cycle_indices, batches, counts = self.cycle
+        batches = [self.method.batch_for_step(b, self.step) for b in batches]
+        learning_rate = self.learning_rate(self.step)
         loss_sum, weight, metric_sums, norm, ok = self.steps.train_step(batches, learning_rate)
         elapsed = time.perf_counter() - started
         self.step += 1
@@ -187,7 +200,7 @@ class TrainingLoop:
         if not ok.item():
             self.bad_steps += 1
             self.callbacks.on_event({"step": self.step, "event": "bad_step", "loss": loss, "grad_norm": grad_norm,
-                                     "batch_indices": [i for _, idx in micro for i in idx]})
+                                     "batch_indices": [i for idx in cycle_indices for i in idx]})
             if self.bad_steps >= cfg.max_bad_steps:
                 raise UserError(f"Training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN/Inf "
                                 "loss or gradient (updates were skipped, no NaN was saved). Lower learning_rate, "
@@ -255,8 +268,11 @@ class TrainingLoop:
 
     def _optimizer_arrays(self) -> dict:
         state = self.steps.optimizer_state
-        return {"t": state["t"], **{f"m.{k}": v for k, v in state["m"].items()},
-                **{f"v.{k}": v for k, v in state["v"].items()}}
+        arrays = {"t": state["t"], **{f"m.{k}": v for k, v in state["m"].items()},
+                  **{f"v.{k}": v for k, v in state["v"].items()}}
+        if self.step % self.passes:  # the next steps reuse this cycle's batches
+            arrays.update({f"cycle.{i}.{k}": v for i, batch in enumerate(self.cycle[1]) for k, v in batch.items()})
+        return arrays
 
     def _trainer_state(self) -> dict:
         from trainer_core import versions
@@ -265,6 +281,7 @@ class TrainingLoop:
             "batch_in_epoch": self.batch_in_epoch, "epoch_progress": self.epoch_progress,
             "rng": "re-seeded at every step from (seed, step)", "bad_steps": self.bad_steps,
             "evals_without_improvement": self.evals_without_improvement,
+            "cycle": {"indices": self.cycle[0], "counts": self.cycle[2]} if self.step % self.passes else None,
             "config": self.config.to_dict(), "fingerprint": self.fingerprint,
             "metrics": {k: v for k, v in self.metrics.items() if v is not None},
             "method": self.config.method, "world_size": self.world_size,
@@ -304,6 +321,10 @@ class TrainingLoop:
             "v": {k: arrays[f"v.{k}"] for k in self.optimizer.state["v"]},
         }
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if state.get("cycle"):
+            batches = [{k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"cycle.{i}.")}
+                       for i in range(len(state["cycle"]["indices"]))]
+            self.cycle = (state["cycle"]["indices"], batches, state["cycle"]["counts"])
         self.bad_steps = state.get("bad_steps", 0)
         self.evals_without_improvement = state.get("evals_without_improvement", 0)
         self.metrics.update(state.get("metrics", {}))

@@ -15,6 +15,7 @@ class Method:
     name = "base"
     metric_names: tuple[str, ...] = ()
     token_loss = False  # True when loss is a mean token cross-entropy (eval then reports perplexity)
+    passes_per_batch = 1  # consecutive optimizer steps that reuse one collated batch (GRPO's num_iterations)
 
     def __init__(self, config, tokenizer):
         self.config = config
@@ -44,6 +45,14 @@ class Method:
     def collate(self, examples) -> dict:
         """A batch dict of mx.arrays for `loss`."""
         raise NotImplementedError
+
+    def batch_for_step(self, batch: dict, step: int) -> dict:
+        """`batch` as optimizer step `step` (0-based) uses it; runs eagerly before that step.
+
+        A batch is collated at a step that is a multiple of `passes_per_batch` and serves
+        that many consecutive steps. Default: the batch unchanged.
+        """
+        return batch
 
     def loss(self, model, batch):
         """(loss_sum, weight, {metric: sum}) as mx scalars; traced by mx.compile."""
