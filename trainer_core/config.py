@@ -66,6 +66,8 @@ class GRPOConfig:
     rewards: list[str] = field(default_factory=lambda: ["exact_match"])  # built-in or user reward names
     reward_weights: list[float] = field(default_factory=list)  # empty = all 1.0
     reward_file: str = ""  # a Python file with user reward functions (runs your code)
+    generation_batch_size: int = 0  # sequences sampled together; 0 = all batch_size x group_size at once
+    sample_every: int = 10  # write one group's completions to <run>/completions.jsonl every N rollouts; 0 = off
 
 
 @dataclass
@@ -196,6 +198,11 @@ class RunConfig:
         need(bool(grpo.rewards), "grpo.rewards", "grpo.rewards needs at least one reward function.")
         need(not grpo.reward_weights or len(grpo.reward_weights) == len(grpo.rewards), "grpo.reward_weights",
              "grpo.reward_weights must be empty or have one weight per reward.")
+        need(grpo.generation_batch_size >= 0, "grpo.generation_batch_size",
+             "grpo.generation_batch_size must be 0 (all sequences of a batch at once) or positive.")
+        need(grpo.sample_every >= 0, "grpo.sample_every", "grpo.sample_every must be 0 (off) or more.")
+        need(self.method != "grpo" or grpo.max_completion_length < self.max_seq_length, "grpo.max_completion_length",
+             "grpo.max_completion_length must be below max_seq_length (prompt + completion must fit in it).")
         diff = self.diffusion
         need(diff.schedule in ("linear", "cosine", "polynomial"), "diffusion.schedule", "diffusion.schedule must be linear, cosine or polynomial.")
         need(0 < diff.eps < 1, "diffusion.eps", "diffusion.eps must be in (0, 1).")

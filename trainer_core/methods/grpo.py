@@ -1,0 +1,336 @@
+"""GRPO: group-relative policy optimisation on prompt / answer data.
+
+One rollout serves `num_iterations` (μ) consecutive optimizer steps (the loop
+reuses the collated batch, `passes_per_batch`). Per rollout, in `collate` (eager):
+1. Each of the B prompts gets G = `group_size` completions, sampled together
+   with a KV cache by the current policy (rollout.py), which is the rollout's
+   "old" policy π_old. The sampled ids are kept as they are (never decoded and
+   re-encoded for training) with their log-probs under π_old.
+2. Rewards (rewards.py): r_i = Σ_k w_k r_k(completion_i). Advantages within each
+   group of G completions of one prompt:
+       A_i = (r_i - mean(r)) / (std(r) + 1e-4)    (population std over the group)
+   or, with `scale_rewards = false` (Dr. GRPO), A_i = r_i - mean(r).
+3. With β > 0: log-probs of the sampled tokens under the reference, once per
+   rollout: the same model with its adapter layers swapped out for the base
+   layers they wrap (LoRA / DoRA: no second copy), or, for full fine-tuning,
+   the base weights kept at `bind` swapped in. β = 0 skips this pass.
+
+The loss (compiled, each of the μ steps), for completion token t of sequence i:
+    ρ_it = exp(logp_θ - logp_old)
+    L_it = -min(ρ_it A_i, clip(ρ_it, 1 - ε, 1 + ε_high) A_i) + β k3_it
+    k3_it = exp(ref - logp_θ) - (ref - logp_θ) - 1
+(ε_high = ε unless `epsilon_high` > 0), aggregated (`loss_aggregation`) over
+the N = B·G sequences, |o_i| = completion tokens of sequence i (its sampled
+end-of-turn token included):
+    grpo     (1/N) Σ_i (1/|o_i|) Σ_t L_it
+    bnpo     Σ_it L_it / Σ_i |o_i|
+    dr_grpo  Σ_it L_it / (N · max_completion_length)
+Every log-prob is of softmax(logits / temperature). On a rollout's first step
+the policy *is* π_old, so logp_old = stop_gradient(logp_θ): ρ = 1 exactly and
+the gradient is REINFORCE with the group-mean baseline. Later steps (μ > 1)
+use the log-probs recorded at sampling, so ρ departs from 1 and the clip acts.
+
+For the loop, weight = N (sequences) and every metric is a sum over sequences:
+reward_mean, reward_std (mean within-group std), reward/<name> (unweighted),
+completion_length, and the per-token means kl (β > 0 only), clip_fraction
+(tokens whose clip is active: ρ < 1 - ε with A < 0, or ρ > 1 + ε_high with
+A > 0) and entropy (of the policy at the sampling temperature). With gradient
+accumulation, bnpo and the per-token means are per micro-batch, weighted by N.
+
+Every `sample_every` rollouts, the G completions of one prompt (prompt,
+answer, completion, reward, per-function rewards, advantage) are appended to
+`<run>/completions.jsonl`, one JSON object per completion, with the `step`
+of the metrics.jsonl train record they belong to.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trainer_core import rewards as reward_fns
+from trainer_core.batching import padded_length
+from trainer_core.data import Record, TokenizeStats, render_messages, where
+from trainer_core.errors import UserError
+from trainer_core.generate import build_prompt
+from trainer_core.methods.base import Method
+from trainer_core.rollout import SamplingSettings, sample_completions, token_logprobs
+
+ADVANTAGE_EPS = 1e-4
+SAMPLES_FILE = "completions.jsonl"
+
+
+@dataclass
+class PromptExample:
+    """One prompt, tokenised with the chat template's generation prompt; `record` is the raw JSON object."""
+
+    prompt_ids: list[int]
+    record: dict
+    source: str = ""
+    line: int = 0
+
+
+# ---- the maths ---------------------------------------------------------------------
+def group_advantages(rewards: np.ndarray, group_size: int, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(advantages [N], each row's group std [N]) for rewards [N] laid out group by group."""
+    grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
+    std = grouped.std(axis=1, keepdims=True)
+    advantages = grouped - grouped.mean(axis=1, keepdims=True)
+    if scale:
+        advantages = advantages / (std + ADVANTAGE_EPS)
+    return advantages.reshape(-1).astype(np.float32), np.repeat(std[:, 0], group_size).astype(np.float32)
+
+
+def policy_terms(model, batch: dict, *, temperature: float, epsilon_low: float, epsilon_high: float,
+                 beta: float) -> dict:
+    """Per-token terms [N, L-1] aligned with the targets input_ids[:, 1:]: logp, ratio,
+    clipped (bool), entropy, kl (β > 0) and per_token_loss; see the module doc."""
+    ids, mask = batch["input_ids"], batch["completion_mask"]
+    logits = model(ids[:, :-1]).astype(mx.float32) / temperature
+    logp = token_logprobs(logits, ids[:, 1:], 1.0)
+    old = mx.where(batch["first_pass"], mx.stop_gradient(logp), batch["old_logp"])
+    ratio = mx.exp(mx.where(mask, logp - old, 0.0))  # masked before exp: padding never overflows
+    advantages = batch["advantages"][:, None]
+    clipped_ratio = mx.clip(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    per_token = -mx.minimum(ratio * advantages, clipped_ratio * advantages)
+    detached = mx.stop_gradient(logits)
+    clipped = ((ratio < 1 - epsilon_low) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
+    terms = {"logp": logp, "ratio": ratio, "clipped": clipped,
+             "entropy": mx.logsumexp(detached, axis=-1) - (mx.softmax(detached, axis=-1) * detached).sum(axis=-1)}
+    if beta:
+        delta = mx.where(mask, batch["ref_logp"] - logp, 0.0)
+        terms["kl"] = mx.exp(delta) - delta - 1
+        per_token = per_token + beta * terms["kl"]
+    terms["per_token_loss"] = per_token
+    return terms
+
+
+def aggregate(per_token: mx.array, mask: mx.array, kind: str, max_completion_length: int) -> mx.array:
+    """Sum over the micro-batch's N sequences whose division by N gives the `kind` loss (module doc)."""
+    mask = mask.astype(mx.float32)
+    masked = per_token * mask
+    if kind == "grpo":
+        return (masked.sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)).sum()
+    if kind == "bnpo":
+        return mask.shape[0] * masked.sum() / mx.maximum(mask.sum(), 1.0)
+    if kind == "dr_grpo":
+        return masked.sum() / max_completion_length
+    raise ValueError(f"unknown loss_aggregation {kind!r}")
+
+
+# ---- the reference policy ------------------------------------------------------------
+def adapter_layers(model) -> list[tuple[str, object]]:
+    """(name, module) of every mlx-lm LoRA / DoRA layer (they wrap `.linear` or `.embedding`)."""
+    return [(name, m) for name, m in model.named_modules()
+            if "lora_a" in m and ("linear" in m or "embedding" in m)]
+
+
+@contextmanager
+def reference_policy(model, frozen: dict | None):
+    """Inside the block `model` is the reference, in eval mode: adapter layers replaced by the
+    layers they wrap, or (full fine-tuning) the `frozen` base weights swapped in. Restored on exit."""
+    training, adapters = model.training, adapter_layers(model)
+    current = model.parameters() if not adapters and frozen is not None else None
+    if adapters:
+        model.update_modules(tree_unflatten([(n, m["linear"] if "linear" in m else m["embedding"])
+                                             for n, m in adapters]))
+    elif frozen is not None:
+        model.update(tree_unflatten(list(frozen.items())))
+    model.eval()
+    try:
+        yield model
+    finally:
+        if adapters:
+            model.update_modules(tree_unflatten(adapters))
+        elif current is not None:
+            model.update(current)
+        model.train(training)
+
+
+# ---- the method ----------------------------------------------------------------------
+class GRPOMethod(Method):
+    """GRPO on prompt_answer data; see the module doc."""
+
+    name = "grpo"
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        grpo = config.grpo
+        self.rewards = reward_fns.load_rewards(grpo.rewards, grpo.reward_weights, grpo.reward_file)
+        self.passes_per_batch = grpo.num_iterations
+        self.sampling = SamplingSettings(grpo.max_completion_length, grpo.temperature, grpo.top_p, grpo.top_k)
+        self.metric_names = ("reward_mean", "reward_std", *(f"reward/{f.name}" for f in self.rewards),
+                             "completion_length", *(("kl",) if grpo.beta else ()), "clip_fraction", "entropy")
+        self.frozen: dict | None = None
+        self.samples: list[dict] = []  # the last rollout's first group, for completions.jsonl
+
+    def bind(self, model, run_dir=None) -> None:
+        super().bind(model, run_dir)
+        if self.config.grpo.beta and not adapter_layers(model):
+            self.frozen = dict(tree_flatten(model.parameters()))  # immutable arrays: the base, as it is now
+
+    # ---- data -----------------------------------------------------------------------
+    def prepare(self, splits):
+        if splits.kind != "prompt_answer":
+            raise UserError(f"grpo trains on prompt_answer data ({{\"prompt\", \"answer\"}} records), but "
+                            f"{splits.files.get('train')} holds {splits.kind} records. Use sft/lora/dpo for "
+                            f"{splits.kind} data or convert it.", field="data")
+        limit = self.config.max_seq_length - self.config.grpo.max_completion_length
+        train, train_stats = self.tokenize_prompts(splits.train, limit)
+        valid, valid_stats = self.tokenize_prompts(splits.valid, limit) if splits.valid else ([], None)
+        if not train:
+            raise UserError(f"No prompt in {splits.files.get('train')} fits: {train_stats.truncated} are longer than "
+                            f"max_seq_length - grpo.max_completion_length = {limit} tokens. Raise max_seq_length "
+                            "or lower grpo.max_completion_length.", field="max_seq_length")
+        need = [f.name for f in self.rewards if f.needs_answer]
+        for e in train + valid:
+            if need and e.record.get("answer") is None:
+                raise UserError(f"{where(e.source, e.line)}: no 'answer', but the reward {need[0]} compares "
+                                "completions with it. Add answers or choose rewards that need none.",
+                                field="grpo.rewards")
+        return train, valid, {"train": train_stats, "valid": valid_stats}
+
+    def tokenize_prompts(self, records, limit: int) -> tuple[list[PromptExample], TokenizeStats]:
+        """Prompt ids with the generation prompt; prompts over `limit` tokens are skipped and
+        counted in stats.truncated (a cut prompt would lose its question or its assistant header)."""
+        examples, stats = [], TokenizeStats()
+        for rec in records:
+            rec = rec if isinstance(rec, Record) else Record(rec, "<records>", stats.records + 1)
+            stats.records += 1
+            try:
+                ids = [int(t) for t in build_prompt(self.tokenizer, render_messages(rec.data, "prompt_answer"))]
+            except Exception as e:  # jinja errors, raise_exception() in templates, ...
+                raise UserError(f"{where(rec.source, rec.line)}: the model's chat template failed on this prompt "
+                                f"({type(e).__name__}: {e}).") from None
+            if not ids:
+                stats.empty += 1
+            elif len(ids) > limit:
+                stats.truncated += 1
+            else:
+                examples.append(PromptExample(ids, rec.data, rec.source, rec.line))
+                stats.lengths.append(len(ids))
+                stats.total_tokens += len(ids)
+        stats.examples = len(examples)
+        return examples, stats
+
+    def length(self, example) -> int:
+        return len(example.prompt_ids)
+
+    # ---- rollouts ---------------------------------------------------------------------
+    def collate(self, examples):
+        """Sample G completions per prompt, score them, and build the batch (module doc, steps 1-3)."""
+        cfg, group = self.config.grpo, self.config.grpo.group_size
+        prompts = [e.prompt_ids for e in examples for _ in range(group)]
+        training = self.model.training
+        self.model.eval()
+        try:
+            rollout = sample_completions(self.model, prompts, self.sampling, self.eos_ids(), pad_id=self.pad_id(),
+                                         generation_batch_size=cfg.generation_batch_size)
+        finally:
+            self.model.train(training)
+        texts = [self.tokenizer.decode(c[:-1] if stopped else c)  # for the rewards only; training keeps the ids
+                 for c, stopped in zip(rollout.completions, rollout.stopped)]
+        records = [e.record for e in examples for _ in range(group)]
+        parts = reward_fns.score(self.rewards, [
+            {"completion": text, "answer": None if r.get("answer") is None else str(r["answer"]),
+             "prompt": r["prompt"], "record": r, "completion_ids": list(ids), "completion_length": len(ids),
+             "max_completion_length": cfg.max_completion_length}
+            for text, r, ids in zip(texts, records, rollout.completions)])
+        totals = reward_fns.total(self.rewards, parts)
+        advantages, group_std = group_advantages(totals, group, cfg.scale_rewards)
+        batch = rollout_batch(prompts, rollout.completions, rollout.logprobs, self.pad_id())
+        batch.update(advantages=mx.array(advantages), rewards=mx.array(totals), group_std=mx.array(group_std),
+                     reward_parts=mx.array(parts), first_pass=mx.array(True))
+        if cfg.beta:
+            batch["ref_logp"] = self.reference_logprobs(batch["input_ids"])
+        self.samples = [{"prompt": records[i]["prompt"], "answer": records[i].get("answer"), "completion": texts[i],
+                         "reward": float(totals[i]), "advantage": float(advantages[i]),
+                         "rewards": {f.name: float(parts[i, k]) for k, f in enumerate(self.rewards)}}
+                        for i in range(group)]
+        return batch
+
+    def reference_logprobs(self, input_ids: mx.array) -> mx.array:
+        """[N, L-1] log-probs of input_ids[:, 1:] under the reference policy (no gradient)."""
+        size = self.config.grpo.generation_batch_size or input_ids.shape[0]
+        with reference_policy(self.model, self.frozen):
+            parts = []
+            for i in range(0, input_ids.shape[0], size):
+                ids = input_ids[i:i + size]
+                parts.append(token_logprobs(self.model(ids[:, :-1]), ids[:, 1:], self.config.grpo.temperature))
+                mx.eval(parts[-1])
+        return mx.concatenate(parts)
+
+    def batch_for_step(self, batch, step):
+        """First step of a rollout: ratio 1 by construction (and its samples are written); later steps:
+        the recorded old log-probs."""
+        first = step % self.passes_per_batch == 0
+        every = self.config.grpo.sample_every
+        if first and every and (step // self.passes_per_batch) % every == 0:
+            self.write_samples(step + 1)
+        return {**batch, "first_pass": mx.array(first)}
+
+    def write_samples(self, step: int) -> None:
+        if self.run_dir is None or not self.samples:
+            return
+        with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps({"step": step, **s}) + "\n" for s in self.samples))
+        self.samples = []
+
+    # ---- loss -------------------------------------------------------------------------
+    def loss(self, model, batch):
+        cfg = self.config.grpo
+        terms = policy_terms(model, batch, temperature=cfg.temperature, epsilon_low=cfg.epsilon,
+                             epsilon_high=cfg.epsilon_high or cfg.epsilon, beta=cfg.beta)
+        mask = batch["completion_mask"]
+        loss_sum = aggregate(terms["per_token_loss"], mask, cfg.loss_aggregation, cfg.max_completion_length)
+        sequences = mask.shape[0]
+        maskf = mask.astype(mx.float32)
+        lengths = maskf.sum(axis=-1)
+
+        def token_mean(x):  # per-token mean over the micro-batch, as a sum over its sequences
+            return sequences * (x.astype(mx.float32) * maskf).sum() / mx.maximum(lengths.sum(), 1.0)
+
+        metrics = {"reward_mean": batch["rewards"].sum(), "reward_std": batch["group_std"].sum(),
+                   **{f"reward/{f.name}": batch["reward_parts"][:, k].sum() for k, f in enumerate(self.rewards)},
+                   "completion_length": lengths.sum(), "clip_fraction": token_mean(terms["clipped"]),
+                   "entropy": token_mean(terms["entropy"])}
+        if cfg.beta:
+            metrics["kl"] = token_mean(terms["kl"])
+        return loss_sum, mx.array(sequences, dtype=mx.float32), metrics
+
+    def batch_tokens(self, examples, batch) -> dict:
+        completion = int(batch["completion_mask"].sum().item())
+        prompt = sum(len(e.prompt_ids) for e in examples) * self.config.grpo.group_size
+        return {"input_tokens": prompt + completion, "padded_tokens": int(batch["input_ids"].size),
+                "trained_tokens": completion}
+
+    # ---- tokenizer ----------------------------------------------------------------------
+    def eos_ids(self) -> set[int]:
+        ids = set(getattr(self.tokenizer, "eos_token_ids", None) or ())
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return pad if isinstance(pad, int) else 0
+
+
+def rollout_batch(prompts, completions, logprobs, pad_id: int = 0) -> dict:
+    """{input_ids [N, L] int32 (prompt + completion, right-padded), and over the targets
+    input_ids[:, 1:]: completion_mask [N, L-1] bool, old_logp [N, L-1] float32}."""
+    width = padded_length(max(len(p) + len(c) for p, c in zip(prompts, completions)))
+    n = len(prompts)
+    ids = np.full((n, width), pad_id, dtype=np.int32)
+    mask = np.zeros((n, width - 1), dtype=bool)
+    old = np.zeros((n, width - 1), dtype=np.float32)
+    for i, (p, c, lp) in enumerate(zip(prompts, completions, logprobs)):
+        ids[i, :len(p) + len(c)] = list(p) + list(c)
+        mask[i, len(p) - 1:len(p) - 1 + len(c)] = True
+        old[i, len(p) - 1:len(p) - 1 + len(c)] = lp
+    return {"input_ids": mx.array(ids), "completion_mask": mx.array(mask), "old_logp": mx.array(old)}
