@@ -58,6 +58,7 @@ class DatasetPanel(QGroupBox):
         self.summary: DatasetSummary | None = None
         self.error = ""
         self._task = LatestTask()
+        self.destroyed.connect(self._task.cancel)
         self.path = text_field("data", placeholder="a .jsonl file, or a folder with train.jsonl (+ valid.jsonl)")
         self.kind = choice_field("data_kind", [(k, k or "detect") for k in DATA_KINDS],
                                  tooltip="Force the data kind; 'detect' reads it from the first record.")

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QS
 
 from app.setup_pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
+from app.tasks import cancel_all
 from app.training_pane import TrainingPane
 from app.worker import TrainingController
 from trainer_core.config import RunConfig
@@ -250,4 +251,5 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Last call before the application quits: stop and wait for the worker thread."""
+        cancel_all()
         self.controller.shutdown()

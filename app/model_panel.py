@@ -57,6 +57,7 @@ class ModelPanel(QGroupBox):
         self.error = ""
         self._spec = models.DEMO_SPEC
         self._task = LatestTask()
+        self.destroyed.connect(self._task.cancel)
         self.combo = QComboBox()
         self.combo.setMinimumContentsLength(28)
         self.combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)

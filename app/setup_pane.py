@@ -148,8 +148,7 @@ class SetupPane(QScrollArea):
         if summary.stats is not None and summary.stats.trained_tokens == 0:
             return ("0% of tokens would be trained: every example is empty after prompt masking and truncation "
                     f"to {config.max_seq_length} tokens. Raise max seq length or check the data.")
-        per_step = config.batch_size * config.gradient_accumulation_steps
-        if summary.train_examples < per_step:
+        if steps_per_epoch(summary.train_examples, config.batch_size, config.gradient_accumulation_steps) < 1:
             return (f"The training split has {summary.train_examples} usable examples, fewer than one optimizer "
                     f"step (batch size {config.batch_size} × accumulation {config.gradient_accumulation_steps}).")
         return None

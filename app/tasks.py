@@ -108,6 +108,12 @@ def run_task(fn: Callable[[Task], Any], on_done: Callable[[Any], None],
     return task
 
 
+def cancel_all() -> None:
+    """Cancel every running task (the window is closing); their results are dropped."""
+    for task in list(_live):
+        task.cancel()
+
+
 class LatestTask:
     """The newest job of one kind; starting another cancels the previous one."""
 
