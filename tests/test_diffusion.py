@@ -253,7 +253,8 @@ def test_checkpoint_reloads_with_its_mask_token(request, tmp_path, fine_tune_typ
     tiny_model_dir = request.getfixturevalue("tiny_quant_model_dir" if quantized else "tiny_model_dir")
     data = write_completions(tmp_path / "data" / "train.jsonl", QA)
     run = runner.build_run(diffusion_config(tiny_model_dir, data.parent, tmp_path / "runs", max_steps=3,
-                                            learning_rate=1e-2, fine_tune_type=fine_tune_type))
+                                            learning_rate=1e-2, fine_tune_type=fine_tune_type,
+                                            quantized_base="keep"))
     result = run.loop.train()
     config = json.loads((Path(result.final_dir) / "adapter_config.json").read_text())
     assert config["diffusion"]["added_mask_token"] and config["fine_tune_type"] == fine_tune_type
@@ -261,7 +262,7 @@ def test_checkpoint_reloads_with_its_mask_token(request, tmp_path, fine_tune_typ
     ids = mx.array([[5, 17, mask, 99, mask, 23]])
     run.loop.model.eval()
     trained = np.array(bidirectional_logits(run.loop.model, ids))
-    reloaded = load_for_inference(None, result.final_dir)
+    reloaded = load_for_inference(None, result.final_dir, quantized_base="keep")
     np.testing.assert_allclose(np.array(bidirectional_logits(reloaded.model, ids)), trained, atol=1e-5)
     plain = mx.array([[5, 17, 99, 23]])
     base_logits = np.array(bidirectional_logits(load_model(str(tiny_model_dir)).model, plain))

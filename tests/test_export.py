@@ -83,9 +83,9 @@ def runs(tiny_model_dir, tiny_quant_model_dir, tiny_gguf, tmp_path_factory):
                         lora=LoraConfig(rank=4, num_layers=-1, targets=["self_attn.q_proj", "self_attn.v_proj",
                                                                         "mlp.down_proj"])),
         "full": Trained(tiny_model_dir, root, "full", method="sft", learning_rate=1e-2),
-        "qlora": Trained(tiny_quant_model_dir, root, "qlora"),
-        "qdora": Trained(tiny_quant_model_dir, root, "qdora", fine_tune_type="dora"),
-        "gguf": Trained(tiny_gguf, root, "gguf-lora"),
+        "qlora": Trained(tiny_quant_model_dir, root, "qlora", quantized_base="keep"),
+        "qdora": Trained(tiny_quant_model_dir, root, "qdora", fine_tune_type="dora", quantized_base="keep"),
+        "gguf": Trained(tiny_gguf, root, "gguf-lora", quantized_base="keep"),
     }
 
 

@@ -331,7 +331,7 @@ def block_linears(model):
 
 
 def test_qlora_trains_adapters_and_keeps_the_base_quantized(tiny_quant_model_dir, tmp_path):
-    run = build(tiny_quant_model_dir, tmp_path, method="lora", max_steps=3, learning_rate=1e-2)
+    run = build(tiny_quant_model_dir, tmp_path, method="lora", max_steps=3, learning_rate=1e-2, quantized_base="keep")
     model = run.loop.model
     wrapped = block_linears(model)
     assert len(wrapped) == 2 * 7 and all(type(m) is LoRALinear for m in wrapped.values())

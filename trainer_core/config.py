@@ -94,6 +94,7 @@ class RunConfig:
     output_dir: str = ""  # runs root; empty = the platform default
     run_name: str = ""  # run folder name; empty = method-model-date
     fine_tune_type: str = ""  # lora | dora | full; empty = the method's default
+    quantized_base: str = "auto"  # keep | dequantize | auto (= dequantize where MLX runs on the CPU, keep on a GPU)
     max_steps: int = 0  # optimizer steps; 0 = use epochs
     epochs: int = 1  # passes over the training data when max_steps = 0
     batch_size: int = 4  # examples per micro-batch, per process
@@ -145,6 +146,8 @@ class RunConfig:
         need(self.method in METHODS, "method", f"method must be one of {', '.join(METHODS)} (got {self.method!r}).")
         need(self.fine_tune_type in ("",) + FINE_TUNE_TYPES, "fine_tune_type",
              f"fine_tune_type must be lora, dora or full (got {self.fine_tune_type!r}).")
+        need(self.quantized_base in ("auto", "keep", "dequantize"), "quantized_base",
+             "quantized_base must be auto, keep or dequantize.")
         need(not (self.lora.dora and self.fine_tune_type == "full"), "lora.dora",
              "lora.dora needs adapters: set fine_tune_type to lora/dora or turn dora off.")
         need(bool(str(self.model).strip()), "model", "model is empty: choose a model folder, a .gguf file or 'demo'.")

@@ -135,7 +135,7 @@ def load_fused(checkpoint: Path, base: str, *, dequantize: bool = False):
     from trainer_core.adapters import is_quantized
     from trainer_core.generate import load_for_inference
 
-    loaded = load_for_inference(base, checkpoint)
+    loaded = load_for_inference(base, checkpoint, quantized_base="keep")
     fused = [(name, module.fuse(dequantize=dequantize))
              for name, module in loaded.model.named_modules() if hasattr(module, "fuse")]
     if fused:

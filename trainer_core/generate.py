@@ -16,7 +16,7 @@ from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tuner.utils import load_adapters
 
 from trainer_core.errors import UserError
-from trainer_core.models import LoadedModel, load_model
+from trainer_core.models import LoadedModel, load_model, should_dequantize
 
 
 @dataclass
@@ -38,17 +38,20 @@ def read_adapter_config(checkpoint: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({e}); the checkpoint is damaged — pick another one.") from None
 
 
-def load_for_inference(model_spec: str | None, checkpoint: str | Path | None = None) -> LoadedModel:
+def load_for_inference(model_spec: str | None, checkpoint: str | Path | None = None,
+                       quantized_base: str = "auto") -> LoadedModel:
     """Load a base model, and apply a checkpoint's adapters or full weights when given.
 
     With a checkpoint and no model, the base model recorded in the checkpoint is used.
+    `quantized_base` (auto | keep | dequantize) as in RunConfig: adapters give the same
+    function on the dequantized weights, which are the quantized values exactly.
     """
     adapter_config = read_adapter_config(Path(checkpoint)) if checkpoint else None
     spec = model_spec or (adapter_config or {}).get("base_model")
     if not spec:
         raise UserError("No model given: pass --model PATH (a folder, a .gguf file or 'demo').")
     full = bool(adapter_config and adapter_config.get("fine_tune_type") == "full")
-    loaded = load_model(spec, dequantize=full)
+    loaded = load_model(spec, dequantize=should_dequantize(quantized_base, full))
     if adapter_config and "diffusion" in adapter_config:  # a [MASK] row the run added to the embedding
         from trainer_core.methods.diffusion import restore_mask_token
         restore_mask_token(loaded.model, adapter_config["diffusion"])

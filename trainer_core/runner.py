@@ -26,7 +26,7 @@ from trainer_core.data import load_dataset
 from trainer_core.errors import UserError
 from trainer_core.loop import TrainingLoop, TrainResult
 from trainer_core.methods import make_method
-from trainer_core.models import load_model
+from trainer_core.models import load_model, read_model_info, should_dequantize
 from trainer_core.paths import default_runs_root
 from trainer_core.resume_checks import check_resumable, fingerprint
 
@@ -41,6 +41,16 @@ class Run:
     loop: TrainingLoop
     model_name: str
     data_stats: dict
+
+
+class _Remember(Callback):
+    """Keeps log lines said before the run folder (and its log.txt) exists."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def on_log(self, message: str) -> None:
+        self.lines.append(message)
 
 
 def runs_root(config: RunConfig) -> Path:
@@ -69,10 +79,17 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
               rank: int = 0) -> Run:
     """Validate, load data and model, prepare adapters, create the run folder, build the loop."""
     config.validate()
-    log = CallbackList(callbacks)
+    early_log = _Remember()
+    log = CallbackList(list(callbacks) + [early_log])
     splits = _split_validation(load_dataset(config.data, config.data_kind or None), config)
     log.on_log(f"Data {config.data}: {splits.kind}, {len(splits.train)} train / {len(splits.valid)} valid records")
-    loaded = load_model(config.model, dequantize=config.resolved_fine_tune_type == "full")
+    full = config.resolved_fine_tune_type == "full"
+    dequantize = should_dequantize(config.quantized_base, full)
+    loaded = load_model(config.model, dequantize=dequantize)
+    if dequantize and not full and read_model_info(config.model).quantization != "none":
+        log.on_log("The quantized base is dequantized for training (quantized_base = "
+                   f"{config.quantized_base}: MLX runs on the CPU here, where quantized matmuls are far slower). "
+                   "Set quantized_base = keep for QLoRA on the quantized weights.")
     log.on_log(f"Model {loaded.info.name}: {loaded.info.architecture}, {loaded.info.num_parameters / 1e6:.0f}M "
                f"parameters, {loaded.info.quantization}")
     mx.random.seed(config.seed)
@@ -96,6 +113,9 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
     own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if rank == 0 else []
+    for line in early_log.lines:  # what was said before the run folder existed
+        for writer in own:
+            writer.on_log(line)
     try:
         loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
                             valid_examples=valid_examples, adapter_config=adapter_config,
