@@ -251,7 +251,7 @@ def test_parquet_without_pyarrow(tmp_path, monkeypatch):
 
 
 def test_parquet_roundtrip(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist([CHAT, CHAT]), path)
