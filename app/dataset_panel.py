@@ -76,7 +76,7 @@ class DatasetPanel(QGroupBox):
         self.lengths_label.setObjectName("secondary")
         self.lengths_label.setWordWrap(True)
         self.lengths_label.setToolTip("Truncated: longer than max seq length, cut. Dropped: no trained token left.")
-        self.histogram = small_plot(100)
+        self.histogram = small_plot(100, grow=True)
         self.histogram.getPlotItem().setLabel("bottom", "tokens per example")
         self.bars = pg.BarGraphItem(x=[], height=[], width=1, brush=COLORS["train"], pen=None)
         self.histogram.addItem(self.bars)
@@ -84,7 +84,7 @@ class DatasetPanel(QGroupBox):
         self.histogram.addItem(self.limit_line)
         self.preview = QTextBrowser()
         self.preview.setOpenLinks(False)
-        self.preview.setMinimumHeight(150)
+        self.preview.setMinimumHeight(130)
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Data"))
@@ -184,13 +184,15 @@ class DatasetPanel(QGroupBox):
         if not lengths:
             self.bars.setOpts(x=[], height=[], width=1)
             return
-        top = max(max(lengths), 1)
-        bins = min(40, max(5, top // 8))
-        counts, edges = np.histogram(lengths, bins=bins, range=(0, top + 1))
+        low, top = min(lengths), max(max(lengths), 1)
+        show_limit = limit < top * 1.5
+        start = 0 if show_limit else max(0, low - (top - low) * 0.1)
+        bins = int(min(40, max(5, (top - start) // 4)))
+        counts, edges = np.histogram(lengths, bins=bins, range=(start, top + 1))
         width = edges[1] - edges[0]
         self.bars.setOpts(x=edges[:-1] + width / 2, height=counts, width=width * 0.9)
-        self.histogram.setXRange(0, max(top, limit) * 1.03 if limit < top * 1.5 else top * 1.05, padding=0)
-        self.limit_line.setVisible(limit < top * 1.5)
+        self.histogram.setXRange(start, max(top, limit) * 1.03 if show_limit else top + width, padding=0)
+        self.limit_line.setVisible(show_limit)
 
     def _preview_html(self, summary: DatasetSummary) -> str:
         palette = self.palette()

@@ -17,6 +17,7 @@ import math
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QVBoxLayout,
                                QWidget)
 
@@ -52,6 +53,20 @@ def format_float(value: float) -> str:
 NUMBER_WIDTH = 150  # numeric editors stay compact instead of filling their grid cell
 
 
+INVALID_TINT = QColor("#e5484d")
+
+
+def _invalid_palette(widget: QWidget) -> QPalette:
+    """The widget's palette with its field background tinted red (works in light and dark)."""
+    palette = QPalette(widget.palette())
+    for group in (QPalette.Active, QPalette.Inactive):
+        base = palette.color(group, QPalette.Base)
+        tint = QColor.fromRgbF(*(0.75 * b + 0.25 * t for b, t in zip(base.getRgbF()[:3], INVALID_TINT.getRgbF()[:3])))
+        palette.setColor(group, QPalette.Base, tint)
+        palette.setColor(group, QPalette.Button, tint)
+    return palette
+
+
 class BoundField(QObject):
     """One RunConfig field, its editor and its inline message."""
 
@@ -84,11 +99,13 @@ class BoundField(QObject):
             self.editor.blockSignals(blocked)
 
     def show_problem(self, message: str | None) -> None:
-        self.editor.setProperty("invalid", bool(message))
-        self.editor.style().unpolish(self.editor)
-        self.editor.style().polish(self.editor)
+        """Tint the field red and show `message` under it (None clears both)."""
+        invalid = bool(message)
+        if invalid != bool(self.editor.property("invalid")):
+            self.editor.setProperty("invalid", invalid)
+            self.editor.setPalette(_invalid_palette(self.editor) if invalid else QPalette())
         self.message.setText(message or "")
-        self.message.setVisible(bool(message))
+        self.message.setVisible(invalid)
 
     def cell(self) -> QWidget:
         """The editor with its message below, for a grid cell."""

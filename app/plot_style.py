@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QSizePolicy
 
 pg.setConfigOptions(antialias=True)
 
@@ -58,12 +58,14 @@ class ShortFloatAxis(pg.AxisItem):
         return [format_float(v) for v in values]
 
 
-def small_plot(height: int = 120, short_floats: bool = False) -> pg.PlotWidget:
-    """A compact, non-interactive plot for previews."""
+def small_plot(height: int = 120, short_floats: bool = False, grow: bool = False) -> pg.PlotWidget:
+    """A compact, non-interactive plot for previews; `grow` lets it take spare height (never ask for it)."""
     widget = pg.PlotWidget(axisItems={"left": ShortFloatAxis("left")} if short_floats else None)
     style_plot(widget)
     widget.setMinimumHeight(height)
-    widget.setMaximumHeight(height + 60)
+    widget.setMaximumHeight(height + (80 if grow else 30))
+    if grow:
+        widget.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Ignored)
     widget.setMouseEnabled(x=False, y=False)
     widget.hideButtons()
     widget.setMenuEnabled(False)

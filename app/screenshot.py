@@ -4,15 +4,17 @@
         [--model PATH | --tiny] [--steps 150]
 
 Writes main-window.png (Setup tab on the demo model and data) and
-training.png (Training tab after a short run of `--model`; `--tiny` builds a
+training.png (Training tab during a short run of `--model`; `--tiny` builds a
 small random Llama with the test suite's helper, for machines where the demo
-model trains too slowly). Uses the same MainWindow as `python -m app`.
+model trains too slowly). Uses the same MainWindow as `python -m app`, and
+prints the GUI thread's event-loop latency measured during the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import app  # noqa: F401  (trainer_core before mlx / Qt)
@@ -31,6 +33,30 @@ def wait(predicate, timeout_s: float) -> bool:
         loop.exec()
     poll.stop()
     return predicate()
+
+
+class LatencyProbe:
+    """How late a 20 ms timer fires on the GUI thread: the window's responsiveness."""
+
+    INTERVAL_MS = 20
+
+    def __init__(self):
+        from PySide6.QtCore import QTimer
+
+        self.late_ms: list[float] = []
+        self.last = time.perf_counter()
+        self.timer = QTimer(interval=self.INTERVAL_MS, timeout=self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.late_ms.append(max(0.0, (now - self.last) * 1000 - self.INTERVAL_MS))
+        self.last = now
+
+    def summary(self) -> str:
+        late = sorted(self.late_ms) or [0.0]
+        p95 = late[int(0.95 * (len(late) - 1))]
+        return f"median {late[len(late) // 2]:.1f} ms, p95 {p95:.1f} ms, max {late[-1]:.1f} ms ({len(late)} ticks)"
 
 
 def main(argv=None) -> int:
@@ -67,10 +93,14 @@ def main(argv=None) -> int:
     if not window.start():
         print("could not start:", setup.start_blocker())
         return 1
-    wait(lambda: not window.controller.running, 600)
-    wait(lambda: False, 0.5)
+    probe = LatencyProbe()
+    live_at = int(args.steps * 0.7)
+    wait(lambda: window.run_status.last.get("step", 0) >= live_at or not window.controller.running, 600)
+    wait(lambda: False, 0.6)  # let the plots catch up
     window.grab().save(str(out / "training.png"))
+    wait(lambda: not window.controller.running, 600)
     print(f"wrote {out / 'main-window.png'} and {out / 'training.png'}")
+    print(f"event-loop latency while training: {probe.summary()}")
     window.close()
     return 0
 

@@ -134,7 +134,12 @@ class SetupPane(QScrollArea):
         """Why Start is disabled now, or None."""
         problems = self.problems()
         if problems:
-            return next(iter(problems.values()))
+            name, message = next(iter(problems.items()))
+            field = self.form.fields.get(name)
+            if field is not None and not field.editor.isVisibleTo(self):
+                section = LABELS.get(name.split(".")[0], name.split(".")[0])
+                return f"{message} (in the {section} settings, hidden for the current method)"
+            return message
         config = self.config()
         if not method_available(config.method):
             return f"{LABELS[config.method]} is not available in this build yet; choose SFT or LoRA."
@@ -189,7 +194,8 @@ class SetupPane(QScrollArea):
 
     def _show_memory(self, config: RunConfig) -> None:
         info = self.model_panel.info
-        if info is None or config.problems():
+        needed = {"batch_size", "max_seq_length", "fine_tune_type", "lora.rank", "lora.num_layers", "lora.dora"}
+        if info is None or needed & set(self.problems()):
             self.memory_label.setText("Memory estimate: waiting for the model and valid settings.")
             self.memory_label.setProperty("level", "")
             return
