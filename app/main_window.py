@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, QUrl
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QStyle, QTabWidget,
                                QToolBar, QWidget)
 
+from app.plot_style import style_plot
 from app.setup_pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
 from app.tasks import cancel_all
@@ -231,6 +233,13 @@ class MainWindow(QMainWindow):
     def open_config(self) -> None:
         if self.run_dir is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run_dir / "config.toml")))
+
+    def changeEvent(self, event) -> None:
+        """Light/dark switch: plots take the new palette's colours."""
+        if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):
+            for plot in self.findChildren(pg.PlotWidget):
+                style_plot(plot)
+        super().changeEvent(event)
 
     # ---- closing -------------------------------------------------------------------------
     def _ask_close(self) -> bool:

@@ -15,6 +15,7 @@ pg.setConfigOptions(antialias=True)
 COLORS = {
     "train": "#3b82f6",     # blue
     "ema": "#1d4ed8",       # deep blue
+    "ema_dark": "#60a5fa",  # light blue, for dark backgrounds
     "eval": "#f97316",      # orange
     "checkpoint": "#10b981",  # green
     "lr": "#8b5cf6",        # violet

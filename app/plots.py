@@ -19,7 +19,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from app.metrics_store import AXES, MetricsStore
-from app.plot_style import COLORS, SERIES, ShortFloatAxis, faint, style_plot
+from app.plot_style import COLORS, SERIES, ShortFloatAxis, faint, is_dark, style_plot
 
 TITLES = {"loss": "Loss", "learning_rate": "Learning rate", "grad_norm": "Gradient norm",
           "method": "Throughput and method metrics"}
@@ -101,7 +101,8 @@ class TrainingPlots(QWidget):
         loss.addLegend(offset=(-10, 10), labelTextSize="8pt")
         self.curves = {
             "loss": loss.plot([], [], pen=pg.mkPen(faint(COLORS["train"], 80), width=1), name="train"),
-            "loss_ema": loss.plot([], [], pen=pg.mkPen(COLORS["ema"], width=2), name="train (EMA)"),
+            "loss_ema": loss.plot([], [], pen=pg.mkPen(COLORS["ema_dark"] if is_dark() else COLORS["ema"], width=2),
+                                  name="train (EMA)"),
             "eval": loss.plot([], [], pen=None, symbol="o", symbolSize=7, symbolBrush=COLORS["eval"],
                               symbolPen=None, name="eval"),
             "checkpoint": loss.plot([], [], pen=None, symbol="d", symbolSize=10, symbolBrush=COLORS["checkpoint"],

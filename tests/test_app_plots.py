@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
@@ -131,3 +132,23 @@ def test_run_status_eta_from_recent_steps():
         status.add(train_record(step, 1.0) | {"time": 2.0 * step})  # 2 s per step
     assert status.seconds_per_step() == pytest.approx(2.0)
     assert "ETA 3:00" in status.text() and "step 10/100" in status.text()
+
+
+def test_hover_reads_out_the_nearest_step(qtbot):
+    store = MetricsStore()
+    plots = TrainingPlots(store)
+    qtbot.addWidget(plots)
+    plots.resize(900, 600)
+    plots.show()
+    for step in range(1, 11):
+        store.add(train_record(step, 10.0 - step))
+    store.add({"type": "eval", "step": 4, "time": 1004.0, "loss": 5.5})
+    plots.redraw()
+    qtbot.wait(20)
+    widget = plots.widgets["loss"]
+    vb = widget.getPlotItem().vb
+    scene_pos = vb.mapViewToScene(pg.Point(4.2, 6.0))
+    hover = plots.hovers[0]
+    hover._moved((scene_pos,))
+    assert hover.label.isVisible()
+    assert hover.label.toPlainText().startswith("step 4 · loss 6 · EMA") and "eval 5.5" in hover.label.toPlainText()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -262,3 +261,15 @@ def test_quantized_weights_use_their_bits():
     assert memory_estimate.bytes_per_weight("8-bit (group 32)", full=False) == pytest.approx(1.125)
     assert memory_estimate.bytes_per_weight("none", full=False) == 2.0
     assert memory_estimate.bytes_per_weight("Q4_1", full=True) == 4.0
+
+
+def test_chosen_models_are_remembered(qtbot, pane, tiny_model_dir, tiny_quant_model_dir):
+    pane.model_panel.select(str(tiny_quant_model_dir))
+    qtbot.waitUntil(lambda: pane.model_panel.info is not None, timeout=TIMEOUT)
+    assert pane.model_panel.info.quantization.startswith("4-bit")
+    assert "QLoRA" in pane.model_panel.details["quantization"].text()
+    again = SetupPane(RunConfig(data=pane.config().data))
+    qtbot.addWidget(again)
+    specs = [again.model_panel.combo.itemData(i) for i in range(again.model_panel.combo.count())]
+    assert specs[0] == "demo" and str(tiny_quant_model_dir) in specs and str(tiny_model_dir) in specs
+    ready(qtbot, again)
