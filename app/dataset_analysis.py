@@ -104,9 +104,12 @@ def _prompt_preview(tokenizer, record, kind: str) -> PreviewRow:
     messages = render_messages(record.data, kind)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
         if getattr(tokenizer, "chat_template", None) else "\n".join(m["content"] for m in messages)
-    answer = record.data.get("chosen") or record.data.get("answer") or ""
-    answer = answer if isinstance(answer, str) else str(answer)
-    return PreviewRow(record.line, [(prompt, False), (answer, True)], 0, 0)
+    if kind == "preference":  # DPO raises the chosen reply over the rejected one
+        chosen = record.data.get("chosen", "")
+        return PreviewRow(record.line, [(prompt, False), (chosen if isinstance(chosen, str) else str(chosen), True)], 0, 0)
+    answer = record.data.get("answer", "")  # GRPO samples its own completions; the answer only scores them
+    return PreviewRow(record.line, [(prompt, False), (f"\n⟶ expected answer: {answer}", False)] if answer != ""
+                      else [(prompt, False)], 0, 0)
 
 
 def analyze(request: AnalysisRequest, task=None) -> DatasetSummary | None:

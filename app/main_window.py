@@ -202,9 +202,7 @@ class MainWindow(QMainWindow):
         self.training.append_log(f"error: {message}")
 
     def _failed_field(self, field: str, message: str) -> None:
-        widget = self.setup.form.fields.get(field)
-        if widget is not None:
-            widget.show_problem(message)
+        if self.setup.show_run_problem(field, message):
             self.tabs.setCurrentWidget(self.setup)
 
     def _running_changed(self, running: bool) -> None:

@@ -36,6 +36,23 @@ def ema(values, smoothing: float) -> np.ndarray:
     return out
 
 
+def metric_groups(keys) -> dict[str, list[str]]:
+    """Method metrics grouped into plots that share a scale, most telling first.
+
+    Rewards (grpo reward_mean and reward/<fn>, dpo rewards_chosen / rewards_rejected /
+    reward_margin) share one plot; every other metric (kl, completion_length,
+    reward_accuracy, mask_ratio, ...) gets its own; throughput is always last.
+    """
+    keys = list(keys)
+    rewards = [k for k in keys if k.startswith("reward") and k not in ("reward_std", "reward_accuracy")]
+    groups = {"rewards": rewards} if rewards else {}
+    for key in keys:
+        if key not in rewards and key != "reward_std":
+            groups[key.replace("_", " ")] = [key]
+    groups["tokens/s"] = ["tokens_per_sec"]
+    return groups
+
+
 class MetricsStore:
     def __init__(self):
         self.clear()

@@ -18,11 +18,11 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
 
-from app.metrics_store import AXES, MetricsStore
+from app.metrics_store import AXES, MetricsStore, metric_groups
 from app.plot_style import COLORS, SERIES, ShortFloatAxis, faint, is_dark, style_plot
 
 TITLES = {"loss": "Loss", "learning_rate": "Learning rate", "grad_norm": "Gradient norm",
-          "method": "Throughput and method metrics"}
+          "method": "Method metrics"}
 
 
 def robust_range(arrays, log: bool) -> tuple[float, float] | None:
@@ -111,18 +111,23 @@ class TrainingPlots(QWidget):
             "grad_norm": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(faint(COLORS["grad_norm"], 90))),
             "grad_norm_ema": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(COLORS["grad_norm"], width=2)),
         }
-        self.widgets["method"].addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.method_legend = self.widgets["method"].addLegend(offset=(-10, 10), labelTextSize="8pt")
         self.method_curves: dict[str, pg.PlotDataItem] = {}
-        self._method_curve("tokens_per_sec", "tokens/s")
+        self.method_group: str | None = None  # None: the first of metric_groups()
+        self.shown_group = ""
+        self.band_upper, self.band_lower = pg.PlotDataItem(), pg.PlotDataItem()
+        self.band = pg.FillBetweenItem(self.band_upper, self.band_lower, brush=faint(SERIES[0], 45))
+        self.widgets["method"].addItem(self.band)
         for curve in self.curves.values():
             curve.setClipToView(True)
             curve.setDownsampling(auto=True, method="peak")
         self.hovers = [_Hover(w, lambda x, n=name: self._describe(n, x)) for name, w in self.widgets.items()]
         self.set_axis("step")
 
-    def _method_curve(self, key: str, label: str | None = None) -> pg.PlotDataItem:
+    def _method_curve(self, key: str) -> pg.PlotDataItem:
         color = SERIES[len(self.method_curves) % len(SERIES)]
-        curve = self.widgets["method"].plot([], [], pen=pg.mkPen(color, width=2), name=label or key)
+        curve = pg.PlotDataItem([], [], pen=pg.mkPen(color, width=2))
+        self.widgets["method"].addItem(curve)
         curve.setClipToView(True)
         curve.setDownsampling(auto=True, method="peak")
         self.method_curves[key] = curve
@@ -204,12 +209,36 @@ class TrainingPlots(QWidget):
         self.curves["grad_norm"].setData(x, self.store.series("grad_norm"), connect="finite")
         self.curves["grad_norm_ema"].setData(x, self.store.smoothed("grad_norm", self.smoothing), connect="finite")
 
+    def groups(self) -> dict[str, list[str]]:
+        return metric_groups(self.store.method_keys())
+
+    def set_method_group(self, label: str | None) -> None:
+        self.method_group = label
+        self.draw_panel("method", force=True)
+
     def _draw_method(self, x) -> None:
-        for name in self.store.method_keys():
-            if name not in self.method_curves:
-                self._method_curve(name)
-        for name, curve in self.method_curves.items():
-            curve.setData(x, self.store.series(name), connect="finite")
+        groups = self.groups()
+        label = self.method_group if self.method_group in groups else next(iter(groups))
+        keys = groups[label]
+        for key in keys:
+            if key not in self.method_curves:
+                self._method_curve(key)
+        if label != self.shown_group:  # legend and title follow the chosen group
+            self.shown_group = label
+            self.method_legend.clear()
+            for key, curve in self.method_curves.items():
+                curve.setVisible(key in keys)
+                if key in keys:
+                    self.method_legend.addItem(curve, key.replace("_", " ") if key != "tokens_per_sec" else "tokens/s")
+            self.widgets["method"].getPlotItem().setTitle(f"{TITLES['method']}: {label}", size="10pt")
+        for key in keys:
+            self.method_curves[key].setData(x, self.store.series(key), connect="finite")
+        banded = "reward_mean" in keys and "reward_std" in self.store.columns
+        self.band.setVisible(banded)
+        if banded:  # reward mean ± std
+            mean, std = self.store.series("reward_mean"), self.store.series("reward_std")
+            self.band_upper.setData(x, mean + std, connect="finite")
+            self.band_lower.setData(x, mean - std, connect="finite")
 
     def _evals(self) -> list[dict]:
         return [e for e in self.store.evals if isinstance(e.get("loss"), (int, float))]
@@ -246,5 +275,6 @@ class TrainingPlots(QWidget):
             evals = [e for e in store.evals if e.get("step") == step and isinstance(e.get("loss"), (int, float))]
             return text + (f" · eval {evals[0]['loss']:.4g}" if evals else "")
         if name == "method":
-            return f"step {step} · " + " · ".join(f"{k} {fmt(store.series(k)[i])}" for k in self.method_curves)
+            keys = self.groups().get(self.shown_group, [])
+            return f"step {step} · " + " · ".join(f"{k} {fmt(store.series(k)[i])}" for k in keys)
         return f"step {step} · {name.replace('_', ' ')} {fmt(store.series(name)[i])}"

@@ -99,6 +99,7 @@ class SetupPane(QScrollArea):
         self._refresh_timer = QTimer(self, singleShot=True, interval=120, timeout=self.refresh)
         self._analysis_timer = QTimer(self, singleShot=True, interval=350, timeout=self.analyze_dataset)
         self._last_request: AnalysisRequest | None = None
+        self._run_problems: dict[str, tuple[str, object]] = {}  # field -> (message, value it was about)
         self.form.changed.connect(self._refresh_timer.start)
         self.model_panel.infoChanged.connect(self._refresh_timer.start)
         self.dataset_panel.summaryChanged.connect(self._refresh_timer.start)
@@ -128,7 +129,24 @@ class SetupPane(QScrollArea):
             problems.setdefault("model", self.model_panel.error)
         if self.dataset_panel.error:
             problems.setdefault("data", self.dataset_panel.error)
+        for name, (message, value) in self._run_problems.items():
+            if name in self.form.fields and self._value(name) == value:
+                problems.setdefault(name, message)
         return problems
+
+    def _value(self, name: str):
+        try:
+            return self.form[name].value()
+        except ValueError:
+            return None
+
+    def show_run_problem(self, name: str, message: str) -> bool:
+        """A run failed on field `name`: show `message` there until the value changes. False if no such field."""
+        if name not in self.form.fields:
+            return False
+        self._run_problems[name] = (message, self._value(name))
+        self.refresh()
+        return True
 
     def start_blocker(self) -> str | None:
         """Why Start is disabled now, or None."""

@@ -47,11 +47,14 @@ class TrainingPane(QWidget):
         self.follow.setCheckable(True)
         self.follow.setChecked(True)
         self.follow.setToolTip("Keep the whole run in view; zooming or panning turns this off.")
+        self.metric = QComboBox()
+        self.metric.setToolTip("What the fourth plot shows: the method's metrics, or throughput")
+        self.metric.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         export_png = QPushButton("Export PNG…")
         export_csv = QPushButton("Export CSV…")
         controls = QHBoxLayout()
         for widget in (QLabel("x-axis"), self.axis, QLabel("   Smoothing"), self.smoothing, self.smoothing_label,
-                       self.log_y, self.follow):
+                       self.log_y, self.follow, QLabel("   Metrics"), self.metric):
             controls.addWidget(widget)
         controls.addStretch(1)
         controls.addWidget(export_png)
@@ -94,6 +97,8 @@ class TrainingPane(QWidget):
         self.smoothing.valueChanged.connect(self._smoothing_changed)
         self.log_y.toggled.connect(self.plots.set_log_y)
         self.follow.toggled.connect(self.plots.set_follow)
+        self.metric.activated.connect(lambda _: self.plots.set_method_group(self.metric.currentText()))
+        self._fill_metrics()
         self.plots.followChanged.connect(self.follow.setChecked)
         export_png.clicked.connect(self.export_png)
         export_csv.clicked.connect(self.export_csv)
@@ -146,6 +151,7 @@ class TrainingPane(QWidget):
         1/PAINT_SHARE of the GUI thread however slow the machine draws.
         """
         started = time.perf_counter()
+        self._fill_metrics()
         stale = self.plots.stale_panels()
         if stale and self.isVisible():
             name = stale[0]
@@ -153,6 +159,17 @@ class TrainingPane(QWidget):
             self.plots.widgets[name].repaint()
         cost = time.perf_counter() - started
         self.timer.start(int(min(MAX_REDRAW_MS, max(REDRAW_MS / 4, cost * 1000 * PAINT_SHARE))))
+
+    def _fill_metrics(self) -> None:
+        """Offer every metric group the run has reported so far (new ones appear as they arrive)."""
+        labels = list(self.plots.groups())
+        if labels != [self.metric.itemText(i) for i in range(self.metric.count())]:
+            current = self.plots.shown_group or labels[0]
+            self.metric.blockSignals(True)
+            self.metric.clear()
+            self.metric.addItems(labels)
+            self.metric.setCurrentText(current if current in labels else labels[0])
+            self.metric.blockSignals(False)
 
     # ---- controls ----------------------------------------------------------------------
     def _smoothing_changed(self, value: int) -> None:

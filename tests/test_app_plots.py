@@ -9,7 +9,7 @@ import pyqtgraph as pg
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
-from app.metrics_store import MetricsStore, ema
+from app.metrics_store import MetricsStore, ema, metric_groups
 from app.plots import TrainingPlots, robust_range
 from app.status_bar import RunStatus, duration, format_status
 from app.training_pane import TrainingPane
@@ -57,16 +57,39 @@ def test_x_axes_and_event_positions():
     assert store.x_at([10], "time", [1010.5]) == pytest.approx([10.5])
 
 
-def test_method_metrics_get_their_own_curves(qtbot):
+def test_method_metrics_are_grouped_by_scale():
+    assert metric_groups(["reward_mean", "reward_std", "reward/exact_match", "kl", "completion_length"]) == {
+        "rewards": ["reward_mean", "reward/exact_match"], "kl": ["kl"], "completion length": ["completion_length"],
+        "tokens/s": ["tokens_per_sec"]}
+    assert list(metric_groups(["rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy"])) == [
+        "rewards", "reward accuracy", "tokens/s"]
+    assert metric_groups([]) == {"tokens/s": ["tokens_per_sec"]}
+
+
+def test_method_plot_shows_one_group_with_a_std_band(qtbot):
     store = MetricsStore()
     plots = TrainingPlots(store)
     qtbot.addWidget(plots)
-    store.add(train_record(1, 2.0, reward_margin=0.5, **{"reward/exact_match": 1.0}))
+    store.add(train_record(1, 2.0, reward_mean=0.5, reward_std=0.25, kl=0.01, **{"reward/exact_match": 1.0}))
     store.add(train_record(2, 1.0))  # a later record without them: NaN, not a shifted column
     plots.redraw()
-    assert set(plots.method_curves) == {"tokens_per_sec", "reward_margin", "reward/exact_match"}
-    y = store.series("reward_margin")
-    assert y[0] == 0.5 and math.isnan(y[1])
+    assert plots.shown_group == "rewards"
+    assert plots.method_curves["reward_mean"].isVisible() and plots.band.isVisible()
+    assert list(plots.band_upper.getData()[1][:1]) == [0.75] and list(plots.band_lower.getData()[1][:1]) == [0.25]
+    assert math.isnan(store.series("reward_mean")[1])
+    plots.set_method_group("kl")
+    assert plots.method_curves["kl"].isVisible() and not plots.method_curves["reward_mean"].isVisible()
+    assert not plots.band.isVisible()
+    assert plots.widgets["method"].getPlotItem().titleLabel.text.endswith("kl")
+
+
+def test_pane_offers_metric_groups_as_they_arrive(qtbot):
+    pane = TrainingPane()
+    qtbot.addWidget(pane)
+    assert [pane.metric.itemText(i) for i in range(pane.metric.count())] == ["tokens/s"]
+    pane.add_metrics(train_record(1, 2.0, mask_ratio=0.4))
+    pane._fill_metrics()
+    assert [pane.metric.itemText(i) for i in range(pane.metric.count())] == ["mask ratio", "tokens/s"]
 
 
 def test_downsampling_keeps_the_extremes(qtbot):

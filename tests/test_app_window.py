@@ -131,6 +131,10 @@ def test_failed_run_shows_the_message_on_its_field(qtbot, window):
     assert "self_attn.nope_proj" in field.message.text() and field.message.isVisible()
     assert window.tabs.currentWidget() is window.setup
     assert window.status.label.property("level") == "error"
+    assert not window.start_action.isEnabled()  # until the value changes
+    field.editor.setText("self_attn.q_proj")
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=TIMEOUT)
+    assert field.message.text() == ""
 
 
 def test_open_a_finished_run_from_disk(qtbot, window):
