@@ -230,7 +230,8 @@ class TrainingPlots(QWidget):
                 curve.setVisible(key in keys)
                 if key in keys:
                     self.method_legend.addItem(curve, key.replace("_", " ") if key != "tokens_per_sec" else "tokens/s")
-            self.widgets["method"].getPlotItem().setTitle(f"{TITLES['method']}: {label}", size="10pt")
+            title = "Throughput" if label == "tokens/s" else f"{TITLES['method']}: {label}"
+            self.widgets["method"].getPlotItem().setTitle(title, size="10pt")
         for key in keys:
             self.method_curves[key].setData(x, self.store.series(key), connect="finite")
         banded = "reward_mean" in keys and "reward_std" in self.store.columns
