@@ -30,3 +30,15 @@ def log_dir() -> Path:
 def settings_dir() -> Path:
     override = os.environ.get("FINETUNE_STUDIO_HOME")
     return Path(override) / "settings" if override else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def ensure_user_dirs() -> list[Path]:
+    """Create the runs root, settings and log folders if missing (first launch); return them.
+
+    These are the only places the program writes on its own (a run may also go to
+    its config's output_dir); never the program's own folder or app bundle.
+    """
+    folders = [default_runs_root(), settings_dir(), log_dir()]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
