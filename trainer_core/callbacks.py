@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -69,7 +70,9 @@ class MetricsWriter(Callback):
     """Appends one JSON object per train step / eval / checkpoint / event to metrics.jsonl.
 
     Each record is written with a single write + flush, so a crash can only
-    tear the last line, which `read_metrics` skips.
+    tear the last line, which `read_metrics` skips. A writer that finds a torn
+    last line (the previous process was killed mid-write) starts a new line, so
+    its own first record is not glued to the fragment.
     """
 
     def __init__(self, path: Path):
@@ -77,11 +80,15 @@ class MetricsWriter(Callback):
         self.file = None
 
     def _write(self, kind: str, payload: dict) -> None:
-        if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8")
         record = {"type": kind, "step": int(payload.get("step", 0)), "time": time.time()}
         record.update({k: _clean(v) for k, v in payload.items() if k not in ("step",)})
-        self.file.write(json.dumps(record) + "\n")
+        if self.file is None:
+            self.file = open(self.path, "a+b")  # appends wherever it reads
+            if self.file.tell():
+                self.file.seek(-1, os.SEEK_END)
+                if self.file.read(1) != b"\n":  # torn by a crash
+                    self.file.write(b"\n")
+        self.file.write((json.dumps(record) + "\n").encode("utf-8"))
         self.file.flush()
 
     def on_step_end(self, metrics):
