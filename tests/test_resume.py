@@ -96,6 +96,7 @@ def test_resume_refuses_changed_maths(tmp_path, tiny_model_dir):
 
 def test_resume_without_checkpoint_is_clear(tmp_path):
     (tmp_path / "config.toml").write_text('method = "lora"\n')
+    (tmp_path / "final").mkdir()  # a finished run whose checkpoints were deleted (no final: starts at step 0)
     with pytest.raises(UserError, match="no complete checkpoint"):
         runner.resume(tmp_path)
 

@@ -110,8 +110,14 @@ class MetricsWriter(Callback):
             self.file = None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All complete records of a metrics.jsonl; a torn or corrupt line is skipped."""
+def read_metrics(path: Path, *, raw: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl, in file order; a torn or corrupt line is skipped.
+
+    A resumed run starts with a `resumed` event at the step of the checkpoint it
+    restored; the records an earlier process wrote for later steps were redone
+    (or abandoned) and are dropped, so each train step appears once, as the run
+    that produced the final weights saw it. `raw=True` keeps every record.
+    """
     records = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -120,8 +126,12 @@ def read_metrics(path: Path) -> list[dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and "type" in record:
-                    records.append(record)
+                if not isinstance(record, dict) or "type" not in record:
+                    continue
+                if not raw and record["type"] == "event" and record.get("event") == "resumed":
+                    step = record.get("step", 0)
+                    records = [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= step]
+                records.append(record)
     except FileNotFoundError:
         pass
     return records

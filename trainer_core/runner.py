@@ -145,25 +145,34 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), checkpoint: Path | None = None,
                    **world) -> Run:
-    """Rebuild a run from its folder and restore its latest (or the given) checkpoint."""
+    """Rebuild a run from its folder and restore its latest (or the given) checkpoint.
+
+    A run stopped before its first checkpoint (killed while loading, say) starts
+    again from step 0 in the same folder. Either way a `resumed` event at the
+    restored step opens the new records in metrics.jsonl (see `read_metrics`).
+    """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if max_steps is not None:
         config.max_steps = max_steps
-    latest = CheckpointManager(run_dir / "checkpoints").latest()
-    checkpoint = Path(checkpoint) if checkpoint else latest
-    if checkpoint is None:
+    checkpoint = Path(checkpoint) if checkpoint else CheckpointManager(run_dir / "checkpoints").latest()
+    if checkpoint is None and (run_dir / "final").exists():
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; start it again with `finetune train`.")
-    state = read_state(checkpoint)
     run = build_run(config, callbacks, run_dir=run_dir, **world)
-    changes = check_resumable(checkpoint, state, config, run.loop.fingerprint)
-    run.loop.restore(checkpoint)
-    if max_steps is None:
-        run.loop.set_total_steps(state["total_steps"])
+    changes = {}
+    if checkpoint is not None:
+        state = read_state(checkpoint)
+        changes = check_resumable(checkpoint, state, config, run.loop.fingerprint)
+        run.loop.restore(checkpoint)
+        if max_steps is None:
+            run.loop.set_total_steps(state["total_steps"])
+    run.loop.callbacks.on_event({"step": run.loop.step, "event": "resumed",
+                                 "checkpoint": str(checkpoint) if checkpoint else None})
     for field, (before, after) in changes.items():
         run.loop.callbacks.on_event({"step": run.loop.step, "event": "config_changed", "field": field,
                                      "before": before, "after": after})
-    run.loop.callbacks.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}")
+    run.loop.callbacks.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}"
+                              if checkpoint else f"No checkpoint in {run_dir} yet: starting the run again from step 0")
     return run
 
 
