@@ -134,6 +134,8 @@ class CheckpointManager:
         if best is not None:
             keep.add(best)
         removed = [p for p in checkpoints if p not in keep]
-        for p in removed:
-            shutil.rmtree(p, ignore_errors=True)
+        for p in removed:  # renamed first (atomic), so a crash mid-delete leaves no half step-* folder
+            doomed = p.with_name(f".old-{p.name}-{os.getpid()}-{time.monotonic_ns()}")
+            p.rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         return removed
