@@ -9,6 +9,7 @@ raises one UserError with all messages for the CLI.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -228,7 +229,14 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(self.to_toml(), encoding="utf-8")
+        """Write the TOML atomically (temp file + rename): a crash never leaves a torn config."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_toml())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "RunConfig":
