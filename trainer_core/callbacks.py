@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from trainer_core.errors import UserError
+
 
 class Callback:
     """No-op base; override what you need."""
@@ -72,7 +74,7 @@ class MetricsWriter(Callback):
     Each record is written with a single write + flush, so a crash can only
     tear the last line, which `read_metrics` skips. A writer that finds a torn
     last line (the previous process was killed mid-write) starts a new line, so
-    its own first record is not glued to the fragment.
+    its own first record is not glued to the fragment. A disk error is a UserError.
     """
 
     def __init__(self, path: Path):
@@ -82,14 +84,18 @@ class MetricsWriter(Callback):
     def _write(self, kind: str, payload: dict) -> None:
         record = {"type": kind, "step": int(payload.get("step", 0)), "time": time.time()}
         record.update({k: _clean(v) for k, v in payload.items() if k not in ("step",)})
-        if self.file is None:
-            self.file = open(self.path, "a+b")  # appends wherever it reads
-            if self.file.tell():
-                self.file.seek(-1, os.SEEK_END)
-                if self.file.read(1) != b"\n":  # torn by a crash
-                    self.file.write(b"\n")
-        self.file.write((json.dumps(record) + "\n").encode("utf-8"))
-        self.file.flush()
+        try:
+            if self.file is None:
+                self.file = open(self.path, "a+b")  # appends wherever it reads
+                if self.file.tell():
+                    self.file.seek(-1, os.SEEK_END)
+                    if self.file.read(1) != b"\n":  # torn by a crash
+                        self.file.write(b"\n")
+            self.file.write((json.dumps(record) + "\n").encode("utf-8"))
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f"Could not write {self.path}: {e.strerror or e}. Free disk space or choose a "
+                            "writable output folder, then resume the run.") from None
 
     def on_step_end(self, metrics):
         self._write("train", metrics)
@@ -145,8 +151,12 @@ class LogWriter(Callback):
 
     def on_log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {message}\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{stamp} {message}\n")
+        except OSError as e:
+            raise UserError(f"Could not write {self.path}: {e.strerror or e}. Free disk space or choose a "
+                            "writable output folder, then resume the run.") from None
 
     def on_evaluate(self, metrics):
         self.on_log(f"eval step {metrics['step']}: loss {metrics.get('loss', float('nan')):.4f}")

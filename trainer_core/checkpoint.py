@@ -49,7 +49,7 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
+    try:  # mlx reports a failed write (disk full, unwritable folder) as RuntimeError, Python as OSError
         tmp.mkdir()
         mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx"})
         if optimizer is not None:
@@ -67,11 +67,14 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
         else:
             tmp.rename(target)
         _fsync_path(parent)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"Could not write checkpoint {target}: {e.strerror or e}. "
+        raise UserError(f"Could not write checkpoint {target}: {getattr(e, 'strerror', None) or e}. "
                         "Free disk space or choose a writable output folder, then resume the run; "
                         "earlier checkpoints are intact.") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
 
 
