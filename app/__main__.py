@@ -1,8 +1,10 @@
 """`python -m app` / `finetune-studio` / `make run`: open the window.
 
-By default the form starts on the demo model and resources/demo_data;
-`--model`, `--data` and a config/preset TOML override that, and `--run DIR`
-opens a finished run's plots.
+By default the form starts on the demo model and the demo dataset (found by
+`trainer_core.resources`: checkout, wheel or .app); `--model`, `--data` and a
+config/preset TOML override that, and `--run DIR` opens a finished run's plots.
+First thing, the program log starts and the user folders (runs, settings, logs;
+`trainer_core.paths`) are created: nothing is ever written next to the program.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import sys
 from pathlib import Path
 
 import app  # noqa: F401  (trainer_core, hence OpenBLAS, before mlx and Qt)
+from trainer_core import paths, resources
 from trainer_core.config import RunConfig
 from trainer_core.errors import UserError
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+from trainer_core.logging_setup import setup_logging
 
 
 def default_config() -> RunConfig:
-    return RunConfig(model="demo", data=str(RESOURCES / "demo_data"))
+    return RunConfig(model="demo", data=str(resources.demo_dataset("sft")))
 
 
 def parse_args(argv):
@@ -33,19 +35,25 @@ def parse_args(argv):
 
 def create_application(argv=None):
     """The QApplication with Fine-Tune Studio's name and style sheet."""
+    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
     application = QApplication.instance() or QApplication(list(argv or sys.argv[:1]))
     application.setApplicationName("Fine-Tune Studio")
     application.setOrganizationName("Fine-Tune Studio")
-    style = RESOURCES / "style.qss"
+    style = resources.resource_path("style.qss")
     if style.is_file():
         application.setStyleSheet(style.read_text(encoding="utf-8"))
+    icon = resources.resource_path("icon.png")
+    if icon.is_file():
+        application.setWindowIcon(QIcon(str(icon)))
     return application
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging("finetune-studio")
+    paths.ensure_user_dirs()
     try:
         config = RunConfig.load(args.config) if args.config else default_config()
     except UserError as e:
