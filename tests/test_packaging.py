@@ -509,3 +509,22 @@ def test_reveal_opens_the_folder_or_selects_in_finder(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(reveal, "reveal_in_file_manager", lambda path: opened.append(str(path)) or True)
     assert reveal.reveal_logs() and opened[-1] == str(logging_setup.log_file())
+
+
+# ---------------------------------------------------------------- the CLI entry point
+
+@pytest.mark.parametrize("method, folder", [("lora", "demo_data"), ("dpo", "demo_preference"), ("grpo", "demo_grpo")])
+def test_cli_data_demo_is_the_shipped_demo_dataset(method, folder):
+    from trainer_core.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--method", method, "--model", "demo", "--data", "demo"])
+    assert config_from_args(args).data == str(resources.resource_path(folder))
+
+
+def test_cli_writes_the_program_log(tmp_path):
+    env = {**os.environ, "FINETUNE_STUDIO_HOME": str(tmp_path / "home")}
+    result = subprocess.run([PY, "-m", "trainer_core", "generate", "--model", str(tmp_path / "nowhere"), "--prompt",
+                             "hi"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("does not exist") == 1
+    text = (tmp_path / "home" / "logs" / "fine-tune-studio.log").read_text(encoding="utf-8")
+    assert "finetune generate started" in text and f"exit 2: The model path {tmp_path / 'nowhere'}" in text

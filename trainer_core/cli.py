@@ -7,18 +7,26 @@
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
-after saving a checkpoint; a second Ctrl-C aborts.
+after saving a checkpoint; a second Ctrl-C aborts. `--data demo` is the demo
+dataset shipped with the program (trainer_core.resources) for the method's
+data kind. Every command starts the program log (trainer_core.logging_setup).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
+from trainer_core import resources
 from trainer_core.config import SCHEDULES, METHODS, RunConfig
 from trainer_core.errors import UserError
+from trainer_core.logging_setup import setup_logging
+
+log = logging.getLogger(__name__)
+DEMO_DATA = "demo"  # --data demo: the shipped demo dataset for the method
 
 # flag -> RunConfig field, for the top-level flags of `finetune train`
 TRAIN_FLAGS = {
@@ -84,6 +92,8 @@ def config_from_args(args) -> RunConfig:
     config = RunConfig.from_dict(data, source="command line")
     if args.assignments:
         config = config.with_overrides(args.assignments)
+    if config.data == DEMO_DATA:
+        config.data = str(resources.demo_dataset(config.method))
     return config.validate()
 
 
@@ -152,6 +162,7 @@ def run_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging("finetune " + args.command)
     try:
         if args.command in ("train", "resume"):
             return run_training(args)
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_export(args)
         return run_generate(args)
     except UserError as e:
+        log.info("exit 2: %s", e)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
