@@ -83,12 +83,18 @@ def read_state(checkpoint: Path) -> dict:
 
 
 class CheckpointManager:
-    """Checkpoints of one run under `<run>/checkpoints`."""
+    """Checkpoints of one run under `<run>/checkpoints`.
 
-    def __init__(self, directory: Path, keep_last: int = 0, best_metric: str = "eval_loss"):
+    `writer=False` only reads (list/latest/best): it creates no folder and removes no leftover,
+    for processes that must not touch the folder another process writes (distributed ranks > 0).
+    """
+
+    def __init__(self, directory: Path, keep_last: int = 0, best_metric: str = "eval_loss", writer: bool = True):
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.best_metric = best_metric
+        if not writer:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)

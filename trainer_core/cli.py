@@ -97,35 +97,55 @@ def config_from_args(args) -> RunConfig:
     return config.validate()
 
 
-def install_stop_handlers(stop) -> None:
+def install_stop_handlers(stop, announce: bool = True) -> None:
     """First Ctrl-C / SIGTERM: stop at the next step (checkpoint first); second Ctrl-C: abort."""
     def handler(signum, frame):
         if stop.requested:
             raise KeyboardInterrupt
         stop.request()
-        print("\nStopping after this step (saving a checkpoint)… press Ctrl-C again to abort.", file=sys.stderr)
+        if announce:
+            print("\nStopping after this step (saving a checkpoint)… press Ctrl-C again to abort.", file=sys.stderr)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
 def run_training(args) -> int:
+    """train / resume; under mlx.launch or mpirun every process runs this as one rank of a
+    data-parallel run (distributed.py): rank 0 reports and writes, other ranks print only errors,
+    prefixed with their rank. A lost rank exits 3 with a message, never a hang or a traceback."""
+    from trainer_core import distributed
+
+    world = distributed.init()
+    try:
+        return _train_or_resume(args, world)
+    except distributed.RankFailure as e:
+        print(f"{distributed.message_prefix(world)}error: {e}", file=sys.stderr, flush=True)
+        return 3
+    except UserError as e:
+        print(f"{distributed.message_prefix(world)}error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _train_or_resume(args, world) -> int:
     from trainer_core import runner
     from trainer_core.callbacks import StopFlag
     from trainer_core.progress import TerminalProgress
 
     stop = StopFlag()
-    install_stop_handlers(stop)
-    callbacks = [TerminalProgress(), stop]
+    install_stop_handlers(stop, announce=world.rank == 0)
+    callbacks = [TerminalProgress(), stop] if world.rank == 0 else [stop]
+    ranks = {"world_size": world.size, "rank": world.rank}
     if args.command == "train":
-        result = runner.train(config_from_args(args), callbacks)
+        result = runner.train(config_from_args(args), callbacks, **ranks)
         run_dir_hint = ""
     else:
-        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks)
+        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks, **ranks)
         run_dir_hint = args.run_dir
-    if result.status == "stopped":
+    if result.status == "stopped" and world.rank == 0:
         where = run_dir_hint or "the run folder"
-        print(f"Stopped at step {result.step}/{result.total_steps}; continue with `finetune resume {where}`.",
-              file=sys.stderr)
+        how = f"mlx.launch (the same {world.size} processes) -- finetune resume" if world.distributed else \
+            "finetune resume"
+        print(f"Stopped at step {result.step}/{result.total_steps}; continue with `{how} {where}`.", file=sys.stderr)
     return 0
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from trainer_core import batching
+from trainer_core import batching, distributed
 from trainer_core.callbacks import Callback, CallbackList
 from trainer_core.checkpoint import CheckpointManager, read_state, write_checkpoint_dir
 from trainer_core.errors import UserError
@@ -50,11 +50,13 @@ class TrainResult:
     final_dir: str | None
 
 
-def step_seed(seed: int, step: int) -> int:
-    """RNG seed for optimizer step `step`: the random state (dropout, masking, sampling)
-    is a pure function of (seed, step), so a resumed run draws the same numbers without
-    saving the RNG (MLX's key cannot be restored in place)."""
-    return (seed * 1_000_003 + step) % (2**63)
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """RNG seed for optimizer step `step` on process `rank`: the random state (dropout, masking,
+    sampling) is a pure function of (seed, step, rank), so a resumed run draws the same numbers
+    without saving the RNG (MLX's key cannot be restored in place). Ranks draw independently,
+    like the rows of one big batch; rank 0 draws what a single process draws."""
+    base = (seed * 1_000_003 + step) % (2**63)
+    return base if rank == 0 else (base * 1_000_033 + rank * 7_919) % (2**63)
 
 
 def config_hash(config) -> str:
@@ -137,6 +139,25 @@ class TrainingLoop:
         self.stop_requested = True
 
     def train(self) -> TrainResult:
+        """Train to total_steps (or a stop); raises distributed.RankFailure when another rank is lost."""
+        try:
+            return self._train()
+        except RuntimeError as e:
+            latest = self.checkpoints.latest() if self.checkpoints is not None else None
+            failure = distributed.rank_failure(e, world_size=self.world_size, during=f"at step {self.step + 1}",
+                                               checkpoint=latest)
+            if failure is None:
+                raise
+            self.callbacks.on_event({"step": self.step, "event": "rank_failure", "message": str(failure)})
+            self.callbacks.on_log(f"error: {failure}")
+            raise failure from None
+
+    def _stop_requested(self) -> bool:
+        """A stop asked for here (or on any rank: all ranks must stop at the same step)."""
+        wanted = self.stop_requested or self.callbacks.should_stop()
+        return distributed.any_rank(wanted) if self.world_size > 1 else wanted
+
+    def _train(self) -> TrainResult:
         cfg = self.config
         start_step = self.step
         self.callbacks.on_train_begin({"step": self.step, "total_steps": self.total_steps,
@@ -148,7 +169,7 @@ class TrainingLoop:
         saved_at = evaluated_at = None
         status = "finished"
         while self.step < self.total_steps:
-            if self.stop_requested or self.callbacks.should_stop():
+            if self._stop_requested():
                 status = "stopped"
                 break
             patience = cfg.early_stopping_patience
@@ -182,7 +203,7 @@ class TrainingLoop:
         cfg = self.config
         self.callbacks.on_step_begin({"step": self.step})
         started = time.perf_counter()
-        mx.random.seed(step_seed(self.config.seed, self.step))
+        mx.random.seed(step_seed(self.config.seed, self.step, self.rank))
         if self.step % self.passes == 0:
             micro = [self._next_micro_batch() for _ in range(self.accumulation)]
             batches = [self.method.collate(examples) for examples, _ in micro]
@@ -208,13 +229,14 @@ class TrainingLoop:
         else:
             self.bad_steps = 0
             self.metrics["train_loss"] = loss
-        input_tokens = sum(c["input_tokens"] for c in counts) * self.world_size
+        tokens, input_tokens, padded_tokens = (sum(c[k] for c in counts)
+                                               for k in ("trained_tokens", "input_tokens", "padded_tokens"))
+        if self.world_size > 1:  # ranks hold different examples: count them all
+            tokens, input_tokens, padded_tokens = distributed.sum_ints([tokens, input_tokens, padded_tokens])
         record = {
             "step": self.step, "epoch": round(self.epoch_progress, 4), "loss": loss,
             "learning_rate": learning_rate, "grad_norm": grad_norm,
-            "tokens": sum(c["trained_tokens"] for c in counts) * self.world_size,
-            "input_tokens": input_tokens,
-            "padded_tokens": sum(c["padded_tokens"] for c in counts) * self.world_size,
+            "tokens": tokens, "input_tokens": input_tokens, "padded_tokens": padded_tokens,
             "tokens_per_sec": input_tokens / elapsed if elapsed > 0 else 0.0,
             "step_time": elapsed,
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
@@ -231,15 +253,18 @@ class TrainingLoop:
         chunks = [examples[i:i + size] for i in range(0, len(examples), size)]
         if self.config.eval_batches:
             chunks = chunks[:self.config.eval_batches]
+        # each rank evaluates every world_size-th chunk; a rank left without one runs chunk 0 with
+        # weight 0, so that it still knows the metric names and joins the all_sum below
+        mine = [(chunk, 1.0) for chunk in chunks[self.rank::self.world_size]] or [(chunks[0], 0.0)]
         total_loss = total_weight = 0.0
         sums: dict[str, float] = {}
-        for chunk in chunks:
+        for chunk, share in mine:
             loss_sum, weight, metrics = self.steps.evaluate(self.method.collate([self.valid_examples[i] for i in chunk]))
             mx.eval(loss_sum, weight, metrics)
-            total_loss += loss_sum.item()
-            total_weight += weight.item()
+            total_loss += share * loss_sum.item()
+            total_weight += share * weight.item()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
+                sums[k] = sums.get(k, 0.0) + share * v.item()
         self.model.train()
         if self.world_size > 1:
             totals = mx.distributed.all_sum(mx.array([total_loss, total_weight] + [sums[k] for k in sorted(sums)]))

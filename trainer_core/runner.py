@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from trainer_core import distributed, versions
 from trainer_core.adapters import prepare_for_training, trainable_count
 from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.checkpoint import CheckpointManager, read_state
@@ -99,35 +100,57 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
     train_examples, valid_examples, stats = method.prepare(splits)
     log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "
                f"{len(train_examples)} train / {len(valid_examples)} valid examples")
+    writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
     if run_dir is None:
-        run_dir = runs_root(config) / (config.run_name or default_run_name(config, loaded.info.name))
-        if (run_dir / CONFIG_FILE).exists():
+        name = config.run_name or default_run_name(config, loaded.info.name)
+        if world_size > 1:
+            name = distributed.broadcast_text(name)  # rank 0's clock names the run on every rank
+        run_dir = runs_root(config) / name
+        if writer and (run_dir / CONFIG_FILE).exists():
             raise UserError(f"Run folder {run_dir} already holds a run. Choose another --run-name, or continue it "
                             f"with `finetune resume {run_dir}`.", field="run_name")
-    fresh = not run_dir.exists()
+    run_fingerprint = fingerprint(config, splits.files)
+    if world_size > 1:
+        _join(log, config, run_dir, run_fingerprint, len(train_examples), len(valid_examples), world_size)
+    fresh = writer and not run_dir.exists()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0:
+        if writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / CONFIG_FILE)
     except OSError as e:
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
-    own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if rank == 0 else []
+    own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if writer else []
     for line in early_log.lines:  # what was said before the run folder existed
         for writer in own:
             writer.on_log(line)
     try:
         loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
                             valid_examples=valid_examples, adapter_config=adapter_config,
-                            checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last),
-                            final_dir=run_dir / "final", callbacks=own + list(callbacks),
-                            world_size=world_size, rank=rank, run_dir=run_dir,
-                            fingerprint=fingerprint(config, splits.files))
+                            checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
+                            if writer else None,
+                            final_dir=run_dir / "final" if writer else None, callbacks=own + list(callbacks),
+                            world_size=world_size, rank=rank, run_dir=run_dir if writer else None,
+                            fingerprint=run_fingerprint)
     except UserError:  # bad input found late (e.g. too few examples for one step): leave no run folder
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Run(config, run_dir, loop, loaded.info.name, stats)
+
+
+def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train: int, n_valid: int,
+          world_size: int) -> None:
+    """Log which hosts joined and check that every rank is about to run the same thing (collective)."""
+    hosts = distributed.hosts()
+    log.on_log(f"Distributed run: {world_size} processes joined ("
+               + ", ".join(f"rank {r} on {h}" for r, h in enumerate(hosts)) + "); global batch = "
+               f"{config.batch_size} per process x {world_size} processes x {config.gradient_accumulation_steps} "
+               f"accumulation = {config.batch_size * world_size * config.gradient_accumulation_steps} examples per step")
+    settings = {k: v for k, v in config.to_dict().items() if k != "output_dir"}
+    distributed.agree({"run name": run_dir.name, "config": settings, "data": run_fingerprint["data"],
+                       "model": run_fingerprint["model"]["files"], "examples": [n_train, n_valid],
+                       "software versions": versions()})
 
 
 def train(config: RunConfig, callbacks: list[Callback] | tuple = (), **world) -> TrainResult:
@@ -155,9 +178,12 @@ def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(),
     config = load_run_config(run_dir)
     if max_steps is not None:
         config.max_steps = max_steps
-    checkpoint = Path(checkpoint) if checkpoint else CheckpointManager(run_dir / "checkpoints").latest()
+    checkpoint = Path(checkpoint) if checkpoint else \
+        CheckpointManager(run_dir / "checkpoints", writer=world.get("rank", 0) == 0).latest()
     if checkpoint is None and (run_dir / "final").exists():
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; start it again with `finetune train`.")
+    if world.get("world_size", 1) > 1:
+        distributed.agree({"checkpoint to resume from": checkpoint.name if checkpoint else None})
     run = build_run(config, callbacks, run_dir=run_dir, **world)
     changes = {}
     if checkpoint is not None:

@@ -20,6 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from trainer_core.distributed import sum_over_ranks
 from trainer_core.optim import AdamW, clip_by_global_norm
 
 
@@ -38,11 +39,9 @@ class CompiledSteps:
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
 
-        def apply_update(grads, loss_sum, weight, learning_rate):
+        def apply_update(grads, loss_sum, weight, metrics, learning_rate):
             if world_size > 1:  # data parallel: sum over ranks, then divide by the global weight
-                grads = tree_map(mx.distributed.all_sum, grads)
-                loss_sum = mx.distributed.all_sum(loss_sum)
-                weight = mx.distributed.all_sum(weight)
+                grads, loss_sum, weight, metrics = sum_over_ranks((grads, loss_sum, weight, metrics))
             params = dict(tree_flatten(model.trainable_parameters()))
             flat = {k: g / weight for k, g in tree_flatten(grads)}
             flat, norm = clip_by_global_norm(flat, max_grad_norm)
@@ -52,13 +51,12 @@ class CompiledSteps:
             new_params = {k: mx.where(ok, v, params[k]) for k, v in new_params.items()}
             self.holder["optimizer"] = tree_map(lambda new, old: mx.where(ok, new, old), new_state, old_state)
             model.update(tree_unflatten(list(new_params.items())))
-            return loss_sum, weight, norm, ok
+            return loss_sum, weight, metrics, norm, ok
 
         @partial(mx.compile, inputs=state, outputs=state)
         def fused(batch, learning_rate):
             (loss_sum, weight, metrics), grads = loss_and_grad(model, batch)
-            loss_sum, weight, norm, ok = apply_update(grads, loss_sum, weight, learning_rate)
-            return loss_sum, weight, metrics, norm, ok
+            return apply_update(grads, loss_sum, weight, metrics, learning_rate)
 
         @partial(mx.compile, inputs=state, outputs=state)
         def micro(batch):
@@ -66,8 +64,8 @@ class CompiledSteps:
             return loss_sum, weight, metrics, grads
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def update(grads, loss_sum, weight, learning_rate):
-            return apply_update(grads, loss_sum, weight, learning_rate)
+        def update(grads, loss_sum, weight, metrics, learning_rate):
+            return apply_update(grads, loss_sum, weight, metrics, learning_rate)
 
         @partial(mx.compile, inputs=[model.state])
         def evaluate(batch):
@@ -101,7 +99,6 @@ class CompiledSteps:
                 loss_sum, weight = loss_sum + ls, weight + w
                 metrics = {k: metrics[k] + m[k] for k in metrics}
             mx.eval(grads, loss_sum, weight, metrics)  # bound memory to one micro-batch of activations
-        loss_sum, weight, norm, ok = self._update(grads, loss_sum, weight, lr)
-        out = (loss_sum, weight, metrics, norm, ok)
+        out = self._update(grads, loss_sum, weight, metrics, lr)
         mx.eval(out, self.model.state, self.holder)
         return out
