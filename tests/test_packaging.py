@@ -15,11 +15,15 @@ import struct
 import subprocess
 import sys
 import threading
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import trainer_core
 from trainer_core import logging_setup, paths, resources
