@@ -9,6 +9,7 @@ raises one UserError with all messages for the CLI.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -144,6 +145,10 @@ class RunConfig:
             if not ok and name not in p:
                 p[name] = message
 
+        for name, value in _leaves(self):  # NaN/Inf pass every comparison below (inf >= 0)
+            if isinstance(value, float):
+                need(math.isfinite(value), name, f"{name} must be a finite number (got {value}).")
+        need(0 <= self.seed < 2**63, "seed", "seed must be a whole number from 0 to 2**63 - 1.")
         need(self.method in METHODS, "method", f"method must be one of {', '.join(METHODS)} (got {self.method!r}).")
         need(self.fine_tune_type in ("",) + FINE_TUNE_TYPES, "fine_tune_type",
              f"fine_tune_type must be lora, dora or full (got {self.fine_tune_type!r}).")
@@ -180,6 +185,8 @@ class RunConfig:
             need(bool(group.pattern), f"param_groups.{i}.pattern", "a param group needs a pattern such as 'layers.0.*'.")
             need(group.lr_multiplier >= 0, f"param_groups.{i}.lr_multiplier", "lr_multiplier must be 0 or more.")
         lora = self.lora
+        need(all(isinstance(t, str) for t in lora.targets), "lora.targets",
+             'lora.targets must be a list of module names, e.g. ["self_attn.q_proj", "mlp.down_proj"].')
         need(lora.rank >= 1, "lora.rank", "lora.rank must be at least 1.")
         need(lora.alpha > 0, "lora.alpha", "lora.alpha must be positive.")
         need(0 <= lora.dropout < 1, "lora.dropout", "lora.dropout must be in [0, 1).")
@@ -189,6 +196,9 @@ class RunConfig:
         need(dpo.loss_type in ("sigmoid", "ipo", "hinge"), "dpo.loss_type", "dpo.loss_type must be sigmoid, ipo or hinge.")
         need(0 <= dpo.label_smoothing < 0.5, "dpo.label_smoothing", "dpo.label_smoothing must be in [0, 0.5).")
         grpo = self.grpo
+        need(all(isinstance(r, str) for r in grpo.rewards), "grpo.rewards", "grpo.rewards must be a list of reward names.")
+        need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                 for w in grpo.reward_weights), "grpo.reward_weights", "grpo.reward_weights must be a list of numbers.")
         need(grpo.group_size >= 2, "grpo.group_size", "grpo.group_size must be at least 2 (advantages compare within a group).")
         need(grpo.beta >= 0, "grpo.beta", "grpo.beta must be 0 (no reference) or positive.")
         need(0 < grpo.epsilon < 1, "grpo.epsilon", "grpo.epsilon must be in (0, 1).")
@@ -275,6 +285,20 @@ class RunConfig:
                 raise UserError(f"--set {item!r}: {key} is not a config field.", field=key)
             target[leaf] = value
         return RunConfig.from_dict(data, source="--set")
+
+
+def _leaves(obj, prefix: str = ""):
+    """(dotted name, value) for every non-dataclass field, param groups included."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        elif f.name == "param_groups":
+            for i, group in enumerate(value):
+                if dataclasses.is_dataclass(group):
+                    yield from _leaves(group, f"{prefix}{f.name}.{i}.")
+        else:
+            yield prefix + f.name, value
 
 
 def _build(cls, data: Any, source: str, prefix: str):
