@@ -35,8 +35,19 @@ def lora_parameters(config, model) -> dict:
         raise UserError(
             f"lora.targets: {', '.join(unknown)} is not a linear layer of this model's blocks. "
             f"Choose from: {', '.join(available)}.", field="lora.targets")
+    modules = dict(model.layers[0].named_modules())
+    widest = max(min(_linear_dims(modules[t])) for t in targets)  # a rank above this adds nothing anywhere
+    if config.lora.rank > widest:
+        raise UserError(f"lora.rank is {config.lora.rank} but the adapted layers are at most {widest} wide; "
+                        f"use at most {widest} (8 to 64 is typical).", field="lora.rank")
     return {"rank": config.lora.rank, "scale": config.lora.alpha / config.lora.rank,
             "dropout": config.lora.dropout, "keys": targets}
+
+
+def _linear_dims(module) -> tuple[int, int]:
+    """(output, input) features of a linear layer (a quantized weight packs 32 // bits values per word)."""
+    out, packed = module.weight.shape
+    return out, packed * 32 // module.bits if isinstance(module, nn.QuantizedLinear) else packed
 
 
 def num_adapted_layers(config, model) -> int:
