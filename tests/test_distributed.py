@@ -224,6 +224,41 @@ def test_ranks_share_the_run_name_agree_and_stop_together(tmp_path):
         assert "disagree on data: rank(s) 1 differ from rank 0" in out["disagreement"]
 
 
+BLOCKED = """
+import time
+import trainer_core
+from trainer_core import cli, distributed
+from trainer_core.callbacks import StopFlag
+world = distributed.init()
+cli.install_stop_handlers(StopFlag())
+cli.abort_when_blocked(grace_s=0.5)
+if world.rank == 1:
+    time.sleep(600)  # a peer that hangs: alive, never joins the next collective
+print("WAITING", flush=True)
+distributed.any_rank(False)
+"""
+
+
+def test_a_second_ctrl_c_ends_a_rank_blocked_by_a_hung_peer(tmp_path):
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED)
+    ranks = Ranks(tmp_path, [script])
+    try:
+        deadline = time.monotonic() + 60
+        while "WAITING" not in ranks.output(0):
+            assert time.monotonic() < deadline and ranks.processes[0].poll() is None, ranks.output(0)
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside MLX's wait now: Python signal handlers cannot run
+        for _ in range(2):
+            ranks.processes[0].send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        assert ranks.processes[0].wait(timeout=30) == 130
+        assert "Aborted while waiting for another process" in ranks.output(0)
+    finally:
+        ranks.processes[1].kill()
+        ranks.wait(10)
+
+
 def test_a_rank_that_never_joins_ends_the_wait_with_a_clear_exit(tmp_path):
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(2)]))

@@ -109,6 +109,35 @@ def install_stop_handlers(stop, announce: bool = True) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def abort_when_blocked(grace_s: float = 2.0) -> None:
+    """Make the second Ctrl-C / SIGTERM end the process even while it waits inside MLX.
+
+    A rank waiting in a collective for a peer that hangs (a stopped process, an unplugged
+    cable) never returns to Python, so Python's signal handlers never run. The C-level handler
+    still writes each signal to the wakeup fd; a thread counts them and, `grace_s` after the
+    second, exits with status 130 if the main thread has not (checkpoints are atomic: the
+    last complete one stays valid). Call from the main thread, after install_stop_handlers.
+    """
+    import os
+    import threading
+    import time
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch():
+        received = 0
+        while received < 2:
+            received += len(os.read(read_fd, 16))
+        time.sleep(grace_s)
+        print("Aborted while waiting for another process. The last complete checkpoint is intact; continue with "
+              "`finetune resume RUN_DIR` on the same processes.", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    threading.Thread(target=watch, name="abort-when-blocked", daemon=True).start()
+
+
 def run_training(args) -> int:
     """train / resume; under mlx.launch or mpirun every process runs this as one rank of a
     data-parallel run (distributed.py): rank 0 reports and writes, other ranks print only errors,
@@ -133,6 +162,8 @@ def _train_or_resume(args, world) -> int:
 
     stop = StopFlag()
     install_stop_handlers(stop, announce=world.rank == 0)
+    if world.distributed:
+        abort_when_blocked()
     callbacks = [TerminalProgress(), stop] if world.rank == 0 else [stop]
     ranks = {"world_size": world.size, "rank": world.rank}
     if args.command == "train":
