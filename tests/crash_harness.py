@@ -71,7 +71,7 @@ class Reference:
     weights: dict
     history: list[dict]
     startup_s: float  # spawn -> first metrics record
-    training_s: float  # first metrics record -> exit
+    training_s: float  # first metrics record -> train_end record
 
 
 @dataclass
@@ -205,11 +205,11 @@ def reference_run(spec: RunSpec, work: Path, in_process: bool = False, startup_s
         if first is None and _size(metrics) > 0:
             first = time.perf_counter()
         time.sleep(0.0005)
-    ended = time.perf_counter()
     if proc.returncode != 0:
         raise RuntimeError(f"reference run failed: {(out / 'cli.log').read_text()[-2000:]}")
-    first = first or ended
-    return Reference(_final_weights(out / "ref"), _train_history(out / "ref"), first - started, ended - first)
+    records = read_metrics(metrics)  # training: first record to train_end (not the interpreter's exit)
+    return Reference(_final_weights(out / "ref"), _train_history(out / "ref"), (first or started) - started,
+                     records[-1]["time"] - records[0]["time"])
 
 
 def _kill_at_random(proc: subprocess.Popen, metrics: Path, ref: Reference, fraction_left: float,
