@@ -48,6 +48,8 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
     target = Path(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*parent.glob(f".tmp-{target.name}-*"), *parent.glob(f".old-{target.name}-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a crashed earlier write of this target (final/)
     tmp = parent / f".tmp-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
     try:  # mlx reports a failed write (disk full, unwritable folder) as RuntimeError, Python as OSError
         tmp.mkdir()
