@@ -26,7 +26,6 @@ A kill that leaves a `.tmp-*` folder interrupted a checkpoint write.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -126,3 +125,14 @@ def test_config_toml_is_replaced_atomically(tmp_path, monkeypatch):
         RunConfig(max_steps=9).save(path)
     monkeypatch.undo()
     assert RunConfig.load(path).max_steps == 7
+
+
+def test_leftovers_of_a_crashed_final_write_are_removed(tmp_path):
+    """A kill between the two renames that replace final/ leaves .old-final-* (a whole copy of the
+    weights, beside the run's checkpoints folder where no manager cleans); the next write removes it."""
+    old, tmp = tmp_path / ".old-final-1-2", tmp_path / ".tmp-final-1-3"
+    old.mkdir()
+    tmp.mkdir()
+    (tmp_path / ".tmp-finally-1-4").mkdir()  # another target's: left alone
+    checkpoint_module.write_checkpoint_dir(tmp_path / "final", **_parts(5))
+    assert sorted(os.listdir(tmp_path)) == [".tmp-finally-1-4", "final"]
