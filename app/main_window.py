@@ -258,5 +258,5 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Last call before the application quits: stop and wait for the worker thread."""
-        cancel_all()
+        cancel_all(wait_ms=10_000)
         self.controller.shutdown()

@@ -108,10 +108,16 @@ def run_task(fn: Callable[[Task], Any], on_done: Callable[[Any], None],
     return task
 
 
-def cancel_all() -> None:
-    """Cancel every running task (the window is closing); their results are dropped."""
+def cancel_all(wait_ms: int = 0) -> bool:
+    """Cancel every running task and wait up to `wait_ms` for the pool to drain; True if it did.
+
+    Call it before the application is torn down: a pool thread still running
+    Python while the interpreter finalises would wait for the GIL forever
+    while Qt waits for that thread.
+    """
     for task in list(_live):
         task.cancel()
+    return QThreadPool.globalInstance().waitForDone(wait_ms) if wait_ms else not _live
 
 
 class LatestTask:

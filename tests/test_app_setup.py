@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from app.tasks import cancel_all
 from app import memory_estimate
 from app.cli_line import cli_command
 from app.dataset_analysis import steps_per_epoch
@@ -30,6 +31,8 @@ TIMEOUT = 30_000
 @pytest.fixture(autouse=True)
 def studio_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
 
 
 @pytest.fixture

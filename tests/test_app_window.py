@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from app.tasks import cancel_all
 from app.main_window import MainWindow
 from app.metrics_store import MetricsStore, ema
 from trainer_core.callbacks import read_metrics
@@ -24,6 +25,8 @@ TIMEOUT = 60_000
 @pytest.fixture(autouse=True)
 def studio_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
 
 
 @pytest.fixture

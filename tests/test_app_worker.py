@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from app.tasks import cancel_all
 from app.worker import TrainingController
 from trainer_core.callbacks import read_metrics
 from trainer_core.config import RunConfig
@@ -34,6 +35,8 @@ def write_data(folder: Path, n_train: int = 24, n_valid: int = 4) -> Path:
 @pytest.fixture(autouse=True)
 def studio_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
 
 
 @pytest.fixture
