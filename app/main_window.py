@@ -16,6 +16,7 @@ from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QStyle, QTabWidget,
                                QToolBar, QWidget)
 
+from app.gc_policy import collect_on_gui_thread
 from app.plot_style import style_plot
 from app.setup_pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
@@ -30,6 +31,7 @@ APP_TITLE = "Fine-Tune Studio"
 class MainWindow(QMainWindow):
     def __init__(self, config: RunConfig, parent=None):
         super().__init__(parent)
+        collect_on_gui_thread()
         self.setWindowTitle(APP_TITLE)
         self.resize(1360, 900)
         self.controller = TrainingController(self)

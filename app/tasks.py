@@ -3,7 +3,8 @@
     task = run_task(fn, on_done, on_error)      # fn(task) -> result, on a pool thread
     task.cancel()                               # fn polls task.cancelled between chunks
 
-`on_done(result)`, `on_error(message)` and `on_progress(text)` always run on
+Garbage is collected on the GUI thread only (gc_policy.py), never by a pool
+thread. `on_done(result)`, `on_error(message)` and `on_progress(text)` always run on
 the GUI thread (the Task object lives there and relays its own queued
 signals). A cancelled task never calls back, so a slow old job cannot
 overwrite a newer answer. `LatestTask` keeps one job of a kind: starting a new
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal, Slot
 
+from app.gc_policy import collect_on_gui_thread
 from trainer_core.errors import UserError
 
 _live: dict["Task", "_Runnable"] = {}  # keeps tasks and runnables alive until they end
@@ -101,6 +103,7 @@ class _Runnable(QRunnable):
 def run_task(fn: Callable[[Task], Any], on_done: Callable[[Any], None],
              on_error: Callable[[str], None], on_progress: Callable[[str], None] | None = None) -> Task:
     """Start `fn(task)` on the global thread pool; the callbacks run on the GUI thread."""
+    collect_on_gui_thread()
     task = Task(fn, on_done, on_error, on_progress)
     runnable = _Runnable(task)
     _live[task] = runnable

@@ -23,6 +23,7 @@ import traceback
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from app.gc_policy import collect_on_gui_thread
 from trainer_core import runner
 from trainer_core.callbacks import Callback
 from trainer_core.config import RunConfig
@@ -215,6 +216,7 @@ class TrainingController(QObject):
     def start(self, config: RunConfig) -> None:
         if self.running:
             raise RuntimeError("a run is already in progress")
+        collect_on_gui_thread()
         thread = QThread()
         thread.setObjectName("training")
         worker = TrainingWorker(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def studio_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
     yield
     assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
+    gc.collect()  # this test's Qt garbage goes here, on the GUI thread
+    gc.enable()  # the app turned automatic collection off (gc_policy.py); other tests expect it on
 
 
 @pytest.fixture
