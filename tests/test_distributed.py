@@ -150,6 +150,7 @@ def test_peer_failures_are_recognised_and_explained():
     failure = distributed.rank_failure(lost, world_size=2, during="at step 7", checkpoint="runs/x/checkpoints/step-6")
     assert isinstance(failure, distributed.RankFailure) and isinstance(failure, UserError)
     assert "at step 7" in str(failure) and "step-6" in str(failure) and "2 processes" in str(failure)
+    assert "Rank 0 writes the checkpoints" in str(distributed.rank_failure(lost, world_size=2, during="", rank=1))
     assert distributed.rank_failure(lost, world_size=1, during="") is None
     assert distributed.rank_failure(RuntimeError("shape mismatch"), world_size=2, during="") is None
     assert distributed.rank_failure(ValueError("[ring] x"), world_size=2, during="") is None
@@ -327,7 +328,8 @@ def test_killing_a_rank_ends_the_run_with_a_message_and_resume_needs_the_same_wo
     assert codes[0] == 3, ranks.output(0)
     said = ranks.output(0)
     assert "error: Lost another process of this 2-process run" in said and "Traceback" not in said
-    assert "is intact: continue with `finetune resume` on the same 2 processes" in said
+    assert f"is intact: continue with `finetune resume {run_dir}` started on the same 2 processes" in said
+    assert said.count("Lost another process") == 1
     failure = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "rank_failure"]
     assert len(failure) == 1 and "Lost another process" in failure[0]["message"]
     latest = CheckpointManager(run_dir / "checkpoints").latest()
@@ -344,3 +346,21 @@ def test_killing_a_rank_ends_the_run_with_a_message_and_resume_needs_the_same_wo
     assert f"Resumed from {latest} at step {state['step']}" in resumed.output(0)
     assert read_state(run_dir / "final")["step"] == target
     assert resumed.output(1).strip() == ""  # rank 1 reports nothing when all goes well
+
+
+def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step(tiny_model_dir, tmp_path):
+    data = write_chat_data(tmp_path / "data", n_train=16)
+    run_dir = tmp_path / "runs" / "run"
+    ranks = Ranks(tmp_path, finetune("train", "--method", "lora", "--model", tiny_model_dir, "--data", data,
+                                     "--output-dir", tmp_path / "runs", "--run-name", "run", "--max-steps", 100_000,
+                                     "--batch-size", 2, "--save-every", 2, *SETTINGS))
+    deadline = time.monotonic() + TIMEOUT
+    while not (run_dir / "checkpoints" / "step-000002").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in ranks.processes), ranks.output(0)
+        time.sleep(0.05)
+    ranks.processes[1].send_signal(signal.SIGTERM)  # e.g. Ctrl-C reached one host only
+    assert ranks.wait(60) == [0, 0], ranks.output(0) + ranks.output(1)
+    stopped = CheckpointManager(run_dir / "checkpoints").latest()
+    assert f"Stopped at step {read_state(stopped)['step']}/100000" in ranks.output(0)
+    ended = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "train_end"]
+    assert ended[-1]["status"] == "stopped" and ended[-1]["step"] == read_state(stopped)["step"]

@@ -32,6 +32,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import mlx.core as mx
@@ -116,13 +117,20 @@ def is_peer_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and bool(_BACKEND_ERROR.search(str(error)))
 
 
-def rank_failure(error: BaseException, *, world_size: int, during: str, checkpoint=None) -> RankFailure | None:
+def rank_failure(error: BaseException, *, world_size: int, during: str, checkpoint=None,
+                 rank: int = 0) -> RankFailure | None:
     """A RankFailure explaining `error` (raised by a collective `during` something), or None when
-    `error` is not a lost peer. `checkpoint`: the latest complete checkpoint, named in the message."""
+    `error` is not a lost peer. `checkpoint`: the latest complete checkpoint (rank 0 writes them),
+    named in the message."""
     if world_size < 2 or not is_peer_failure(error):
         return None
-    kept = (f"The last complete checkpoint, {checkpoint}, is intact: continue with `finetune resume` on the same "
-            f"{world_size} processes." if checkpoint else "No checkpoint was written yet.")
+    if checkpoint:
+        kept = (f"The last complete checkpoint, {checkpoint}, is intact: continue with `finetune resume "
+                f"{Path(checkpoint).parent.parent}` started on the same {world_size} processes.")
+    elif rank:
+        kept = "Rank 0 writes the checkpoints; its last complete one is intact."
+    else:
+        kept = "No checkpoint was written yet."
     return RankFailure(f"Lost another process of this {world_size}-process run {during} ({error}). A process stopped "
                        "(see its own message) or its host became unreachable; the run cannot go on with fewer "
                        f"processes. {kept}")

@@ -145,11 +145,10 @@ class TrainingLoop:
         except RuntimeError as e:
             latest = self.checkpoints.latest() if self.checkpoints is not None else None
             failure = distributed.rank_failure(e, world_size=self.world_size, during=f"at step {self.step + 1}",
-                                               checkpoint=latest)
+                                               checkpoint=latest, rank=self.rank)
             if failure is None:
                 raise
             self.callbacks.on_event({"step": self.step, "event": "rank_failure", "message": str(failure)})
-            self.callbacks.on_log(f"error: {failure}")
             raise failure from None
 
     def _stop_requested(self) -> bool:
