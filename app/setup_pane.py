@@ -27,6 +27,7 @@ from app.form import Form
 from app.hparams_panel import HyperparametersPanel, LRPreview
 from app.method_panel import LABELS, MethodPanel, method_available
 from app.model_panel import ModelPanel
+from trainer_core import resources
 from trainer_core.config import RunConfig
 from trainer_core.data import SFT_KINDS
 from trainer_core.errors import UserError
@@ -100,6 +101,7 @@ class SetupPane(QScrollArea):
         self._analysis_timer = QTimer(self, singleShot=True, interval=350, timeout=self.analyze_dataset)
         self._last_request: AnalysisRequest | None = None
         self._run_problems: dict[str, tuple[str, object]] = {}  # field -> (message, value it was about)
+        self.method_panel.methodChanged.connect(self._follow_demo_data)
         self.form.changed.connect(self._refresh_timer.start)
         self.model_panel.infoChanged.connect(self._refresh_timer.start)
         self.dataset_panel.summaryChanged.connect(self._refresh_timer.start)
@@ -198,6 +200,15 @@ class SetupPane(QScrollArea):
         self.copy_cli_button.setEnabled(not problems)
         self._schedule_analysis(config)
         self.changed.emit()
+
+    def _follow_demo_data(self, method: str) -> None:
+        """On the bundled demo data, a method change picks the demo of the data kind it needs."""
+        current = Path(self.form["data"].editor.text().strip() or ".").expanduser().resolve()
+        demos = {resources.demo_dataset(m).resolve() for m in resources.DEMO_DATASETS}
+        wanted = resources.demo_dataset(method)
+        if current in demos and current != wanted.resolve() and wanted.is_dir():
+            self.form["data"].editor.setText(str(wanted))
+            self.notice.setText(f"Using the {wanted.name} demo dataset, which suits {LABELS[method]}.")
 
     def _schedule_analysis(self, config: RunConfig) -> None:
         request = AnalysisRequest(config.model, config.data, config.data_kind, config.max_seq_length,

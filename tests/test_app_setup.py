@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,17 @@ def test_chosen_models_are_remembered(qtbot, pane, tiny_model_dir, tiny_quant_mo
     specs = [again.model_panel.combo.itemData(i) for i in range(again.model_panel.combo.count())]
     assert specs[0] == "demo" and str(tiny_quant_model_dir) in specs and str(tiny_model_dir) in specs
     ready(qtbot, again)
+
+
+def test_demo_data_follows_the_method(qtbot, tiny_model_dir, tmp_path):
+    from trainer_core import resources
+    pane = SetupPane(RunConfig(model=str(tiny_model_dir), data=str(resources.demo_dataset("lora"))))
+    qtbot.addWidget(pane)
+    ready(qtbot, pane)
+    pane.method_panel.buttons.button(3).setChecked(True)  # GRPO
+    assert Path(pane.config().data) == resources.demo_dataset("grpo")
+    ready(qtbot, pane)
+    assert pane.dataset_panel.summary.kind == "prompt_answer"
+    pane.form["data"].editor.setText(str(write_data(tmp_path / "mine")))
+    pane.method_panel.buttons.button(0).setChecked(True)  # SFT: the user's own data stays
+    assert pane.config().data == str(tmp_path / "mine")
