@@ -364,3 +364,20 @@ def test_a_stop_asked_of_one_rank_stops_every_rank_at_the_same_step(tiny_model_d
     assert f"Stopped at step {read_state(stopped)['step']}/100000" in ranks.output(0)
     ended = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "train_end"]
     assert ended[-1]["status"] == "stopped" and ended[-1]["step"] == read_state(stopped)["step"]
+
+
+def test_launcher_output_says_who_joined_and_who_failed():
+    from trainer_core import launch
+    joined = ("Distributed run: 2 processes joined (rank 0 on mac-a, rank 1 on mac-b.local); global batch = "
+              "2 per process x 2 processes x 1 accumulation = 4 examples per step")
+    assert launch.parse_line(joined) == {"joined": [(0, "mac-a"), (1, "mac-b.local")]}
+    assert launch.parse_line("\x1b[33m[WARN] Node with rank 1 exited with code -9 \x1b[0m") == {"exited": 1, "code": -9}
+    assert launch.parse_line("error: Lost another process of this 2-process run") == {
+        "error": "Lost another process of this 2-process run", "rank": 0}
+    assert launch.parse_line("[rank 1] error: bad data")["rank"] == 1
+    assert launch.parse_line("step 4 · epoch 1.00 · loss 5.07") is None
+    argv = launch.launch_command("hosts.json", "ring", ["train", "--max-steps", 3], python="py", starting_port=4000)
+    assert argv[3:] == ["--hostfile", "hosts.json", "--backend", "ring", "--starting-port", "4000", "--",
+                        "py", "-m", "trainer_core", "train", "--max-steps", "3"]
+    with pytest.raises(UserError, match="Backend must be one of ring, mpi"):
+        launch.launch_command("hosts.json", "tcp", [])

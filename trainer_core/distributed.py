@@ -57,7 +57,11 @@ class World:
 
 
 class RankFailure(UserError):
-    """Another process of a distributed run stopped or became unreachable."""
+    """Another process of a distributed run stopped or became unreachable; `cause` is MLX's error."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
 
 
 LAUNCHER_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")  # set by mlx.launch / mpirun
@@ -133,7 +137,7 @@ def rank_failure(error: BaseException, *, world_size: int, during: str, checkpoi
         kept = "No checkpoint was written yet."
     return RankFailure(f"Lost another process of this {world_size}-process run {during} ({error}). A process stopped "
                        "(see its own message) or its host became unreachable; the run cannot go on with fewer "
-                       f"processes. {kept}")
+                       f"processes. {kept}", error)
 
 
 def _collective(arrays, during: str):

@@ -142,10 +142,10 @@ class TrainingLoop:
         """Train to total_steps (or a stop); raises distributed.RankFailure when another rank is lost."""
         try:
             return self._train()
-        except RuntimeError as e:
+        except (RuntimeError, distributed.RankFailure) as e:  # the latter from distributed's own collectives
             latest = self.checkpoints.latest() if self.checkpoints is not None else None
-            failure = distributed.rank_failure(e, world_size=self.world_size, during=f"at step {self.step + 1}",
-                                               checkpoint=latest, rank=self.rank)
+            failure = distributed.rank_failure(getattr(e, "cause", e), world_size=self.world_size,
+                                               during=f"at step {self.step + 1}", checkpoint=latest, rank=self.rank)
             if failure is None:
                 raise
             self.callbacks.on_event({"step": self.step, "event": "rank_failure", "message": str(failure)})
