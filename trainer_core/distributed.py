@@ -7,15 +7,18 @@ A run is started on every rank by `mlx.launch` (ring, MPI, JACCL or NCCL backend
 
 What the pieces do (the maths lives in batching.py, step.py and loop.py):
 - batching.epoch_batches gives rank r a contiguous, disjoint slice of every global batch of
-  `batch_size x world_size` examples; step.CompiledSteps sums gradients, loss and weight over
-  the ranks inside the compiled update, so every rank applies the same update and N ranks
-  with batch b equal one process with batch N x b.
+  `batch_size x world_size` examples; step.CompiledSteps sums gradients, loss, weight and
+  method metrics over the ranks inside the compiled update (`sum_over_ranks`: one collective),
+  so every rank applies the same update and N ranks with batch b equal one process with
+  batch N x b. Evaluation is sharded over the ranks and summed (loop.evaluate).
 - Only rank 0 writes: the run folder, config.toml, metrics.jsonl, log.txt, checkpoints, final/.
   Other ranks read the model, data and (on resume) the run folder at the same paths.
 - This module: joining (`init`, with a time limit), agreeing before the first step (the run
   name rank 0 chose, the config, model and data: `broadcast_text`, `agree`), stopping on the
-  same step (`any_rank`), and turning a lost peer into a clear `RankFailure` instead of a
-  backend traceback or a hang.
+  same step (`any_rank`), exact token counts (`sum_ints`), and turning a lost peer into a
+  clear `RankFailure` instead of a backend traceback or a hang. Launching from the GUI:
+  launch.py. A peer that hangs without dying is not detected; the CLI's second Ctrl-C ends
+  a rank stuck waiting for it (cli.abort_when_blocked).
 
 Randomness: every rank seeds its RNG per step from (seed, step, rank) (loop.step_seed), so
 dropout masks, diffusion noise levels and GRPO samples are independent across ranks, as they
