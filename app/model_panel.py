@@ -38,9 +38,13 @@ def describe(info: models.ModelInfo) -> str:
 
 def detail_texts(info: models.ModelInfo) -> dict[str, str]:
     quantized = info.quantization != "none"
+    if quantized and models.quantized_kernels_slow():  # quantized_base = auto (see README)
+        weights = f"{info.quantization} — dequantized for training on this CPU (LoRA on float weights)"
+    else:
+        weights = f"{info.quantization} — LoRA trains as QLoRA"
     return {
         "parameters": f"{parameter_count(info.num_parameters)} ({info.num_parameters:,})",
-        "quantization": f"{info.quantization} — LoRA trains as QLoRA" if quantized else "float (full fine-tuning possible)",
+        "quantization": weights if quantized else "float (full fine-tuning possible)",
         "context": f"{info.context_length:,} tokens",
         "shape": f"{info.num_layers} layers · hidden {info.hidden_size:,} · vocabulary {info.vocab_size:,}",
         "path": Path(info.path).name,

@@ -274,7 +274,9 @@ def test_chosen_models_are_remembered(qtbot, pane, tiny_model_dir, tiny_quant_mo
     pane.model_panel.select(str(tiny_quant_model_dir))
     qtbot.waitUntil(lambda: pane.model_panel.info is not None, timeout=TIMEOUT)
     assert pane.model_panel.info.quantization.startswith("4-bit")
-    assert "QLoRA" in pane.model_panel.details["quantization"].text()
+    from trainer_core.models import quantized_kernels_slow
+    expected = "dequantized for training" if quantized_kernels_slow() else "QLoRA"
+    assert expected in pane.model_panel.details["quantization"].text()
     again = SetupPane(RunConfig(data=pane.config().data))
     qtbot.addWidget(again)
     specs = [again.model_panel.combo.itemData(i) for i in range(again.model_panel.combo.count())]
