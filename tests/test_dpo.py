@@ -24,7 +24,8 @@ from trainer_core.callbacks import Callback, read_metrics
 from trainer_core.config import RunConfig
 from trainer_core.data import load_dataset
 from trainer_core.errors import UserError
-from trainer_core.methods.dpo import REFERENCE_FILE, DPOMethod, adapter_modules, sequence_logps
+from trainer_core.methods.dpo import REFERENCE_FILE, DPOMethod, sequence_logps
+from trainer_core.reference import adapter_modules
 from trainer_core.methods.preference_data import tokenize_preference
 from trainer_core.models import load_model
 

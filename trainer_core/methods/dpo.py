@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from trainer_core.errors import UserError
 from trainer_core.methods.base import Method
+from trainer_core.reference import adapter_modules, reference_model
 from trainer_core.methods.preference_data import PreferencePair, collate_preference, tokenize_preference
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -75,36 +75,6 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
 def log_sigmoid(x: mx.array) -> mx.array:
     """log σ(x), stable for large |x|."""
     return -mx.logaddexp(0.0, -x)
-
-
-# ---- the reference model -----------------------------------------------------------
-def adapter_modules(model) -> list[tuple[str, object]]:
-    """(name, module) of every LoRA/DoRA adapter layer (mlx-lm's: they wrap `.linear` or `.embedding`)."""
-    return [(name, module) for name, module in model.named_modules()
-            if "lora_a" in module and ("linear" in module or "embedding" in module)]
-
-
-@contextmanager
-def reference_weights(model, frozen: dict | None):
-    """Inside the block `model` computes the reference: adapters removed (LoRA/DoRA), or the
-    `frozen` weights swapped in (full fine-tuning); eval mode. Everything is restored on exit."""
-    training = model.training
-    adapters = adapter_modules(model)
-    current = model.parameters() if frozen is not None and not adapters else None
-    if adapters:
-        model.update_modules(tree_unflatten([(n, m["linear"] if "linear" in m else m["embedding"])
-                                             for n, m in adapters]))
-    elif frozen is not None:
-        model.update(tree_unflatten(list(frozen.items())))
-    model.eval()
-    try:
-        yield model
-    finally:
-        if adapters:
-            model.update_modules(tree_unflatten(adapters))
-        elif current is not None:
-            model.update(current)
-        model.train(training)
 
 
 def fingerprint(model_name: str, pairs: dict[str, list[PreferencePair]]) -> str:
@@ -159,7 +129,7 @@ class DPOMethod(Method):
 
     def reference_logps(self, batch: dict) -> mx.array:
         """Reference log-probs of every row of a collated batch -> [2B], evaluated, no gradient."""
-        with reference_weights(self.model, self.frozen) as reference:
+        with reference_model(self.model, self.frozen) as reference:
             logps = mx.stop_gradient(sequence_logps(reference, batch["input_ids"], batch["target_mask"]))
             mx.eval(logps)
         return logps

@@ -46,12 +46,11 @@ of the metrics.jsonl train record they belong to.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from trainer_core import rewards as reward_fns
 from trainer_core.batching import padded_length
@@ -59,6 +58,7 @@ from trainer_core.data import Record, TokenizeStats, render_messages, where
 from trainer_core.errors import UserError
 from trainer_core.generate import build_prompt
 from trainer_core.methods.base import Method
+from trainer_core.reference import adapter_modules, reference_model
 from trainer_core.rollout import SamplingSettings, sample_completions, token_logprobs
 
 ADVANTAGE_EPS = 1e-4
@@ -123,35 +123,6 @@ def aggregate(per_token: mx.array, mask: mx.array, kind: str, max_completion_len
     raise ValueError(f"unknown loss_aggregation {kind!r}")
 
 
-# ---- the reference policy ------------------------------------------------------------
-def adapter_layers(model) -> list[tuple[str, object]]:
-    """(name, module) of every mlx-lm LoRA / DoRA layer (they wrap `.linear` or `.embedding`)."""
-    return [(name, m) for name, m in model.named_modules()
-            if "lora_a" in m and ("linear" in m or "embedding" in m)]
-
-
-@contextmanager
-def reference_policy(model, frozen: dict | None):
-    """Inside the block `model` is the reference, in eval mode: adapter layers replaced by the
-    layers they wrap, or (full fine-tuning) the `frozen` base weights swapped in. Restored on exit."""
-    training, adapters = model.training, adapter_layers(model)
-    current = model.parameters() if not adapters and frozen is not None else None
-    if adapters:
-        model.update_modules(tree_unflatten([(n, m["linear"] if "linear" in m else m["embedding"])
-                                             for n, m in adapters]))
-    elif frozen is not None:
-        model.update(tree_unflatten(list(frozen.items())))
-    model.eval()
-    try:
-        yield model
-    finally:
-        if adapters:
-            model.update_modules(tree_unflatten(adapters))
-        elif current is not None:
-            model.update(current)
-        model.train(training)
-
-
 # ---- the method ----------------------------------------------------------------------
 class GRPOMethod(Method):
     """GRPO on prompt_answer data; see the module doc."""
@@ -171,7 +142,7 @@ class GRPOMethod(Method):
 
     def bind(self, model, run_dir=None) -> None:
         super().bind(model, run_dir)
-        if self.config.grpo.beta and not adapter_layers(model):
+        if self.config.grpo.beta and not adapter_modules(model):
             self.frozen = dict(tree_flatten(model.parameters()))  # immutable arrays: the base, as it is now
 
     # ---- data -----------------------------------------------------------------------
@@ -257,7 +228,7 @@ class GRPOMethod(Method):
     def reference_logprobs(self, input_ids: mx.array) -> mx.array:
         """[N, L-1] log-probs of input_ids[:, 1:] under the reference policy (no gradient)."""
         size = self.config.grpo.generation_batch_size or input_ids.shape[0]
-        with reference_policy(self.model, self.frozen):
+        with reference_model(self.model, self.frozen):
             parts = []
             for i in range(0, input_ids.shape[0], size):
                 ids = input_ids[i:i + size]
