@@ -1,5 +1,6 @@
-"""The main window: toolbar (Start / Pause / Stop / Save now), Setup and Training tabs,
-status line. Owns the TrainingController (worker thread) and wires its signals.
+"""The main window: toolbar (Start / Pause / Stop / Save now), the runs sidebar, the Setup,
+Training, Checkpoints and Chat tabs, status line. Owns the TrainingController (worker
+thread) and the Generator (generation thread) and wires their signals.
 
 Closing the window while a run trains asks first, then stops the run at the
 next step boundary (a checkpoint is written) and closes once the thread has
@@ -13,17 +14,25 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QStyle, QTabWidget,
-                               QToolBar, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QSplitter, QStyle,
+                               QTabWidget, QToolBar, QWidget)
 
+from app.chat_pane import ChatPane
+from app.checkpoints_pane import CheckpointsPane
+from app.drop_target import install_drop_target
 from app.gc_policy import collect_on_gui_thread
+from app.generation_worker import Generator
 from app.plot_style import style_plot
+from app.preferences import PreferencesDialog, runs_root
+from app.reveal import reveal_logs
+from app.runs_sidebar import RunsSidebar
 from app.setup_pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
 from app.tasks import cancel_all
 from app.training_pane import TrainingPane
 from app.worker import TrainingController
 from trainer_core.config import RunConfig
+from trainer_core.paths import default_runs_root
 
 APP_TITLE = "Fine-Tune Studio"
 
@@ -46,12 +55,24 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.setup, "Setup")
         self.tabs.addTab(self.training, "Training")
-        self.setCentralWidget(self.tabs)
+        self.generator = Generator(self)
+        self.checkpoints = CheckpointsPane()
+        self.chat = ChatPane(self.generator)
+        self.tabs.addTab(self.checkpoints, "Checkpoints")
+        self.tabs.addTab(self.chat, "Chat")
+        self.sidebar = RunsSidebar(runs_root())
+        splitter = QSplitter(Qt.Horizontal)
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(self.tabs)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([300, 1060])
+        self.setCentralWidget(splitter)
         self.status = StatusLine(self.statusBar())
         self._build_actions()
         self._connect()
         self._status_timer = QTimer(self, interval=250, timeout=self._update_status)
         self._update_actions()
+        install_drop_target(self, self.select_dropped)
 
     # ---- actions -------------------------------------------------------------------
     def _build_actions(self) -> None:
@@ -93,10 +114,12 @@ class MainWindow(QMainWindow):
         file_menu.addAction("Load Preset…", self.setup.load_preset)
         file_menu.addAction("Save Preset…", self.setup.save_preset)
         file_menu.addSeparator()
+        file_menu.addAction("Preferences…", QKeySequence.Preferences, self.preferences)
         file_menu.addAction("Close Window", QKeySequence.Close, self.close)
         run_menu = self.menuBar().addMenu("&Run")
         for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
             run_menu.addAction(action)
+        self.menuBar().addMenu("&Help").addAction("Reveal Logs", reveal_logs)
 
     def _connect(self) -> None:
         c = self.controller
@@ -112,6 +135,13 @@ class MainWindow(QMainWindow):
         c.failedField.connect(self._failed_field)
         c.runningChanged.connect(self._running_changed)
         self.setup.changed.connect(self._update_actions)
+        self.sidebar.runSelected.connect(lambda path: self.show_history_run(Path(path)))
+        self.sidebar.resumeRequested.connect(lambda path: self.resume(Path(path)))
+        self.sidebar.newRunRequested.connect(lambda: self.tabs.setCurrentWidget(self.setup))
+        self.checkpoints.chatRequested.connect(self.open_chat)
+        self.checkpoints.resumeRequested.connect(lambda run, checkpoint: self.resume(Path(run), Path(checkpoint)))
+        self.checkpoints.listed.connect(
+            lambda _: self.chat.set_checkpoints([str(row.path) for row in self.checkpoints.rows]))
 
     def _update_actions(self) -> None:
         running = self.controller.running
@@ -131,6 +161,22 @@ class MainWindow(QMainWindow):
         if self.controller.running or self.setup.start_blocker() is not None:
             return False
         config = self.setup.config()
+        if not config.output_dir and runs_root() != default_runs_root():
+            config.output_dir = str(runs_root())
+        self._begin()
+        self.controller.start(config)
+        return True
+
+    def resume(self, run_dir: Path, checkpoint: Path | None = None) -> bool:
+        """Continue `run_dir` exactly from `checkpoint` (default: its latest) as the running run."""
+        if self.controller.running:
+            return False
+        self._begin()
+        self.training.append_log(f"Resuming {run_dir} from {checkpoint.name if checkpoint else 'the latest checkpoint'}")
+        self.controller.start(None, resume=(str(run_dir), str(checkpoint) if checkpoint else None))
+        return True
+
+    def _begin(self) -> None:
         self.run_dir = None
         self.run_status = RunStatus()
         self.training.begin_run()
@@ -139,8 +185,6 @@ class MainWindow(QMainWindow):
         self.status.busy()
         self.setup.set_locked(True)
         self.tabs.setCurrentWidget(self.training)
-        self.controller.start(config)
-        return True
 
     def stop(self) -> None:
         if self.controller.running:
@@ -153,6 +197,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
         self.training.run_dir = self.run_dir
         self.training.set_banner(f"Training {self.run_dir.name}  ·  {self.run_dir}")
+        self.sidebar.set_running(self.run_dir)
+        self.checkpoints.set_run(self.run_dir)
         self._update_actions()
 
     def _train_began(self, info: dict) -> None:
@@ -168,6 +214,7 @@ class MainWindow(QMainWindow):
 
     def _checkpoint_saved(self, info: dict) -> None:
         self.training.add_checkpoint(info)
+        self.checkpoints.checkpoint_saved(info)
 
     def _update_status(self) -> None:
         if self.controller.running and not self.controller.paused:
@@ -209,9 +256,11 @@ class MainWindow(QMainWindow):
 
     def _running_changed(self, running: bool) -> None:
         self.setup.set_locked(running)
+        self.checkpoints.set_can_resume(not running)
         if not running:
             self.pause_action.setChecked(False)
             self.pause_action.setText("Pause")
+            self.sidebar.set_running(None)
         self._update_actions()
         if not running and self._close_when_done:
             self.close()
@@ -229,6 +278,35 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
         self.tabs.setCurrentWidget(self.training)
         self._update_actions()
+
+    def show_history_run(self, run_dir: Path) -> None:
+        """A run picked in the sidebar: its checkpoints, and its plots unless another run is training."""
+        self.checkpoints.set_run(run_dir)
+        if self.controller.running:
+            return
+        self.run_dir = Path(run_dir)
+        self.training.load_run(self.run_dir)
+        self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
+        if self.tabs.currentWidget() is self.setup:
+            self.tabs.setCurrentWidget(self.checkpoints)
+        self._update_actions()
+
+    def open_chat(self, run_dir: str, checkpoint: str) -> None:
+        self.chat.set_checkpoints([str(row.path) for row in self.checkpoints.rows], checkpoint)
+        self.tabs.setCurrentWidget(self.chat)
+
+    def select_dropped(self, kind: str, path: str) -> None:
+        if self.controller.running:
+            return
+        if kind == "model":
+            self.setup.model_panel.select(path)
+        else:
+            self.setup.dataset_panel.path.editor.setText(path)
+        self.tabs.setCurrentWidget(self.setup)
+
+    def preferences(self) -> None:
+        if PreferencesDialog(self).exec():
+            self.sidebar.set_root(runs_root())
 
     def open_config(self) -> None:
         if self.run_dir is not None:
@@ -260,5 +338,6 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Last call before the application quits: stop and wait for the worker thread."""
+        self.generator.shutdown()
         cancel_all(wait_ms=10_000)
         self.controller.shutdown()

@@ -3,6 +3,7 @@
     controller = TrainingController()
     controller.worker_signals...        # see TrainingWorker's signals
     controller.start(config)            # build the run and train on a new QThread
+    controller.start(None, resume=(run_dir, checkpoint))   # continue a run exactly (runner.prepare_resume)
     controller.pause(True / False)      # hold / continue at the next step boundary
     controller.save_now()               # checkpoint at the next step boundary
     controller.stop()                   # checkpoint, then end ("stopped")
@@ -128,9 +129,10 @@ class TrainingWorker(QObject):
     failed = Signal(str)
     failedField = Signal(str, str)
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None):
         super().__init__()
         self.config = config
+        self.resume = resume
         self.requests = _Requests()
         self.bridge = SignalBridge(self, self.requests)
         self.loop = None
@@ -155,7 +157,11 @@ class TrainingWorker(QObject):
         run_dir = ""
         try:
             self.log.emit("Loading the model and tokenising the data…")
-            run = runner.build_run(self.config, [self.bridge])
+            if self.resume is not None:
+                run_dir, checkpoint = self.resume
+                run = runner.prepare_resume(run_dir, callbacks=[self.bridge], checkpoint=checkpoint or None)
+            else:
+                run = runner.build_run(self.config, [self.bridge])
             run_dir = str(run.run_dir)
             self.loop = run.loop
             self.bridge.loop = run.loop
@@ -213,13 +219,14 @@ class TrainingController(QObject):
     def running(self) -> bool:
         return self.thread is not None
 
-    def start(self, config: RunConfig) -> None:
+    def start(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None) -> None:
+        """Train `config` on a new thread, or with `resume=(run_dir, checkpoint or None)` continue that run."""
         if self.running:
             raise RuntimeError("a run is already in progress")
         collect_on_gui_thread()
         thread = QThread()
         thread.setObjectName("training")
-        worker = TrainingWorker(config)
+        worker = TrainingWorker(config, resume)
         worker.moveToThread(thread)
         for name in self.SIGNALS:
             getattr(worker, name).connect(getattr(self, name))

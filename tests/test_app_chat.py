@@ -1,0 +1,100 @@
+"""Chat tab and the generation worker: streaming from a checkpoint, stop, errors (tiny model)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+
+import app  # noqa: F401  (trainer_core first)
+from app.chat_pane import ChatPane
+from app.generation_worker import Generator
+from app.tasks import cancel_all
+from tests.test_app_checkpoints import micro_config
+from trainer_core import runner
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture(autouse=True)
+def studio_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)
+    gc.collect()
+    gc.enable()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("chat-run")
+    runner.train(micro_config(tiny_model_dir, tmp, "chat", max_steps=4, save_every=4, eval_every=0))
+    return tmp / "runs" / "chat" / "checkpoints" / "step-000004"
+
+
+@pytest.fixture
+def generator():
+    generator = Generator()
+    yield generator
+    assert generator.shutdown(30_000)
+
+
+def test_generator_streams_pieces_on_its_own_thread(qtbot, generator, checkpoint):
+    threads, pieces = [], []
+    generator.piece.connect(lambda job, text: pieces.append(text))
+    generator._ensure_thread()
+    generator._worker.piece.connect(lambda job, text: threads.append(threading.current_thread()),
+                                    type=Qt.DirectConnection)
+    with qtbot.waitSignal(generator.done, timeout=TIMEOUT) as blocker:
+        job = generator.generate(None, checkpoint, "Tell me about the fox", max_tokens=8)
+    assert blocker.args[0] == job and not blocker.args[1]["stopped"]
+    assert pieces and blocker.args[1]["pieces"] == len(pieces)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert not generator.busy
+
+
+def test_chat_answers_from_a_checkpoint_and_keeps_the_turns(qtbot, generator, checkpoint):
+    pane = ChatPane(generator)
+    qtbot.addWidget(pane)
+    pane.set_checkpoints([str(checkpoint)], str(checkpoint))
+    pane.max_tokens.setValue(6)
+    pane.temperature.setValue(0.0)
+    with qtbot.waitSignal(pane.answered, timeout=TIMEOUT) as first:
+        assert pane.send("Hello there")
+        assert pane.generating and pane.stop_button.isEnabled() and not pane.send_button.isEnabled()
+    assert first.args[0] and pane.last_answer() == first.args[0]
+    with qtbot.waitSignal(pane.answered, timeout=TIMEOUT):
+        pane.send("And again?")
+    assert [m["role"] for m in pane.messages] == ["user", "assistant", "user", "assistant"]
+    assert "Hello there" in pane.transcript.toPlainText()
+    assert pane.send_button.isEnabled() and not pane.stop_button.isEnabled() and pane.copy_button.isEnabled()
+    pane.copy_answer()
+    assert QGuiApplication.clipboard().text() == pane.last_answer()
+
+
+def test_stop_ends_the_answer_early(qtbot, generator, checkpoint):
+    pane = ChatPane(generator)
+    qtbot.addWidget(pane)
+    pane.set_checkpoints([str(checkpoint)], str(checkpoint))
+    pane.max_tokens.setValue(2000)
+    generator.piece.connect(lambda job, text: pane.stop())
+    with qtbot.waitSignal(generator.done, timeout=TIMEOUT) as blocker:
+        pane.send("Go on forever")
+    assert blocker.args[1]["stopped"] and blocker.args[1]["pieces"] < 50
+    assert pane.status.text().startswith("Stopped")
+
+
+def test_a_bad_checkpoint_says_so_and_gives_the_question_back(qtbot, generator, tmp_path):
+    pane = ChatPane(generator)
+    qtbot.addWidget(pane)
+    bad = tmp_path / "not-a-checkpoint"
+    bad.mkdir()
+    pane.set_checkpoints([], str(bad))
+    with qtbot.waitSignal(generator.failed, timeout=TIMEOUT):
+        pane.send("Hi")
+    assert "not a checkpoint folder" in pane.status.text()
+    assert pane.messages == [] and pane.send_button.isEnabled()

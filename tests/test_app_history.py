@@ -1,0 +1,111 @@
+"""Run history sidebar: statuses from metrics.jsonl + checkpoints, filter, rename, delete, resume, preferences."""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import app  # noqa: F401  (trainer_core first)
+from app.preferences import runs_root, set_runs_root
+from app.runs_sidebar import RunsSidebar, scan_runs
+from app.tasks import cancel_all
+from tests.test_app_checkpoints import micro_config
+from trainer_core import runner
+from trainer_core.paths import default_runs_root
+
+
+@pytest.fixture(autouse=True)
+def studio_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)
+    gc.collect()
+    gc.enable()
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory) -> Path:
+    """finished (lora), interrupted (dpo-less: lr changed, train_end cut off), failed (no step), running."""
+    tmp = tmp_path_factory.mktemp("history")
+    runner.train(micro_config(tiny_model_dir, tmp, "alpha-finished"))
+    runner.train(micro_config(tiny_model_dir, tmp, "beta-interrupted", learning_rate=5e-4))
+    root = tmp / "runs"
+    metrics = root / "beta-interrupted" / "metrics.jsonl"
+    lines = [line for line in metrics.read_text().splitlines() if '"train_end"' not in line]
+    metrics.write_text("\n".join(lines) + "\n")  # as if the app had been killed
+    failed = root / "gamma-failed"
+    failed.mkdir()
+    shutil.copy(root / "alpha-finished" / "config.toml", failed / "config.toml")
+    (failed / "metrics.jsonl").write_text(json.dumps({"type": "event", "step": 0, "event": "resumed"}) + "\n")
+    return root
+
+
+def test_scan_derives_status_steps_and_best_eval(runs):
+    found = {r.name: r for r in scan_runs(runs, running=runs / "gamma-failed")}
+    assert found["alpha-finished"].status == "finished"
+    assert found["beta-interrupted"].status == "stopped"
+    assert found["gamma-failed"].status == "running"
+    assert {r.name: r.status for r in scan_runs(runs)}["gamma-failed"] == "failed"
+    alpha = found["alpha-finished"]
+    assert (alpha.steps, alpha.total_steps, alpha.method, alpha.checkpoints) == (6, 6, "lora", 3)
+    assert alpha.best_eval_loss is not None and alpha.dataset == "data"
+
+
+def test_sidebar_lists_filters_and_offers_resume_for_stopped_runs(qtbot, runs):
+    sidebar = RunsSidebar(runs)
+    qtbot.addWidget(sidebar)
+    qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 3, timeout=10_000)
+    sidebar.filter.setText("interrupted")
+    assert sidebar.tree.topLevelItemCount() == 1
+    assert "stopped" in sidebar.tree.topLevelItem(0).text(1)
+    with qtbot.waitSignal(sidebar.runSelected) as selected:
+        sidebar.tree.topLevelItem(0).setSelected(True)
+    assert selected.args == [str(runs / "beta-interrupted")]
+    assert sidebar.resume_button.isEnabled()
+    with qtbot.waitSignal(sidebar.resumeRequested) as resumed:
+        sidebar.resume_button.click()
+    assert resumed.args == [str(runs / "beta-interrupted")]
+    sidebar.filter.setText("finished")
+    sidebar.tree.topLevelItem(0).setSelected(True)
+    assert not sidebar.resume_button.isEnabled()
+
+
+def test_multi_select_emits_all_runs(qtbot, runs):
+    sidebar = RunsSidebar(runs)
+    qtbot.addWidget(sidebar)
+    qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 3, timeout=10_000)
+    emitted = []
+    sidebar.runsSelected.connect(emitted.append)
+    for i in range(2):
+        sidebar.tree.topLevelItem(i).setSelected(True)
+    assert len(emitted[-1]) == 2 and len(sidebar.selected()) == 2
+
+
+def test_rename_and_delete_change_the_folder_and_the_row(qtbot, runs, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(runs, root)
+    sidebar = RunsSidebar(root)
+    qtbot.addWidget(sidebar)
+    qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 3, timeout=10_000)
+    renamed = sidebar.rename(root / "alpha-finished", "alpha-renamed")
+    assert renamed == root / "alpha-renamed" and renamed.is_dir() and not (root / "alpha-finished").exists()
+    assert sidebar.rename(renamed, "beta-interrupted") is None  # taken
+    qtbot.waitUntil(lambda: "alpha-renamed" in [r.name for r in sidebar.runs], timeout=10_000)
+    sidebar.confirm = lambda title, text: False
+    assert not sidebar.delete(root / "gamma-failed") and (root / "gamma-failed").exists()
+    sidebar.confirm = lambda title, text: True
+    assert sidebar.delete(root / "gamma-failed")
+    assert not (root / "gamma-failed").exists()
+    names = [sidebar.tree.topLevelItem(i).text(0) for i in range(sidebar.tree.topLevelItemCount())]
+    assert "gamma-failed" not in names and len(names) == 2
+
+
+def test_runs_root_preference_persists(tmp_path):
+    assert runs_root() == default_runs_root()
+    assert set_runs_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    assert runs_root() == tmp_path / "elsewhere"
+    assert set_runs_root(None) == default_runs_root()
