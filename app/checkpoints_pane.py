@@ -109,6 +109,7 @@ class CheckpointsPane(QWidget):
         self.choose_export_folder = self._choose_folder
         self._list_task = LatestTask()
         self._export_task = None
+        self.destroyed.connect(self._list_task.cancel)  # no late answer for a deleted widget
         self._watcher = QFileSystemWatcher(self)
         self._watcher.directoryChanged.connect(lambda _: self._reload_timer.start())
         self._reload_timer = QTimer(self, singleShot=True, interval=300, timeout=self.reload)
@@ -304,6 +305,7 @@ class CheckpointsPane(QWidget):
         self.progress.setVisible(True)
         self.message.setText(f"Exporting {checkpoint.name} as {fmt}…")
         self._export_task = run_task(job, self._export_done, self._export_failed, self._export_progress)
+        self.destroyed.connect(self._export_task.cancel)
         self._update_buttons()
         return True
 

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QS
 
 from app.chat_pane import ChatPane
 from app.checkpoints_pane import CheckpointsPane
+from app.compare_pane import ComparePane
 from app.drop_target import install_drop_target
 from app.gc_policy import collect_on_gui_thread
 from app.generation_worker import Generator
@@ -60,12 +61,14 @@ class MainWindow(QMainWindow):
         self.chat = ChatPane(self.generator)
         self.tabs.addTab(self.checkpoints, "Checkpoints")
         self.tabs.addTab(self.chat, "Chat")
+        self.compare = ComparePane(self.generator)
+        self.tabs.addTab(self.compare, "Compare runs")
         self.sidebar = RunsSidebar(runs_root())
         splitter = QSplitter(Qt.Horizontal)
         splitter.addWidget(self.sidebar)
         splitter.addWidget(self.tabs)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([300, 1060])
+        splitter.setSizes([340, 1020])
         self.setCentralWidget(splitter)
         self.status = StatusLine(self.statusBar())
         self._build_actions()
@@ -138,7 +141,9 @@ class MainWindow(QMainWindow):
         self.sidebar.runSelected.connect(lambda path: self.show_history_run(Path(path)))
         self.sidebar.resumeRequested.connect(lambda path: self.resume(Path(path)))
         self.sidebar.newRunRequested.connect(lambda: self.tabs.setCurrentWidget(self.setup))
+        self.sidebar.runsSelected.connect(self.compare_runs)
         self.checkpoints.chatRequested.connect(self.open_chat)
+        self.checkpoints.compareRequested.connect(self.compare_checkpoints)
         self.checkpoints.resumeRequested.connect(lambda run, checkpoint: self.resume(Path(run), Path(checkpoint)))
         self.checkpoints.listed.connect(
             lambda _: self.chat.set_checkpoints([str(row.path) for row in self.checkpoints.rows]))
@@ -294,6 +299,17 @@ class MainWindow(QMainWindow):
     def open_chat(self, run_dir: str, checkpoint: str) -> None:
         self.chat.set_checkpoints([str(row.path) for row in self.checkpoints.rows], checkpoint)
         self.tabs.setCurrentWidget(self.chat)
+
+    def compare_runs(self, run_dirs: list) -> None:
+        if len(run_dirs) > 1:
+            self.compare.runs.set_runs(run_dirs)
+            self.compare.setCurrentWidget(self.compare.runs)
+            self.tabs.setCurrentWidget(self.compare)
+
+    def compare_checkpoints(self, run_dir: str, checkpoints: list) -> None:
+        self.compare.checkpoints.set_checkpoints(checkpoints)
+        self.compare.setCurrentWidget(self.compare.checkpoints)
+        self.tabs.setCurrentWidget(self.compare)
 
     def select_dropped(self, kind: str, path: str) -> None:
         if self.controller.running:

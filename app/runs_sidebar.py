@@ -109,6 +109,7 @@ class RunsSidebar(QWidget):
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
         self.ask_name = self._ask_name
         self._task = LatestTask()
+        self.destroyed.connect(self._task.cancel)  # no late answer for a deleted widget
         self._watcher = QFileSystemWatcher(self)
         self._watcher.directoryChanged.connect(lambda _: self._rescan_timer.start())
         self._rescan_timer = QTimer(self, singleShot=True, interval=400, timeout=self.refresh)
@@ -127,8 +128,8 @@ class RunsSidebar(QWidget):
         self.tree.setContextMenuPolicy(Qt.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._menu)
         self.tree.itemSelectionChanged.connect(self._selection_changed)
-        self.tree.setColumnWidth(0, 170)
-        self.tree.setColumnWidth(1, 80)
+        for column, width in enumerate((140, 84, 50, 56, 64)):
+            self.tree.setColumnWidth(column, width)
         self.new_button = QPushButton("+ New run")
         self.new_button.clicked.connect(self.newRunRequested)
         self.resume_button = QPushButton("Resume")

@@ -98,3 +98,21 @@ def test_a_bad_checkpoint_says_so_and_gives_the_question_back(qtbot, generator, 
         pane.send("Hi")
     assert "not a checkpoint folder" in pane.status.text()
     assert pane.messages == [] and pane.send_button.isEnabled()
+
+
+def test_compare_streams_base_and_checkpoint_answers_that_differ(qtbot, generator, tiny_model_dir, tmp_path):
+    from app.compare_pane import CheckpointCompare
+    runner.train(micro_config(tiny_model_dir, tmp_path, "trained", max_steps=8, save_every=8, eval_every=0,
+                              learning_rate=2e-2))
+    trained = tmp_path / "runs" / "trained" / "checkpoints" / "step-000008"
+    pane = CheckpointCompare(generator)
+    qtbot.addWidget(pane)
+    pane.set_checkpoints([str(trained)])
+    pane.prompt.setText("Question 3: tell me about the dog?")
+    pane.max_tokens.setValue(12)
+    with qtbot.waitSignal(pane.allDone, timeout=TIMEOUT):
+        assert pane.run()
+        assert not pane.run_button.isEnabled() and pane.stop_button.isEnabled()
+    base, tuned = pane.texts()
+    assert base and tuned and base != tuned
+    assert pane.run_button.isEnabled()

@@ -109,3 +109,34 @@ def test_runs_root_preference_persists(tmp_path):
     assert set_runs_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
     assert runs_root() == tmp_path / "elsewhere"
     assert set_runs_root(None) == default_runs_root()
+
+
+def test_compare_runs_overlays_one_curve_per_run_and_diffs_only_changed_fields(qtbot, runs):
+    from app.compare_pane import RunsCompare
+    pane = RunsCompare()
+    qtbot.addWidget(pane)
+    with qtbot.waitSignal(pane.shown, timeout=10_000) as blocker:
+        pane.set_runs([runs / "alpha-finished", runs / "beta-interrupted"])
+    assert blocker.args == [2] and len(pane.curves) == 2
+    assert all(len(curve.getData()[0]) == 6 for curve in pane.curves)
+    fields = [pane.table.item(row, 0).text() for row in range(pane.table.rowCount())]
+    assert fields == ["learning_rate"]
+    assert [pane.table.item(0, c).text() for c in (1, 2)] == ["0.001", "0.0005"]
+
+
+def test_window_shows_a_history_run_and_its_checkpoints(qtbot, runs, monkeypatch):
+    from app.__main__ import default_config
+    from app.main_window import MainWindow
+    set_runs_root(runs)
+    window = MainWindow(default_config())
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.sidebar.tree.topLevelItemCount() == 3, timeout=10_000)
+    window.sidebar.select(runs / "alpha-finished")
+    qtbot.waitUntil(lambda: len(window.checkpoints.rows) == 4, timeout=10_000)
+    assert window.tabs.currentWidget() is window.checkpoints
+    assert window.chat.checkpoint.count() == 5  # base only + 3 steps + final
+    window.checkpoints.table.selectRow(0)
+    window.checkpoints.table.selectRow(1)
+    window.checkpoints.compare()
+    assert window.tabs.currentWidget() is window.compare and len(window.compare.checkpoints.answers) == 2
+    window.shutdown()
