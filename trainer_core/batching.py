@@ -17,7 +17,7 @@ import numpy as np
 import mlx.core as mx
 
 WINDOW = 16  # batches per sorting window: larger = less padding, less randomness
-PAD_MULTIPLE = 16  # pad rows to a multiple of this (bounds the number of compiled shapes)
+PAD_MULTIPLE = 8  # pad rows to a multiple of this (bounds compiled shapes; 8 measured +2-3% tok/s over 16, bench/RESULTS.md)
 
 
 def epoch_batches(lengths, batch_size: int, seed: int, epoch: int, *, world_size: int = 1,
