@@ -269,6 +269,9 @@ class TrainingController(QObject):
     def _thread_ended(self) -> None:
         if self.thread is None:
             return
+        # `finished` is emitted from the thread just before it really ends: wait for that
+        # (microseconds) so the QThread is never destroyed while still running.
+        self.thread.wait()
         self.thread.deleteLater()
         self.thread = self.worker = None
         self.paused = False
