@@ -111,3 +111,42 @@ def test_sft_loss_pad_token_values_change_nothing(tiny):
     b, nb, _ = sft_loss(tiny.model, changed)
     assert na.item() == nb.item()
     assert b.item() == pytest.approx(a.item(), rel=1e-5)
+
+
+def numpy_loss_grad(logits, targets, mask):
+    """d(sum of masked token losses)/d logits = (softmax - onehot) on scored positions, 0 elsewhere."""
+    probs = np.exp(np_log_softmax(logits))
+    onehot = np.eye(logits.shape[-1], dtype=np.float32)[targets]
+    return (probs - onehot) * mask[..., None]
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16])
+def test_masked_cross_entropy_gradient_matches_numpy(dtype):
+    logits, targets, mask = fixed_batch(seed=5)
+    rounded = np.array(mx.array(logits).astype(dtype).astype(mx.float32))  # the logits the model produced
+
+    def loss(x):
+        return masked_cross_entropy(x, mx.array(targets), mx.array(mask))[0]
+
+    grad = mx.grad(loss)(mx.array(logits).astype(dtype))
+    assert grad.dtype == dtype  # rounded once, to the logits' dtype
+    want = numpy_loss_grad(rounded, targets, mask)
+    # float32: exact to rounding; 16-bit: one rounding of an exact float32 value (not bf16 arithmetic)
+    tol = {mx.float32: 1e-6, mx.bfloat16: 2 ** -8, mx.float16: 2 ** -11}[dtype]
+    np.testing.assert_allclose(np.array(grad.astype(mx.float32)), want, atol=tol, rtol=tol)
+
+
+def test_token_nll_bf16_is_float32_accurate_unlike_bf16_cross_entropy():
+    """Per-token losses of bf16 logits: ours equal the float32 computation; nn.losses.cross_entropy on
+    bf16 (mlx-lm's way) rounds them to bf16 (this is why token_nll exists)."""
+    import mlx.nn as nn
+    from trainer_core.losses import token_nll
+    rng = np.random.default_rng(7)
+    logits = mx.array(rng.normal(0, 4, size=(2, 64, 300)).astype(np.float32)).astype(mx.bfloat16)
+    targets = mx.array(rng.integers(0, 300, size=(2, 64)).astype(np.int32))
+    exact = -np.take_along_axis(np_log_softmax(np.array(logits.astype(mx.float32))),
+                                np.array(targets)[..., None], axis=-1)[..., 0]
+    ours = np.array(token_nll(logits, targets))
+    bf16_way = np.array(nn.losses.cross_entropy(logits, targets, reduction="none").astype(mx.float32))
+    np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-5)
+    assert np.abs(bf16_way - exact).max() > 1e-3

@@ -52,11 +52,11 @@ import math
 import zlib
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from trainer_core.batching import padded_length
 from trainer_core.errors import UserError
+from trainer_core.losses import token_nll
 from trainer_core.data import tokenize_sft
 from trainer_core.methods.base import Method
 from trainer_core.methods.sft import SFT_KINDS
@@ -252,6 +252,6 @@ class DiffusionMethod(Method):
         logits = bidirectional_logits(model, mx.where(masked, self.mask_id, ids))
         if self.added_mask_token:
             logits = logits[..., :self.mask_id]
-        token_losses = nn.losses.cross_entropy(logits.astype(mx.float32), ids, reduction="none")
+        token_losses = token_nll(logits, ids)
         weighted = mx.where(masked, token_losses / mask_prob[:, None], 0.0)
         return weighted.sum(), noisable.astype(mx.float32).sum(), {"mask_ratio": masked.astype(mx.float32).sum()}

@@ -35,6 +35,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from trainer_core.errors import UserError
+from trainer_core.losses import token_nll
 from trainer_core.methods.base import Method
 from trainer_core.reference import adapter_modules, reference_model
 from trainer_core.methods.preference_data import PreferencePair, collate_preference, tokenize_preference
@@ -47,9 +48,7 @@ REFERENCE_FILE = "reference_logps.safetensors"
 # ---- the loss ----------------------------------------------------------------------
 def sequence_logps(model, input_ids: mx.array, target_mask: mx.array) -> mx.array:
     """Sum over each row of log p(token i | tokens < i) at positions where target_mask is True -> [rows] float32."""
-    logits = model(input_ids[:, :-1]).astype(mx.float32)
-    targets = input_ids[:, 1:]
-    token_logps = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - mx.logsumexp(logits, axis=-1)
+    token_logps = -token_nll(model(input_ids[:, :-1]), input_ids[:, 1:])
     return (token_logps * target_mask[:, 1:].astype(mx.float32)).sum(axis=-1)
 
 
