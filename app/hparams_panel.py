@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QVBoxLayout
 
-from app.form import BoundField, choice_field, float_field, format_float, int_field, text_field
+from app.form import BoundField, bool_field, choice_field, float_field, format_float, int_field, text_field
 from app.plot_style import COLORS, faint, small_plot
 from trainer_core.config import SCHEDULES
 from trainer_core.schedules import learning_rate_at
@@ -43,6 +43,14 @@ class HyperparametersPanel(QGroupBox):
             "eval_every": int_field("eval_every", 0, 10_000_000, special="end only",
                                     tooltip="Evaluate every N steps on the valid split; 0 = only at the end."),
             "run_name": text_field("run_name", placeholder="automatic (method-model-date)"),
+            "gradient_checkpointing": bool_field(
+                "gradient_checkpointing", "Save memory (recompute activations)",
+                tooltip="Gradient checkpointing: each block's activations are recomputed in the backward pass. "
+                        "Much less memory for long sequences, about a third slower."),
+            "mixed_precision": bool_field(
+                "mixed_precision", "16-bit adapter compute",
+                tooltip="On a bf16/fp16 model, compute the float32 adapters in 16 bits (float32 master weights "
+                        "and optimizer state are kept). Faster and leaner; off = mlx-lm's float32 adapters."),
         }
         self.named = f
         rows = [
@@ -63,6 +71,8 @@ class HyperparametersPanel(QGroupBox):
         grid.addWidget(f["seed"].cell(), len(rows), 1)
         grid.addWidget(QLabel("Run name"), len(rows), 2)
         grid.addWidget(f["run_name"].cell(), len(rows), 3, 1, 3)
+        grid.addWidget(f["gradient_checkpointing"].cell(), len(rows) + 1, 0, 1, 3)
+        grid.addWidget(f["mixed_precision"].cell(), len(rows) + 1, 3, 1, 3)
         for column in (1, 3, 5):
             grid.setColumnStretch(column, 1)
         layout = QVBoxLayout(self)

@@ -7,7 +7,8 @@ meant to warn before a run that cannot fit, not to predict the peak exactly:
                full fine-tuning trains float32 weights)
   adapters     LoRA: rank x (in + out) for each adapted linear, float32
   gradients + optimizer   trainable x 4 bytes x 3 (gradient, AdamW m and v)
-  activations  batch x tokens x hidden x layers x ACTIVATION_BYTES
+  activations  batch x tokens x hidden x layers x ACTIVATION_BYTES (gradient checkpointing:
+               x (layers x 4 + ACTIVATION_BYTES), the blocks' inputs plus one block)
                + logits batch x tokens x vocab x 4 bytes x 3 (logits, softmax, gradient)
 """
 
@@ -73,7 +74,10 @@ def estimate(info, config, longest_tokens: int | None = None) -> MemoryEstimate:
         adapters = trainable * 4.0
     optimizer = trainable * 4.0 * 3
     tokens = config.batch_size * min(longest_tokens or config.max_seq_length, config.max_seq_length)
-    activations = tokens * (info.hidden_size * info.num_layers * ACTIVATION_BYTES + info.vocab_size * 4 * 3)
+    # gradient checkpointing keeps each block's input (4 bytes a unit) and one block's full activations
+    per_unit = (info.num_layers * 4 + ACTIVATION_BYTES) if config.gradient_checkpointing else \
+        info.num_layers * ACTIVATION_BYTES
+    activations = tokens * (info.hidden_size * per_unit + info.vocab_size * 4 * 3)
     return MemoryEstimate(weights, adapters, optimizer, activations)
 
 

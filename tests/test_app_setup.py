@@ -80,6 +80,7 @@ def test_form_round_trips_a_run_config(pane, config):
     config.dpo.beta, config.dpo.loss_type = 0.2, "ipo"
     config.grpo.group_size, config.grpo.rewards = 4, ["exact_match", "format"]
     config.diffusion.schedule, config.diffusion.eps = "cosine", 1e-2
+    config.gradient_checkpointing, config.mixed_precision = True, False
     config.adam_beta2 = 0.95  # not on the form: kept from the loaded config
     config.param_groups = [ParamGroup("layers.0.*", 0.5)]
     pane.set_config(config)
@@ -91,7 +92,10 @@ def test_editing_a_widget_changes_the_config(pane):
     pane.form["learning_rate"].editor.setText("5e-5")
     pane.form["lora.targets"].editor.setText("self_attn.q_proj, mlp.up_proj")
     pane.method_panel.buttons.button(0).setChecked(True)  # SFT
+    pane.form["gradient_checkpointing"].editor.setChecked(True)
+    pane.form["mixed_precision"].editor.setChecked(False)
     config = pane.config()
+    assert config.gradient_checkpointing and not config.mixed_precision
     assert (config.batch_size, config.learning_rate, config.method) == (7, 5e-5, "sft")
     assert config.lora.targets == ["self_attn.q_proj", "mlp.up_proj"]
 
@@ -256,6 +260,8 @@ def test_memory_estimate_and_warning(qtbot, pane, monkeypatch):
     bigger = memory_estimate.estimate(info, RunConfig(method="lora", batch_size=8), 100)
     assert bigger.activations == pytest.approx(2 * memory_estimate.estimate(
         info, RunConfig(method="lora", batch_size=4), 100).activations)
+    recomputed = memory_estimate.estimate(info, RunConfig(method="lora", gradient_checkpointing=True), 100)
+    assert recomputed.activations < lora.activations and recomputed.weights == lora.weights
     assert "✓" in pane.memory_label.text()
     monkeypatch.setattr(memory_estimate, "machine_memory", lambda: 1000)
     pane.form["batch_size"].editor.setValue(3)

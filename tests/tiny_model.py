@@ -69,8 +69,8 @@ def write_tokenizer(folder: Path, vocab_size: int = 512) -> int:
 
 
 def make_tiny_llama(folder: Path, *, hidden: int = 64, layers: int = 2, vocab: int = 512,
-                    seed: int = 0, quantize_bits: int | None = None) -> Path:
-    """Write a random-weight Llama (optionally quantized) into `folder`; return it."""
+                    seed: int = 0, quantize_bits: int | None = None, dtype: str = "float32") -> Path:
+    """Write a random-weight Llama (optionally quantized; float weights in `dtype`) into `folder`; return it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab_size = write_tokenizer(folder, vocab)
@@ -89,13 +89,15 @@ def make_tiny_llama(folder: Path, *, hidden: int = 64, layers: int = 2, vocab: i
         "tie_word_embeddings": False,
         "eos_token_id": 2,
         "bos_token_id": None,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
     }
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     if quantize_bits:
         nn.quantize(model, group_size=32, bits=quantize_bits)
         config["quantization"] = {"group_size": 32, "bits": quantize_bits}
+    if dtype != "float32":
+        model.set_dtype(getattr(mx, dtype))
     mx.eval(model.parameters())
     mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())),
                         metadata={"format": "mlx"})

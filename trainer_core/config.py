@@ -31,7 +31,7 @@ SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 DATA_KINDS = ("", "text", "completions", "chat", "preference", "prompt_answer")
 # Fields a resumed run may change: they do not alter the maths of the steps already taken.
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "keep_last", "report_every",
-                     "max_bad_steps", "early_stopping_patience", "output_dir", "run_name")
+                     "gradient_checkpointing", "max_bad_steps", "early_stopping_patience", "output_dir", "run_name")
 
 
 @dataclass
@@ -97,6 +97,8 @@ class RunConfig:
     run_name: str = ""  # run folder name; empty = method-model-date
     fine_tune_type: str = ""  # lora | dora | full; empty = the method's default
     quantized_base: str = "auto"  # keep | dequantize | auto (= dequantize where MLX runs on the CPU, keep on a GPU)
+    mixed_precision: bool = True  # 16-bit model: compute float32 adapters in 16 bits (float32 master weights and optimizer)
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, ~1/3 slower
     max_steps: int = 0  # optimizer steps; 0 = use epochs
     epochs: int = 1  # passes over the training data when max_steps = 0
     batch_size: int = 4  # examples per micro-batch, per process

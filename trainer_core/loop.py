@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from trainer_core import batching, distributed
+from trainer_core import batching, distributed, precision
 from trainer_core.callbacks import Callback, CallbackList
 from trainer_core.checkpoint import CheckpointManager, read_state, write_checkpoint_dir
 from trainer_core.errors import UserError
@@ -101,7 +101,8 @@ class TrainingLoop:
         params = dict(tree_flatten(model.trainable_parameters()))
         self.optimizer = AdamW(params, beta1=config.adam_beta1, beta2=config.adam_beta2, eps=config.adam_eps,
                                weight_decay=config.weight_decay, param_groups=config.param_groups)
-        self.steps = CompiledSteps(model, method, self.optimizer, config.max_grad_norm, world_size)
+        self.steps = CompiledSteps(model, method, self.optimizer, config.max_grad_norm, world_size,
+                                   compute_dtype=precision.compute_dtype(model, config.mixed_precision))
 
     # ---- data order ------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> list[list[int]]:

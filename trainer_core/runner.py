@@ -20,6 +20,7 @@ import mlx.core as mx
 
 from trainer_core import distributed, versions
 from trainer_core.adapters import prepare_for_training, trainable_count
+from trainer_core.recompute import recompute_blocks
 from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
@@ -96,6 +97,8 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
     mx.random.seed(config.seed)
     adapter_config = prepare_for_training(loaded.model, config)
     adapter_config["base_model"] = str(loaded.info.path)
+    if config.gradient_checkpointing:
+        recompute_blocks(loaded.model)
     method = make_method(config, loaded.tokenizer)
     train_examples, valid_examples, stats = method.prepare(splits)
     log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "

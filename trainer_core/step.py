@@ -17,15 +17,16 @@ from __future__ import annotations
 from functools import partial
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from trainer_core.distributed import sum_over_ranks
 from trainer_core.optim import AdamW, clip_by_global_norm
+from trainer_core import precision
 
 
 class CompiledSteps:
-    def __init__(self, model, method, optimizer: AdamW, max_grad_norm: float, world_size: int = 1):
+    def __init__(self, model, method, optimizer: AdamW, max_grad_norm: float, world_size: int = 1,
+                 compute_dtype=None):
         self.model = model
         self.method = method
         self.optimizer = optimizer
@@ -37,7 +38,7 @@ class CompiledSteps:
         def loss_fn(model, batch):
             return method.loss(model, batch)
 
-        loss_and_grad = nn.value_and_grad(model, loss_fn)
+        loss_and_grad = precision.value_and_grad(model, loss_fn, compute_dtype)
 
         def apply_update(grads, loss_sum, weight, metrics, learning_rate):
             if world_size > 1:  # data parallel: sum over ranks, then divide by the global weight
