@@ -26,7 +26,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.gc_policy import collect_on_gui_thread
 from trainer_core import runner
-from trainer_core.callbacks import Callback
+from trainer_core.callbacks import Callback, event_text
 from trainer_core.config import RunConfig
 from trainer_core.errors import UserError
 
@@ -76,7 +76,7 @@ class SignalBridge(Callback):
 
     def on_event(self, info):
         self.worker.metrics.emit({"type": "event", "time": time.time(), **info})
-        self.worker.log.emit(f"event: {info}")
+        self.worker.log.emit(event_text(info))
 
     def on_log(self, message):
         self.worker.log.emit(str(message))

@@ -296,7 +296,7 @@ def test_stop_request_ends_with_a_checkpoint(tiny_model_dir, tmp_path, via_loop)
     checkpoint = run.run_dir / "checkpoints" / "step-000002"
     assert read_state(checkpoint)["step"] == 2
     assert sorted(p.name for p in checkpoint.iterdir()) == [
-        "adapter_config.json", "adapters.safetensors", "optimizer.safetensors", "trainer_state.json"]
+        "adapter_config.json", "adapters.safetensors", "optimizer.safetensors", "samples.json", "trainer_state.json"]
     assert not (run.run_dir / "final").exists()
     records = read_metrics(run.run_dir / "metrics.jsonl")
     assert max(r["step"] for r in records if r["type"] == "train") == 2
@@ -309,7 +309,7 @@ def test_final_written_at_the_end(tiny_model_dir, tmp_path):
     final = run.run_dir / "final"
     assert result.status == "finished" and result.final_dir == str(final)
     assert sorted(p.name for p in final.iterdir()) == [
-        "adapter_config.json", "adapters.safetensors", "optimizer.safetensors", "trainer_state.json"]
+        "adapter_config.json", "adapters.safetensors", "optimizer.safetensors", "samples.json", "trainer_state.json"]
     state = json.loads((final / "trainer_state.json").read_text())
     assert state["step"] == state["total_steps"] == 3
     assert json.loads((final / "adapter_config.json").read_text())["fine_tune_type"] == "full"

@@ -143,6 +143,14 @@ def read_metrics(path: Path, *, raw: bool = False) -> list[dict]:
     return records
 
 
+def event_text(info: dict) -> str:
+    """One log line for an event record; a `samples` event lists prompt -> answer."""
+    if info.get("event") == "samples":
+        answers = "; ".join(f"{s.get('prompt')!r} -> {s.get('answer')!r}" for s in info.get("samples") or ())
+        return f"samples at step {info.get('step')}: {answers}"
+    return f"event: {info}"
+
+
 class LogWriter(Callback):
     """Human log (log.txt): messages plus one line per eval and checkpoint."""
 
@@ -165,7 +173,7 @@ class LogWriter(Callback):
         self.on_log(f"checkpoint step {info['step']} -> {info['path']}")
 
     def on_event(self, info):
-        self.on_log(f"event: {info}")
+        self.on_log(event_text(info))
 
 
 class StopFlag(Callback):

@@ -31,7 +31,8 @@ SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 DATA_KINDS = ("", "text", "completions", "chat", "preference", "prompt_answer")
 # Fields a resumed run may change: they do not alter the maths of the steps already taken.
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "keep_last", "report_every",
-                     "gradient_checkpointing", "max_bad_steps", "early_stopping_patience", "output_dir", "run_name")
+                     "gradient_checkpointing", "max_bad_steps", "early_stopping_patience", "output_dir", "run_name",
+                     "sample_prompts", "num_samples", "sample_max_tokens")
 
 
 @dataclass
@@ -124,6 +125,9 @@ class RunConfig:
     report_every: int = 1  # write a train record every N steps
     max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
     early_stopping_patience: int = 0  # stop after N evaluations without a better eval loss; 0 = off
+    sample_prompts: list[str] = field(default_factory=list)  # answered at every checkpoint; empty = taken from the data
+    num_samples: int = 3  # prompts taken from the valid split (else train) when sample_prompts is empty; 0 = none
+    sample_max_tokens: int = 64  # tokens per sample answer (greedy, so answers change only with the weights)
     param_groups: list[ParamGroup] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -183,6 +187,10 @@ class RunConfig:
         need(self.early_stopping_patience >= 0, "early_stopping_patience", "early_stopping_patience must be 0 (off) or more.")
         need(self.max_bad_steps >= 1, "max_bad_steps", "max_bad_steps must be at least 1.")
         need(0 <= self.val_fraction < 1, "val_fraction", "val_fraction must be in [0, 1).")
+        need(all(isinstance(t, str) and t.strip() for t in self.sample_prompts), "sample_prompts",
+             'sample_prompts must be a list of non-empty prompts, e.g. ["What is the capital of France?"].')
+        need(self.num_samples >= 0, "num_samples", "num_samples must be 0 (no samples from the data) or more.")
+        need(1 <= self.sample_max_tokens <= 4096, "sample_max_tokens", "sample_max_tokens must be from 1 to 4096.")
         for i, group in enumerate(self.param_groups):
             need(bool(group.pattern), f"param_groups.{i}.pattern", "a param group needs a pattern such as 'layers.0.*'.")
             need(group.lr_multiplier >= 0, f"param_groups.{i}.lr_multiplier", "lr_multiplier must be 0 or more.")

@@ -138,15 +138,21 @@ def _eos_ids(tokenizer) -> set[int]:
 def stream(model: DiffusionModel, prompt, settings: DiffusionSettings = DiffusionSettings(),
            system: str | None = None) -> Iterator[str]:
     """Yield the answer's text as blocks finish (the same contract as generate.stream)."""
-    tokenizer = model.tokenizer
+    yield from stream_ids(model.model, model.tokenizer, model.mask_token_id,
+                          build_prompt(model.tokenizer, prompt, system), settings)
+
+
+def stream_ids(model, tokenizer, mask_id: int, ids: list[int],
+               settings: DiffusionSettings = DiffusionSettings()) -> Iterator[str]:
+    """`stream` for prompt token `ids` (already templated) and a bare model + tokenizer + [MASK] id."""
     stops = _eos_ids(tokenizer)
     sent = text = ""
-    for state in denoise(model.model, build_prompt(tokenizer, prompt, system), model.mask_token_id, settings, stops):
+    for state in denoise(model, ids, mask_id, settings, stops):
         if not state.block_done:
             continue
-        ids = state.response[:state.block_end].tolist()
-        ends = [k for k, t in enumerate(ids) if t in stops]
-        text = tokenizer.decode(ids[:ends[0]] if ends else ids)
+        answer = state.response[:state.block_end].tolist()
+        ends = [k for k, t in enumerate(answer) if t in stops]
+        text = tokenizer.decode(answer[:ends[0]] if ends else answer)
         if text.startswith(sent) and not text.endswith("\ufffd"):  # hold a character cut between blocks
             if text != sent:
                 yield text[len(sent):]

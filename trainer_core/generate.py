@@ -81,10 +81,13 @@ def build_prompt(tokenizer, messages_or_text, system: str | None = None) -> list
 def stream(loaded: LoadedModel, prompt, settings: GenerationSettings = GenerationSettings(),
            system: str | None = None) -> Iterator[str]:
     """Yield text pieces of the answer as they are generated."""
-    ids = build_prompt(loaded.tokenizer, prompt, system)
+    yield from stream_ids(loaded.model, loaded.tokenizer, build_prompt(loaded.tokenizer, prompt, system), settings)
+
+
+def stream_ids(model, tokenizer, ids: list[int], settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
+    """Yield text pieces of the continuation of prompt token `ids` (already templated, or raw text)."""
     sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-    for response in stream_generate(loaded.model, loaded.tokenizer, ids, max_tokens=settings.max_tokens,
-                                    sampler=sampler):
+    for response in stream_generate(model, tokenizer, ids, max_tokens=settings.max_tokens, sampler=sampler):
         if response.text:
             yield response.text
 

@@ -31,6 +31,7 @@ from trainer_core.methods import make_method
 from trainer_core.models import load_model, read_model_info, should_dequantize
 from trainer_core.paths import default_runs_root
 from trainer_core.resume_checks import check_resumable, fingerprint
+from trainer_core.samples import CheckpointSamples, choose_prompts
 
 CONFIG_FILE = "config.toml"
 
@@ -124,6 +125,11 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
     own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if writer else []
+    prompts = choose_prompts(config, splits) if writer else []  # answered at every checkpoint (samples.py)
+    samples = CheckpointSamples(loaded.model, loaded.tokenizer, prompts, config, method) if prompts else None
+    if samples is not None:
+        log.on_log(f"{len(prompts)} sample prompt(s) are answered at every checkpoint ({config.sample_max_tokens} "
+                   "tokens, greedy; samples.json in each checkpoint)")
     for line in early_log.lines:  # what was said before the run folder existed
         for writer in own:
             writer.on_log(line)
@@ -132,13 +138,16 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
                             valid_examples=valid_examples, adapter_config=adapter_config,
                             checkpoints=CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last)
                             if writer else None,
-                            final_dir=run_dir / "final" if writer else None, callbacks=own + list(callbacks),
+                            final_dir=run_dir / "final" if writer else None,
+                            callbacks=own + list(callbacks) + ([samples] if samples else []),
                             world_size=world_size, rank=rank, run_dir=run_dir if writer else None,
                             fingerprint=run_fingerprint)
     except UserError:  # bad input found late (e.g. too few examples for one step): leave no run folder
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if samples is not None:
+        samples.report = loop.callbacks.on_event
     return Run(config, run_dir, loop, loaded.info.name, stats)
 
 
