@@ -174,7 +174,7 @@ class ChatPane(QWidget):
 
     def stop(self) -> None:
         if self.generating:
-            self.generator.stop()
+            self.generator.stop([self.job])  # only this tab's answer: Compare's go on
             self.status.setText("Stopping…")
 
     def clear(self) -> None:

@@ -136,7 +136,8 @@ class CheckpointCompare(QWidget):
         self.run_button = QPushButton("Answer")
         self.run_button.clicked.connect(self.run)
         self.stop_button = QPushButton("Stop")
-        self.stop_button.clicked.connect(self.generator.stop)
+        self.stop_button.setToolTip("End these answers where they are (the Chat tab's answer goes on)")
+        self.stop_button.clicked.connect(self.stop)
         self.stop_button.setEnabled(False)
         top = QHBoxLayout()
         for widget in (self.prompt, QLabel("Max tokens"), self.max_tokens, self.run_button, self.stop_button):
@@ -183,6 +184,10 @@ class CheckpointCompare(QWidget):
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         return True
+
+    def stop(self) -> None:
+        """End this comparison's answers (only these jobs of the shared Generator)."""
+        self.generator.stop(list(self.jobs))
 
     def texts(self) -> list[str]:
         return [answer.toPlainText() for answer in self.answers]

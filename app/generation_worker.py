@@ -3,14 +3,16 @@
     generator = Generator()
     job = generator.generate(model, checkpoint, messages, settings, system)   # -> job id (int)
     generator.piece(job, text) ... generator.done(job, info) | generator.failed(job, message)
-    generator.stop()        # ends the current answer at the next piece and drops queued jobs
-    generator.shutdown()    # the owner's last word: stop and wait for the thread
+    generator.stop([job])   # ends that answer at its next piece (or before it starts); other jobs go on
+    generator.shutdown()    # the owner's last word: stop everything and wait for the thread
 
 Threading contract (DESIGN.md "GUI threading"): loading the model and every MLX
 call run on the generation thread; the GUI thread only queues requests (a queued
-signal) and sets the stop mark. Jobs run one after another in request order. The
-last loaded model (base + checkpoint) stays in memory, so a multi-turn chat loads
-once. A checkpoint of a diffusion run is answered by the diffusion sampler.
+signal) and marks jobs stopped. Jobs run one after another in request order. The
+Chat and Compare tabs share one Generator (one model in memory) and each stops
+only its own jobs. The last loaded model (base + checkpoint) stays in memory, so a
+multi-turn chat loads once. A checkpoint of a diffusion run is answered by the
+diffusion sampler.
 """
 
 from __future__ import annotations
@@ -48,14 +50,15 @@ class _Worker(QObject):
     done = Signal(int, dict)
     failed = Signal(int, str)
 
-    def __init__(self, stop_mark: list[int]):
+    def __init__(self, stopped: set[int], stop_mark: list[int]):
         super().__init__()
-        self.stop_mark = stop_mark  # jobs with id <= stop_mark[0] end (or never start)
+        self.stopped = stopped  # jobs asked to stop (the GUI thread adds ids; set operations hold the GIL)
+        self.stop_mark = stop_mark  # shutting down: jobs with id <= stop_mark[0] end (or never start)
         self.cache_key = None
         self.cache = None
 
     def _stopped(self, job: int) -> bool:
-        return job <= self.stop_mark[0]
+        return job in self.stopped or job <= self.stop_mark[0]
 
     def _load(self, request: Request):
         key = (request.model, request.checkpoint)
@@ -122,6 +125,7 @@ class Generator(QObject):
         super().__init__(parent)
         self._ids = itertools.count(1)
         self._stop_mark = [0]
+        self._stopped: set[int] = set()
         self._pending: set[int] = set()
         self._last = 0
         self.thread: QThread | None = None
@@ -133,7 +137,7 @@ class Generator(QObject):
         collect_on_gui_thread()
         self.thread = QThread()
         self.thread.setObjectName("generation")
-        self._worker = _Worker(self._stop_mark)
+        self._worker = _Worker(self._stopped, self._stop_mark)
         self._worker.moveToThread(self.thread)
         self._request.connect(self._worker.handle)
         self._worker.piece.connect(self.piece)
@@ -158,25 +162,31 @@ class Generator(QObject):
                                    int(max_tokens), float(temperature), float(top_p)))
         return job
 
-    def stop(self) -> None:
-        """End the running answer at its next piece and skip every queued one (thread-safe mark)."""
+    def stop(self, jobs) -> None:
+        """End these jobs (ids): a running one at its next piece, a queued one before it starts. Others go on."""
+        self._stopped.update(int(job) for job in jobs if job in self._pending)
+
+    def stop_all(self) -> None:
+        """End the running answer and skip every queued one (shutting down)."""
         self._stop_mark[0] = self._last
 
     @Slot(int, dict)
     def _ended(self, job: int, info: dict) -> None:
         self._pending.discard(job)
+        self._stopped.discard(job)
         self.done.emit(job, info)
 
     @Slot(int, str)
     def _failed(self, job: int, message: str) -> None:
         self._pending.discard(job)
+        self._stopped.discard(job)
         self.failed.emit(job, message)
 
     def shutdown(self, timeout_ms: int = 60_000) -> bool:
         """Stop, end the thread and wait for it; True if it ended."""
         if self.thread is None:
             return True
-        self.stop()
+        self.stop_all()
         self.thread.quit()
         ended = self.thread.wait(timeout_ms)
         if ended:

@@ -116,3 +116,39 @@ def test_compare_streams_base_and_checkpoint_answers_that_differ(qtbot, generato
     base, tuned = pane.texts()
     assert base and tuned and base != tuned
     assert pane.run_button.isEnabled()
+
+
+def test_chat_stop_and_compare_stop_each_end_only_their_own_answers(qtbot, generator, checkpoint):
+    """One Generator serves both tabs: each Stop button ends its own tab's jobs, the other tab's go on."""
+    from PySide6.QtTest import QTest
+    from app.compare_pane import CheckpointCompare
+    chat, compare = ChatPane(generator), CheckpointCompare(generator)
+    qtbot.addWidget(chat)
+    qtbot.addWidget(compare)
+    chat.set_checkpoints([str(checkpoint)], str(checkpoint))
+    chat.max_tokens.setValue(2000)
+    compare.set_checkpoints([str(checkpoint)])
+    compare.prompt.setText("Tell me about the fox")
+    compare.max_tokens.setValue(10)
+    ended = {}
+    generator.done.connect(lambda job, info: ended.setdefault(job, info))
+    assert compare.run()  # queued first: base model, then the checkpoint
+    assert chat.send("Go on forever")  # queued behind them
+    assert chat.stop_button.isEnabled() and compare.stop_button.isEnabled()
+    with qtbot.waitSignal(compare.allDone, timeout=TIMEOUT):
+        QTest.mouseClick(chat.stop_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not chat.generating, timeout=TIMEOUT)
+    assert [info["stopped"] for job, info in sorted(ended.items())] == [False, False, True]
+    assert all(text for text in compare.texts()) and chat.status.text().startswith("Stopped")
+    assert not compare.stop_button.isEnabled() and not chat.stop_button.isEnabled()
+
+    ended.clear()
+    chat.max_tokens.setValue(200)
+    assert chat.send("Again, shortly")
+    chat_job = chat.job
+    assert compare.run()
+    with qtbot.waitSignal(compare.allDone, timeout=TIMEOUT):
+        QTest.mouseClick(compare.stop_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not chat.generating, timeout=TIMEOUT)
+    assert not ended[chat_job]["stopped"] and ended[chat_job]["pieces"] > 50  # Compare's Stop left it alone
+    assert all(info["stopped"] for job, info in ended.items() if job != chat_job)
