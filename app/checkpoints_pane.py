@@ -3,7 +3,10 @@
 `pane.set_run(run_dir)` lists `checkpoints/step-*` (and `final/`): step, time,
 train/eval loss at that step, size on disk, ★ on the best eval loss. The list
 is read on the task pool (plain files, no MLX) and again whenever the folder
-changes (QFileSystemWatcher) or `checkpoint_saved(info)` reports a new one.
+changes (QFileSystemWatcher) or `checkpoint_saved(info)` / `samples_written(record)`
+reports a new checkpoint or its samples. On the right, the sample prompts and what
+the selected checkpoint (else the newest) answered (app/samples_view.py).
+`select_step(step)` (a click on a loss-curve marker) selects a checkpoint, once listed.
 
 Actions: Chat (chatRequested), Compare (compareRequested), Resume from here
 (resumeRequested), Export ▾ (mlx-lm / fused / PEFT / GGUF on the task pool with a
@@ -14,72 +17,21 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMenu, QMessageBox,
-                               QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout,
-                               QWidget)
+                               QProgressBar, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QToolButton,
+                               QVBoxLayout, QWidget)
 
+from app.checkpoint_list import CheckpointRow, human_size, list_checkpoints
 from app.reveal import reveal_in_file_manager
+from app.samples_view import SamplesView
 from app.tasks import LatestTask, run_task
-from trainer_core.callbacks import read_metrics
 
 COLUMNS = ("Step", "Saved", "Train loss", "Eval loss", "Size", "Best")
 EXPORT_FORMATS = (("mlx-lm", "mlx-lm adapters"), ("fused", "Fused model (mlx-lm folder)"),
                   ("peft", "Hugging Face PEFT"), ("gguf", "GGUF (llama.cpp, F16)"))
-
-
-@dataclass
-class CheckpointRow:
-    path: Path
-    step: int
-    saved: float
-    train_loss: float | None
-    eval_loss: float | None
-    size_bytes: int
-    best: bool = False
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def list_checkpoints(run_dir: Path) -> list[CheckpointRow]:
-    """The run's complete checkpoints, oldest first, `final/` last; losses from trainer_state and metrics.jsonl."""
-    from trainer_core.checkpoint import STATE, WEIGHTS, CheckpointManager, read_state
-    run_dir = Path(run_dir)
-    folders = CheckpointManager(run_dir / "checkpoints", writer=False).list()
-    if (run_dir / "final" / WEIGHTS).is_file() and (run_dir / "final" / STATE).is_file():
-        folders.append(run_dir / "final")
-    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    train = {int(r["step"]): r.get("loss") for r in records if r.get("type") == "train"}
-    evals = {int(r["step"]): r.get("loss") for r in records if r.get("type") == "eval"}
-    rows = []
-    for folder in folders:
-        try:
-            state = read_state(folder)
-        except (OSError, ValueError):
-            continue
-        step = int(state.get("step", 0))
-        metrics = state.get("metrics", {})
-        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-        rows.append(CheckpointRow(folder, step, folder.stat().st_mtime,
-                                  _number(train.get(step, metrics.get("train_loss"))),
-                                  _number(evals.get(step, metrics.get("eval_loss"))), size))
-    scored = [r for r in rows if r.eval_loss is not None and r.path.name != "final"]
-    if scored:
-        min(scored, key=lambda r: r.eval_loss).best = True
-    return rows
 
 
 def _item(text: str, align=Qt.AlignRight | Qt.AlignVCenter) -> QTableWidgetItem:
@@ -105,6 +57,7 @@ class CheckpointsPane(QWidget):
         self.run_dir: Path | None = None
         self.rows: list[CheckpointRow] = []
         self.can_resume = True  # the window clears it while a run trains
+        self._wanted_step: int | None = None  # select_step before the listing arrived
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
         self.choose_export_folder = self._choose_folder
         self._list_task = LatestTask()
@@ -160,9 +113,17 @@ class CheckpointsPane(QWidget):
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
 
+        self.samples = SamplesView()
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.addWidget(self.table)
+        self.splitter.addWidget(self.samples)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setChildrenCollapsible(False)
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.splitter, 1)
         layout.addLayout(actions)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
@@ -190,6 +151,10 @@ class CheckpointsPane(QWidget):
                 self._watcher.addPath(checkpoints)
             self.reload()
 
+    def samples_written(self, record: dict) -> None:
+        """A `samples` event of the training run: show the new answers (if it is the shown run)."""
+        self.checkpoint_saved({"path": record.get("checkpoint", "")})
+
     def reload(self) -> None:
         if self.run_dir is None:
             self._list_task.cancel()
@@ -201,6 +166,9 @@ class CheckpointsPane(QWidget):
     def _listed(self, rows: list[CheckpointRow]) -> None:
         self.rows = rows
         self._fill()
+        if self._wanted_step is not None:
+            step, self._wanted_step = self._wanted_step, None
+            self._select_listed(step)
         self.listed.emit(len(rows))
 
     def _fill(self) -> None:
@@ -227,6 +195,7 @@ class CheckpointsPane(QWidget):
                                if self.rows else f"{self.run_dir.name} · no checkpoint yet (one is written every "
                                "save interval, on Stop and at the end)")
         self._update_buttons()
+        self._show_samples()
 
     # ---- selection -----------------------------------------------------------------------
     def selected(self) -> list[Path]:
@@ -238,14 +207,37 @@ class CheckpointsPane(QWidget):
         return selected[-1] if selected else None
 
     def select_step(self, step: int) -> None:
-        """Select the checkpoint of `step` (a click on a loss-curve marker)."""
+        """Select the checkpoint of `step` (a click on a loss-curve marker); if the list is still
+        being read (the run was just chosen), as soon as it arrives."""
+        if not self._select_listed(step):
+            self._wanted_step = step
+
+    def _select_listed(self, step: int) -> bool:
         for i, row in enumerate(self.rows):
             if row.step == step and row.path.name != "final":
                 self.table.selectRow(i)
+                self.table.scrollToItem(self.table.item(i, 0))
+                return True
+        return False
+
+    def current_row(self) -> CheckpointRow | None:
+        path = self.current()
+        return next((r for r in self.rows if r.path == path), None)
 
     def _selection_changed(self) -> None:
         self._update_buttons()
+        self._show_samples()
         self.selectionChanged.emit(str(self.current() or ""))
+
+    def _show_samples(self) -> None:
+        """The selected checkpoint's samples, else the newest checkpoint's (they arrive live while training)."""
+        row = self.current_row() or (self.rows[-1] if self.rows else None)
+        if row is None:
+            self.samples.show_samples("Samples", None)
+            return
+        name = f"step {row.step:,}" + (" (final)" if row.path.name == "final" else "")
+        self.samples.show_samples(f"Samples at {name}" + ("" if self.current_row() else " · newest checkpoint"),
+                                  row.samples)
 
     def _update_buttons(self) -> None:
         one = self.current() is not None

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QS
                                QTabWidget, QToolBar, QWidget)
 
 from app.chat_pane import ChatPane
+from app.checkpoint_links import link_markers_to_checkpoints
 from app.checkpoints_pane import CheckpointsPane
 from app.compare_pane import ComparePane
 from app.drop_target import install_drop_target
@@ -76,6 +77,7 @@ class MainWindow(QMainWindow):
         self._status_timer = QTimer(self, interval=250, timeout=self._update_status)
         self._update_actions()
         install_drop_target(self, self.select_dropped)
+        link_markers_to_checkpoints(self.tabs, self.training, self.checkpoints)
 
     # ---- actions -------------------------------------------------------------------
     def _build_actions(self) -> None:
@@ -204,6 +206,7 @@ class MainWindow(QMainWindow):
         self.training.set_banner(f"Training {self.run_dir.name}  ·  {self.run_dir}")
         self.sidebar.set_running(self.run_dir)
         self.checkpoints.set_run(self.run_dir)
+        self.training.load_history(self.run_dir)  # a resumed run: its earlier records first
         self._update_actions()
 
     def _train_began(self, info: dict) -> None:
@@ -214,6 +217,8 @@ class MainWindow(QMainWindow):
 
     def _metrics(self, record: dict) -> None:
         self.training.add_metrics(record)
+        if record.get("event") == "samples":
+            self.checkpoints.samples_written(record)
         if record.get("type") == "train":
             self.run_status.add(record)
 

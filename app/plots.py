@@ -7,6 +7,8 @@ pyqtgraph's 'peak' downsampling draws min and max of each pixel column.
 While "follow" is on the view tracks the data (the loss y-range ignores the
 top 1% of raw spikes, so one outlier cannot squash the curve); zooming or
 panning by hand turns follow off until the user asks again.
+A click on a checkpoint ◆ emits `checkpointClicked(step)`; `highlight_checkpoint(step)`
+rings the marker of the checkpoint selected in the Checkpoints tab.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class _Hover:
 
 class TrainingPlots(QWidget):
     followChanged = Signal(bool)
+    checkpointClicked = Signal(int)  # the step of a clicked checkpoint marker
 
     def __init__(self, store: MetricsStore, parent=None):
         super().__init__(parent)
@@ -83,6 +86,7 @@ class TrainingPlots(QWidget):
         self.log_y = False
         self.follow = True
         self._drawn: dict[str, tuple] = {}
+        self.highlighted: int | None = None  # step of the ringed checkpoint marker
         self._auto = False  # True while we move the view ourselves
         self.widgets: dict[str, pg.PlotWidget] = {}
         grid = QGridLayout(self)
@@ -107,6 +111,8 @@ class TrainingPlots(QWidget):
                               symbolPen=None, name="eval"),
             "checkpoint": loss.plot([], [], pen=None, symbol="d", symbolSize=10, symbolBrush=COLORS["checkpoint"],
                                     symbolPen=pg.mkPen("w", width=0.5), name="checkpoint"),
+            "selected_checkpoint": loss.plot([], [], pen=None, symbol="o", symbolSize=18, symbolBrush=None,
+                                             symbolPen=pg.mkPen(COLORS["checkpoint"], width=2)),
             "learning_rate": self.widgets["learning_rate"].plot([], [], pen=pg.mkPen(COLORS["lr"], width=2)),
             "grad_norm": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(faint(COLORS["grad_norm"], 90))),
             "grad_norm_ema": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(COLORS["grad_norm"], width=2)),
@@ -118,9 +124,12 @@ class TrainingPlots(QWidget):
         self.band_upper, self.band_lower = pg.PlotDataItem(), pg.PlotDataItem()
         self.band = pg.FillBetweenItem(self.band_upper, self.band_lower, brush=faint(SERIES[0], 45))
         self.widgets["method"].addItem(self.band)
-        for curve in self.curves.values():
+        for name, curve in self.curves.items():
+            if name.endswith("checkpoint"):  # a few points, each clickable: never thinned
+                continue
             curve.setClipToView(True)
             curve.setDownsampling(auto=True, method="peak")
+        self.curves["checkpoint"].sigPointsClicked.connect(self._marker_clicked)
         self.hovers = [_Hover(w, lambda x, n=name: self._describe(n, x)) for name, w in self.widgets.items()]
         self.set_axis("step")
 
@@ -199,8 +208,19 @@ class TrainingPlots(QWidget):
         marks = store.checkpoints
         ema_at = np.interp([c["step"] for c in marks], store.x("step"), np.nan_to_num(loss_ema)) \
             if marks and len(store) else []
-        self.curves["checkpoint"].setData(
-            store.x_at([c["step"] for c in marks], self.axis, [c.get("time", 0) for c in marks]), ema_at)
+        mark_x = store.x_at([c["step"] for c in marks], self.axis, [c.get("time", 0) for c in marks])
+        self.curves["checkpoint"].setData(mark_x, ema_at, data=[int(c["step"]) for c in marks])
+        chosen = [i for i, c in enumerate(marks) if c["step"] == self.highlighted][-1:]
+        self.curves["selected_checkpoint"].setData([mark_x[i] for i in chosen], [ema_at[i] for i in chosen])
+
+    def _marker_clicked(self, _item, points, _event) -> None:
+        if len(points):
+            self.checkpointClicked.emit(int(points[0].data()))
+
+    def highlight_checkpoint(self, step: int | None) -> None:
+        """Ring the checkpoint marker of `step` (None: no ring)."""
+        self.highlighted = step
+        self.draw_panel("loss", force=True)
 
     def _draw_learning_rate(self, x) -> None:
         self.curves["learning_rate"].setData(x, self.store.series("learning_rate"), connect="finite")

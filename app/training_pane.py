@@ -2,7 +2,8 @@
 
 `pane.store` (a MetricsStore) receives the worker's records; a timer redraws
 one plot per tick, only when something new arrived, and backs off when
-painting is slow, so a fast run never floods the event loop. `load_run(run_dir)` shows a finished run from its metrics.jsonl.
+painting is slow, so a fast run never floods the event loop. `load_run(run_dir)` shows a finished run from its
+metrics.jsonl; `load_history(run_dir)` puts a resumed run's earlier records ahead of its live ones.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class TrainingPane(QWidget):
         self.store.clear()
         self.log.clear()
         self.run_dir = None
+        self.plots.highlighted = None
         self.plots.set_follow(True)
         self.plots.redraw(force=True)
 
@@ -142,6 +144,18 @@ class TrainingPane(QWidget):
             self.log.setPlainText(log.read_text(encoding="utf-8", errors="replace")[-200_000:])
         self.set_banner(f"{run_dir.name} — {len(self.store)} steps from {run_dir}")
         self.plots.redraw(force=True)
+
+    def load_history(self, run_dir: Path) -> int:
+        """A resumed run just started: plot what it did before (the records ahead of its last `resumed`
+        event in metrics.jsonl); its new records follow live. Returns the records added (0: a new run)."""
+        records = read_metrics(Path(run_dir) / "metrics.jsonl")
+        resumed = [i for i, r in enumerate(records) if r.get("type") == "event" and r.get("event") == "resumed"]
+        if not resumed or len(self.store):
+            return 0
+        for record in records[:resumed[-1]]:
+            self.store.add(record)
+        self.plots.redraw(force=True)
+        return resumed[-1]
 
     def _tick(self) -> None:
         """Redraw one stale plot and paint it now; wait longer when painting is slow.
