@@ -60,7 +60,7 @@ class SamplesView(QWidget):
                 item.setToolTip(printable(sample.get(key, "")))
                 self.table.setItem(row, column, item)
         self.table.resizeRowsToContents()
-        self.note.setText("" if samples else NO_SAMPLES)
+        self.note.setText("Greedy answers, written when the checkpoint was saved." if samples else NO_SAMPLES)
         self.table.setVisible(bool(samples))
 
     def texts(self) -> list[tuple[str, str]]:

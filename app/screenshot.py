@@ -3,10 +3,11 @@
     xvfb-run -s "-screen 0 1400x900x24" python -m app.screenshot --out resources/screenshots \
         [--model PATH | --tiny] [--steps 150]
 
-Writes main-window.png (Setup tab on the demo model and data) and
+Writes main-window.png (Setup tab on the demo model and data),
 training.png (Training tab during a short run of `--model`; `--tiny` builds a
 small random Llama with the test suite's helper, for machines where the demo
-model trains too slowly). Uses the same MainWindow as `python -m app`, and
+model trains too slowly) and checkpoints.png (Checkpoints tab after the run, one
+checkpoint selected, its samples on the right). Uses the same MainWindow as `python -m app`, and
 prints the GUI thread's event-loop latency measured during the run.
 """
 
@@ -99,7 +100,13 @@ def main(argv=None) -> int:
     wait(lambda: False, 0.6)  # let the plots catch up
     window.grab().save(str(out / "training.png"))
     wait(lambda: not window.controller.running, 600)
-    print(f"wrote {out / 'main-window.png'} and {out / 'training.png'}")
+    window.sidebar.set_root(runs)  # the run in the sidebar, without writing into the user's runs folder
+    window.tabs.setCurrentWidget(window.checkpoints)
+    wait(lambda: len(window.checkpoints.rows) >= 3 and window.checkpoints.rows[1].samples, 30)
+    window.checkpoints.select_step(window.checkpoints.rows[1].step)
+    wait(lambda: False, 0.5)
+    window.grab().save(str(out / "checkpoints.png"))
+    print(f"wrote {out / 'main-window.png'}, {out / 'training.png'} and {out / 'checkpoints.png'}")
     print(f"event-loop latency while training: {probe.summary()}")
     window.close()
     return 0
