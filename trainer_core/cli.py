@@ -158,6 +158,7 @@ def run_training(args) -> int:
 def _train_or_resume(args, world) -> int:
     from trainer_core import runner
     from trainer_core.callbacks import StopFlag
+    from trainer_core.launch import StopFile
     from trainer_core.progress import TerminalProgress
 
     stop = StopFlag()
@@ -165,6 +166,7 @@ def _train_or_resume(args, world) -> int:
     if world.distributed:
         abort_when_blocked()
     callbacks = [TerminalProgress(), stop] if world.rank == 0 else [stop]
+    callbacks.append(StopFile())  # the GUI launcher's Stop (launch.py)
     ranks = {"world_size": world.size, "rank": world.rank}
     if args.command == "train":
         result = runner.train(config_from_args(args), callbacks, **ranks)

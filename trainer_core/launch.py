@@ -1,31 +1,51 @@
-"""Starting a distributed run with `mlx.launch`, and reading what it prints (for the GUI).
+"""Starting a distributed run with `mlx.launch`, and reading how it went (for the GUI and the CLI).
 
     hosts = read_hostfile("hosts.json")                       # [{"ssh": "mac-a", "ips": ["10.0.0.1"]}, ...]
+    check_backend(hosts, "ring", "hosts.json")                # ring needs "ips" on every host
     write_hostfile(expand_hosts(hosts, 2), "run-hosts.json")  # 2 processes on every host
-    argv = launch_command("run-hosts.json", "ring", ["train", "--method", "lora", ...])
-    ...  for each output line: event = parse_line(line)
+    argv = launch_command("run-hosts.json", "ring", ["train", "--method", "lora", ...], stop_file=...)
+    outcome = Outcome()
+    ...  for each output line: outcome.feed(line)
+    status, detail = outcome.verdict(run_dir)                 # ("finished"|"stopped", end record) | ("failed", message)
 
 A host file is mlx.launch's: a JSON list of hosts, or {"backend": ..., "envs": [...], "hosts": [...]},
 each host {"ssh": name to ssh into, "ips": [addresses the ring backend connects to]}; "127.0.0.1"
-runs locally without ssh. Every host needs the same Python environment, model and data at the same
-paths. mlx.launch itself exits 0 even when a rank fails, so `parse_line` is how a caller learns
-which ranks joined and which failed.
+(or "localhost", rewritten to it) runs locally without ssh. Every host needs the same Python
+environment, model and data at the same paths.
+
+mlx.launch itself exits 0 even when a rank fails, so `Outcome` decides: a rank's `error:` line, a
+`rank_failure` event or no `train_end` event in rank 0's metrics.jsonl, or a rank's non-zero exit,
+is a failure. `python -m trainer_core.launch` runs mlx.launch that way from a terminal and exits 1
+with one line when the run failed.
+
+Stopping: the launcher sets FINETUNE_STOP_FILE on every rank; creating that file asks rank 0 (which
+runs on the launching machine) to stop, and the ranks agree to stop at the same step after a
+checkpoint (`StopFile`, checked at every step boundary). Signals would not reach ranks behind ssh.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
+from trainer_core.callbacks import Callback, read_metrics
 from trainer_core.errors import UserError
 
 BACKENDS = ("ring", "mpi")
+LOCAL = "127.0.0.1"  # mlx.launch starts a host of exactly this name without ssh
+STOP_FILE_VARIABLE = "FINETUNE_STOP_FILE"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _JOINED = re.compile(r"Distributed run: (\d+) processes joined \((.*?)\);")
 _EXITED = re.compile(r"Node with rank (\d+) exited with code (-?\d+)")
 _ERROR = re.compile(r"^(?:\[rank (\d+)\] )?error: (.*)$")
+_LAUNCHER_ERROR = re.compile(r"^[-\w.]+: error: (.*)$")  # mlx.launch's own argument errors
+_ENDED = re.compile(r"^(finished|stopped) at step (\d+)/(\d+)")  # rank 0's last line (progress.py)
 
 
 def read_hostfile(path) -> list[dict]:
@@ -49,10 +69,27 @@ def read_hostfile(path) -> list[dict]:
     return hosts
 
 
+def check_backend(hosts: list[dict], backend: str, path) -> None:
+    """UserError when `hosts` cannot run on `backend` (the ring backend connects to IP addresses)."""
+    if backend not in BACKENDS:
+        raise UserError(f"Backend must be one of {', '.join(BACKENDS)} (got {backend!r}).")
+    for i, host in enumerate(hosts):
+        if backend == "ring" and not host.get("ips"):
+            raise UserError(f"Host file {path}: host {i + 1} ({host['ssh']}) has no \"ips\": the ring backend "
+                            'connects to IP addresses, e.g. "ips": ["10.0.0.2"] (use "127.0.0.1" for this Mac).')
+
+
+def _local(name: str) -> str:
+    return LOCAL if name == "localhost" else name
+
+
 def expand_hosts(hosts: list[dict], processes_per_host: int) -> list[dict]:
-    """Each host repeated `processes_per_host` times, in order (ranks on one host are consecutive)."""
+    """Each host repeated `processes_per_host` times, in order (ranks on one host are consecutive);
+    "localhost" becomes "127.0.0.1", which mlx.launch runs without ssh."""
     if processes_per_host < 1:
         raise UserError("Processes per host must be at least 1.")
+    hosts = [{**host, "ssh": _local(host["ssh"]), "ips": [_local(ip) for ip in host.get("ips", [])]}
+             for host in hosts]
     return [dict(host) for host in hosts for _ in range(processes_per_host)]
 
 
@@ -62,22 +99,58 @@ def write_hostfile(hosts: list[dict], path) -> Path:
     return path
 
 
+def local_starting_port(hosts: list[dict]) -> int | None:
+    """When every rank runs on this machine: the first of the consecutive free ports the ring backend
+    will listen on (one per rank and IP); else None (mlx.launch's default, 32323)."""
+    count = sum(len(host.get("ips") or [None]) for host in hosts)
+    if any(host["ssh"] != LOCAL or any(ip != LOCAL for ip in host.get("ips", [])) for host in hosts):
+        return None
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((LOCAL, 0))
+            first = s.getsockname()[1]
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind((LOCAL, port))
+            return first
+        except OSError:
+            continue
+    return None
+
+
 def launch_command(hostfile, backend: str, finetune_args: list[str], python: str | None = None,
-                   starting_port: int | None = None) -> list[str]:
+                   starting_port: int | None = None, stop_file=None) -> list[str]:
     """argv that runs `python -m trainer_core *finetune_args` on every host of `hostfile` through mlx.launch
-    (the ring backend listens on `starting_port` and up, one port per rank; default mlx.launch's 32323)."""
+    (the ring backend listens on `starting_port` and up, one port per rank; default mlx.launch's 32323).
+    `stop_file`: a path whose creation asks the run to stop (see StopFile)."""
     if backend not in BACKENDS:
         raise UserError(f"Backend must be one of {', '.join(BACKENDS)} (got {backend!r}).")
     python = python or sys.executable
     launcher = [python, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
     port = ["--starting-port", str(starting_port)] if starting_port else []
-    return [*launcher, "--hostfile", str(hostfile), "--backend", backend, *port, "--",
+    stop = ["--env", f"{STOP_FILE_VARIABLE}={stop_file}"] if stop_file else []
+    return [*launcher, "--hostfile", str(hostfile), "--backend", backend, *port, *stop, "--",
             python, "-m", "trainer_core", *map(str, finetune_args)]
+
+
+class StopFile(Callback):
+    """Asks the loop to stop once the file named by $FINETUNE_STOP_FILE exists (the GUI's Stop)."""
+
+    def __init__(self, path=None):
+        path = path or os.environ.get(STOP_FILE_VARIABLE)
+        self.path = Path(path) if path else None
+
+    def should_stop(self) -> bool:
+        return self.path is not None and self.path.exists()
 
 
 def parse_line(line: str) -> dict | None:
     """What one line of mlx.launch's output says about the ranks, or None:
-    {"joined": [(rank, host), ...]} | {"exited": rank, "code": int} | {"error": message, "rank": rank}."""
+    {"joined": [(rank, host), ...]} | {"exited": rank, "code": int} | {"error": message, "rank": rank}
+    | {"ended": "finished"|"stopped", "step": int, "total_steps": int}."""
     line = _ANSI.sub("", line).strip()
     found = _JOINED.search(line)
     if found:
@@ -89,4 +162,102 @@ def parse_line(line: str) -> dict | None:
     found = _ERROR.match(line)
     if found:
         return {"error": found.group(2), "rank": int(found.group(1) or 0)}
+    found = _LAUNCHER_ERROR.match(line)
+    if found:
+        return {"error": f"mlx.launch: {found.group(1)}", "rank": 0}
+    found = _ENDED.match(line)
+    if found:
+        return {"ended": found.group(1), "step": int(found.group(2)), "total_steps": int(found.group(3))}
     return None
+
+
+class Outcome:
+    """How one mlx.launch run went, from its output lines and rank 0's metrics.jsonl."""
+
+    def __init__(self):
+        self.joined: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self.exits: list[tuple[int, int]] = []  # (rank, non-zero exit code)
+        self.ended: dict | None = None
+
+    def feed(self, line: str) -> dict | None:
+        event = parse_line(line)
+        if event is None:
+            return None
+        if "joined" in event:
+            self.joined = event["joined"]
+        elif "error" in event:
+            self.errors.append(event["error"] if not event["rank"] else f"rank {event['rank']}: {event['error']}")
+        elif "exited" in event:
+            if event["code"] != 0:
+                self.exits.append((event["exited"], event["code"]))
+        else:
+            self.ended = {"status": event["ended"], "step": event["step"], "total_steps": event["total_steps"]}
+        return event
+
+    def verdict(self, run_dir=None, stopping: bool = False) -> tuple[str, object]:
+        """("finished" | "stopped", the train_end record) or ("failed", one message).
+
+        The end of training is read from `run_dir`/metrics.jsonl when given (else from rank 0's
+        last output line). `stopping`: a stop was asked, so ending before training began is "stopped".
+        """
+        ended = self.ended
+        if run_dir is not None:
+            ends = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+                    if r["type"] == "event" and r.get("event") in ("train_end", "rank_failure")]
+            ended = ends[-1] if ends else None
+        if self.errors:
+            return "failed", self.errors[0] + self._killed()
+        if ended is not None and ended.get("event") == "rank_failure":
+            return "failed", str(ended.get("message")) + self._killed()
+        if ended is not None:
+            return ended["status"], ended
+        if stopping:
+            return "stopped", {"status": "stopped", "step": 0, "total_steps": 0}
+        if self.exits:
+            rank, code = self.exits[0]
+            return "failed", f"Process rank {rank} {_exit(code)} before training finished; see the log for its output."
+        where = f" in {Path(run_dir) / 'metrics.jsonl'}" if run_dir is not None else ""
+        return "failed", (f"The distributed run ended without finishing: rank 0 recorded no end of training{where}. "
+                          "A process may have crashed or been stopped from outside; see the log for its output.")
+
+    def _killed(self) -> str:
+        """The first rank to end, when a signal ended it: the cause (mlx.launch then terminates the others)."""
+        if not self.exits or self.exits[0][1] >= 0:
+            return ""
+        rank, code = self.exits[0]
+        return f" Rank {rank} {_exit(code)}."
+
+
+def _exit(code: int) -> str:
+    return f"was killed (signal {-code})" if code < 0 else f"exited with status {code}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer_core.launch MLX_LAUNCH_ARGS -- train|resume ...`: mlx.launch, but the exit status and a
+    last line say whether the run finished (mlx.launch itself exits 0 when a rank failed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        print("usage: python -m trainer_core.launch [mlx.launch options] -- train|resume ARGS", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    launcher = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
+    command = [*launcher, *argv[:split], "--", sys.executable, "-m", "trainer_core", *argv[split + 1:]]
+    outcome, interrupted = Outcome(), []
+    # Ctrl-C reaches the ranks too (same terminal): they stop after a checkpoint; keep reporting meanwhile.
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        outcome.feed(line)
+    process.wait()
+    status, detail = outcome.verdict(stopping=bool(interrupted))
+    if status == "failed":
+        print(f"error: {detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
