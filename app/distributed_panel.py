@@ -2,15 +2,17 @@
 
     panel = DistributedPanel()          # "Distributed" group: host file, processes per host, backend
     panel.enabled()                     # the group is ticked (else: the usual in-process run)
-    panel.problem()                     # None, or why Start must stay disabled (host file unreadable, ...)
+    panel.problem()                     # None, or why Start must stay disabled (shown under the host file too)
     launcher = DistributedLauncher()
-    launcher.start(config, workdir)     # mlx.launch ... -- python -m trainer_core train <config as flags>
-    launcher.stop()                     # Ctrl-C to every local process: all ranks stop at one step, checkpoint
+    launcher.start(config, panel.hosts(), panel.backend_name(), workdir)
+                                        # mlx.launch ... -- python -m trainer_core train <config as flags>
+    launcher.stop()                     # every rank stops at one step after a checkpoint; a second stop aborts
 
 The run itself is the headless CLI under `mlx.launch` (trainer_core/distributed.py, launch.py): rank 0
 writes `<output_dir>/<run_name>` as any run does, so the plots follow its metrics.jsonl as usual.
-The launcher reports which ranks joined (`ranksJoined`) and turns a failed rank into `failed` with
-the rank's own message: mlx.launch itself exits 0 even then.
+The launcher reports which ranks joined (`ranksJoined`) and decides how the run ended with
+launch.Outcome (a rank's error line, rank 0's train_end event): mlx.launch itself exits 0 even when
+a rank failed.
 """
 
 from __future__ import annotations
@@ -22,77 +24,110 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, Signal, Slot
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QSpinBox, QWidget)
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from app.cli_line import cli_arguments
+from app.form import invalid_palette
 from trainer_core import launch
 from trainer_core.config import RunConfig
 from trainer_core.errors import UserError
 
 
 class DistributedPanel(QGroupBox):
+    """Off and folded by default; ticking it shows the host file, processes per host and backend."""
+
     changed = Signal()
 
     def __init__(self, parent=None):
-        super().__init__("Distributed", parent)
+        super().__init__("Distributed — train on several processes or Macs", parent)
         self.setCheckable(True)
         self.setChecked(False)
         self.setToolTip("Train data-parallel with mlx.launch on the machines of a host file. Every machine needs "
                         "this Python environment, the model and the data at the same paths.")
         self.hostfile = QLineEdit()
-        self.hostfile.setPlaceholderText("hosts.json (mlx.launch host file)")
+        self.hostfile.setObjectName("field:hostfile")
+        self.hostfile.setPlaceholderText('hosts.json: [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, …]')
+        self.hostfile_message = QLabel()
+        self.hostfile_message.setObjectName("fieldMessage")
+        self.hostfile_message.setWordWrap(True)
+        self.hostfile_message.setVisible(False)
         browse = QPushButton("Choose…")
         browse.clicked.connect(self._browse)
         self.processes = QSpinBox()
         self.processes.setRange(1, 64)
+        self.processes.setToolTip("Processes started on every host of the host file (ranks on one host are "
+                                  "consecutive; rank 0 is the first host's first process and writes the run).")
         self.backend = QComboBox()
         self.backend.addItems(launch.BACKENDS)
+        self.backend.setToolTip("ring: TCP between the hosts' \"ips\" (Ethernet, Thunderbolt bridge); "
+                                "mpi: an MPI installation on every host")
         self.summary = QLabel()
         self.summary.setWordWrap(True)
+        self.summary.setObjectName("secondary")
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.status.setObjectName("distributedStatus")
+        self.status.setVisible(False)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.hostfile, 1)
         row.addWidget(browse)
-        holder = QWidget()
-        holder.setLayout(row)
-        grid = QGridLayout(self)
+        self.body = QWidget()
+        grid = QGridLayout(self.body)
+        grid.setContentsMargins(0, 0, 0, 0)
         grid.addWidget(QLabel("Host file"), 0, 0)
-        grid.addWidget(holder, 0, 1, 1, 3)
-        grid.addWidget(QLabel("Processes per host"), 1, 0)
-        grid.addWidget(self.processes, 1, 1)
-        grid.addWidget(QLabel("Backend"), 1, 2)
-        grid.addWidget(self.backend, 1, 3)
-        grid.addWidget(self.summary, 2, 0, 1, 4)
-        grid.addWidget(self.status, 3, 0, 1, 4)
+        grid.addLayout(row, 0, 1, 1, 3)
+        grid.addWidget(self.hostfile_message, 1, 1, 1, 3)
+        grid.addWidget(QLabel("Processes per host"), 2, 0)
+        grid.addWidget(self.processes, 2, 1)
+        grid.addWidget(QLabel("Backend"), 2, 2)
+        grid.addWidget(self.backend, 2, 3)
+        grid.addWidget(self.summary, 3, 0, 1, 4)
+        grid.addWidget(self.status, 4, 0, 1, 4)
         grid.setColumnStretch(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.body)
+        self._fold(False)
+        self.toggled.connect(self._fold)
         self._batch = (4, 1)
         for signal_ in (self.hostfile.textChanged, self.processes.valueChanged, self.backend.currentIndexChanged,
                         self.toggled):
             signal_.connect(self._refresh)
         self._refresh()
 
+    def _fold(self, open_: bool) -> None:
+        """Unticked: just the title line (no empty frame); ticked: the settings."""
+        self.body.setVisible(open_)
+        self.setFlat(not open_)
+        self.layout().setContentsMargins(*((9, 9, 9, 9) if open_ else (0, 0, 0, 0)))
+
     def enabled(self) -> bool:
         return self.isChecked()
 
+    def backend_name(self) -> str:
+        return self.backend.currentText()
+
     def hosts(self) -> list[dict]:
         """The host file's hosts, each repeated `processes per host` times (raises UserError)."""
-        return launch.expand_hosts(launch.read_hostfile(self.hostfile.text().strip()), self.processes.value())
+        path = self.hostfile.text().strip()
+        hosts = launch.read_hostfile(path)
+        launch.check_backend(hosts, self.backend_name(), path)
+        return launch.expand_hosts(hosts, self.processes.value())
 
     def world_size(self) -> int:
+        """Processes a run will use: 1 when the group is off or the host file is unusable."""
         try:
             return len(self.hosts()) if self.enabled() else 1
         except UserError:
-            return 0
+            return 1
 
     def problem(self) -> str | None:
         if not self.enabled():
             return None
         if not self.hostfile.text().strip():
-            return "Distributed: choose a host file (the JSON file listing the machines)."
+            return "Host file: choose the JSON file listing the machines to train on (Distributed settings)."
         try:
             self.hosts()
         except UserError as e:
@@ -101,25 +136,38 @@ class DistributedPanel(QGroupBox):
 
     def set_batch(self, batch_size: int, accumulation: int) -> None:
         """The form's batch_size and gradient_accumulation_steps, for the global-batch line."""
-        self._batch = (batch_size, accumulation)
-        self._refresh()
+        if (batch_size, accumulation) != self._batch:
+            self._batch = (batch_size, accumulation)
+            self._show_summary()
 
     def show_ranks(self, joined: list) -> None:
-        self.status.setText("Joined: " + ", ".join(f"rank {rank} on {host}" for rank, host in joined))
+        self.show_status("Joined: " + ", ".join(f"rank {rank} on {host}" for rank, host in joined))
 
     def show_failure(self, message: str) -> None:
-        self.status.setText(f"Failed: {message}")
+        self.show_status(f"Failed: {message}")
+
+    def show_status(self, text: str) -> None:
+        self.status.setText(text)
+        self.status.setVisible(bool(text))
 
     @Slot()
     def _refresh(self, *_) -> None:
+        shown = self.problem()
+        if bool(shown) != bool(self.hostfile.property("invalid")):
+            self.hostfile.setProperty("invalid", bool(shown))
+            self.hostfile.setPalette(invalid_palette(self.hostfile) if shown else QPalette())
+        self.hostfile_message.setText(shown or "")
+        self.hostfile_message.setVisible(bool(shown))
+        self._show_summary()
+        self.changed.emit()
+
+    def _show_summary(self) -> None:
         size = self.world_size()
         batch, accumulation = self._batch
-        if self.enabled() and size:
-            self.summary.setText(f"{size} processes · global batch = {batch} per process × {size} × {accumulation} "
-                                 f"accumulation = {batch * size * accumulation} examples per step")
-        else:
-            self.summary.setText("")
-        self.changed.emit()
+        self.summary.setText(
+            f"{size} processes · global batch = {batch} per process (Batch size) × {size} processes × "
+            f"{accumulation} accumulation = {batch * size * accumulation} examples per step"
+            if self.enabled() and self.problem() is None else "")
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Host file", self.hostfile.text(), "Host files (*.json)")
@@ -130,7 +178,8 @@ class DistributedPanel(QGroupBox):
 class DistributedLauncher(QObject):
     """Runs one distributed training run through mlx.launch in a QProcess (its own session).
 
-    Signals: started(run_dir), log(line), ranksJoined([(rank, host)]), failed(message), finished(run_dir).
+    Signals: started(run_dir), log(line), ranksJoined([(rank, host)]), failed(message),
+    finished(dict: status "finished"|"stopped", step, total_steps, final_dir, run_dir).
     Exactly one of failed / finished ends a started run.
     """
 
@@ -138,16 +187,17 @@ class DistributedLauncher(QObject):
     log = Signal(str)
     ranksJoined = Signal(list)
     failed = Signal(str)
-    finished = Signal(str)
+    finished = Signal(dict)
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.process: QProcess | None = None
         self.run_dir = ""
+        self.hostfile: Path | None = None
+        self._stop_file: Path | None = None
         self._buffer = ""
-        self._errors: list[str] = []
-        self._exits: list[tuple[int, int]] = []
-        self._stopping = False
+        self._outcome = launch.Outcome()
+        self._stops = 0
 
     @property
     def running(self) -> bool:
@@ -156,7 +206,8 @@ class DistributedLauncher(QObject):
     def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path,
               starting_port: int | None = None) -> str:
         """Launch `config` on `hosts` (already expanded); returns the run folder rank 0 will write.
-        `workdir` receives the expanded host file."""
+        `workdir` receives the expanded host file and the stop file. `starting_port`: default a free
+        one when every rank is local (launch.local_starting_port), else mlx.launch's."""
         if self.running:
             raise RuntimeError("a run is already in progress")
         config = copy.deepcopy(config)
@@ -164,10 +215,13 @@ class DistributedLauncher(QObject):
         config.validate()
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        hostfile = launch.write_hostfile(hosts, workdir / f"hosts-{config.run_name}.json")
-        argv = launch.launch_command(hostfile, backend, cli_arguments(config), starting_port=starting_port)
+        self.hostfile = launch.write_hostfile(hosts, workdir / f"hosts-{config.run_name}.json")
+        self._stop_file = workdir / f"stop-{config.run_name}"
+        self._stop_file.unlink(missing_ok=True)
+        argv = launch.launch_command(self.hostfile, backend, cli_arguments(config), stop_file=self._stop_file,
+                                     starting_port=starting_port or launch.local_starting_port(hosts))
         self.run_dir = str(Path(config.output_dir or _default_runs_root()).expanduser() / config.run_name)
-        self._buffer, self._errors, self._exits, self._stopping = "", [], [], False
+        self._buffer, self._outcome, self._stops = "", launch.Outcome(), 0
         process = QProcess(self)
         process.setProcessChannelMode(QProcess.MergedChannels)
         process.setUnixProcessParameters(QProcess.UnixProcessFlag.CreateNewSession)
@@ -179,9 +233,14 @@ class DistributedLauncher(QObject):
         return self.run_dir
 
     def stop(self) -> None:
-        """Ctrl-C to the launcher and the ranks on this Mac: they stop at one step after a checkpoint."""
-        if self.process is not None and self.process.processId():
-            self._stopping = True
+        """First call: ask every rank to stop at one step after a checkpoint (the stop file rank 0 watches).
+        Second call: Ctrl-C to the launcher and the ranks on this Mac (abort; the last checkpoint stays valid)."""
+        if self.process is None:
+            return
+        self._stops += 1
+        if self._stops == 1:
+            self._stop_file.touch()
+        elif self.process.processId():
             try:
                 os.killpg(self.process.processId(), signal.SIGINT)
             except ProcessLookupError:
@@ -199,15 +258,9 @@ class DistributedLauncher(QObject):
 
     def _line(self, line: str) -> None:
         self.log.emit(line)
-        event = launch.parse_line(line)
-        if event is None:
-            return
-        if "joined" in event:
+        event = self._outcome.feed(line)
+        if event is not None and "joined" in event:
             self.ranksJoined.emit(event["joined"])
-        elif "error" in event:
-            self._errors.append(event["error"] if not event["rank"] else f"rank {event['rank']}: {event['error']}")
-        elif event["code"] != 0:
-            self._exits.append((event["exited"], event["code"]))
 
     @Slot()
     def _ended(self, *_) -> None:
@@ -215,16 +268,16 @@ class DistributedLauncher(QObject):
         if self._buffer:
             self._line(self._buffer)
         process, self.process = self.process, None
-        code = process.exitCode() if process.exitStatus() == QProcess.NormalExit else -1
         process.deleteLater()
-        if self._errors:
-            self.failed.emit(self._errors[0])
-        elif self._exits or (code != 0 and not self._stopping):  # mlx.launch dies of the Ctrl-C itself
-            rank, status = self._exits[0] if self._exits else (None, code)
-            who = f"Process rank {rank}" if rank is not None else "mlx.launch"
-            self.failed.emit(f"{who} exited with status {status}; see the log for its output.")
+        if self._stop_file is not None:
+            self._stop_file.unlink(missing_ok=True)
+        status, detail = self._outcome.verdict(self.run_dir, stopping=self._stops > 0)
+        if status == "failed":
+            self.failed.emit(detail)
         else:
-            self.finished.emit(self.run_dir)
+            self.finished.emit({"status": status, "step": int(detail.get("step", 0)),
+                                "total_steps": int(detail.get("total_steps", 0)),
+                                "final_dir": detail.get("final_dir"), "run_dir": self.run_dir})
 
 
 def _default_runs_root() -> Path:

@@ -56,7 +56,7 @@ NUMBER_WIDTH = 150  # numeric editors stay compact instead of filling their grid
 INVALID_TINT = QColor("#e5484d")
 
 
-def _invalid_palette(widget: QWidget) -> QPalette:
+def invalid_palette(widget: QWidget) -> QPalette:
     """The widget's palette with its field background tinted red (works in light and dark)."""
     palette = QPalette(widget.palette())
     for group in (QPalette.Active, QPalette.Inactive):
@@ -103,7 +103,7 @@ class BoundField(QObject):
         invalid = bool(message)
         if invalid != bool(self.editor.property("invalid")):
             self.editor.setProperty("invalid", invalid)
-            self.editor.setPalette(_invalid_palette(self.editor) if invalid else QPalette())
+            self.editor.setPalette(invalid_palette(self.editor) if invalid else QPalette())
         self.message.setText(message or "")
         self.message.setVisible(invalid)
 

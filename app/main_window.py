@@ -2,6 +2,9 @@
 Training, Checkpoints and Chat tabs, status line. Owns the TrainingController (worker
 thread) and the Generator (generation thread) and wires their signals.
 
+With the Setup tab's Distributed group ticked, Start launches the run through mlx.launch
+(app/distributed_run.py: same signals, read from rank 0's metrics.jsonl) instead of the worker thread.
+
 Closing the window while a run trains asks first, then stops the run at the
 next step boundary (a checkpoint is written) and closes once the thread has
 ended; the window stays responsive meanwhile.
@@ -21,6 +24,7 @@ from app.chat_pane import ChatPane
 from app.checkpoint_links import link_markers_to_checkpoints
 from app.checkpoints_pane import CheckpointsPane
 from app.compare_pane import ComparePane
+from app.distributed_run import DistributedRun
 from app.drop_target import install_drop_target
 from app.gc_policy import collect_on_gui_thread
 from app.generation_worker import Generator
@@ -34,7 +38,7 @@ from app.tasks import cancel_all
 from app.training_pane import TrainingPane
 from app.worker import TrainingController
 from trainer_core.config import RunConfig
-from trainer_core.paths import default_runs_root
+from trainer_core.paths import default_runs_root, settings_dir
 
 APP_TITLE = "Fine-Tune Studio"
 
@@ -46,6 +50,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_TITLE)
         self.resize(1360, 900)
         self.controller = TrainingController(self)
+        self.distributed = DistributedRun(self)
         self.run_status = RunStatus()
         self.run_dir: Path | None = None
         self._close_when_done = False
@@ -127,18 +132,20 @@ class MainWindow(QMainWindow):
         self.menuBar().addMenu("&Help").addAction("Reveal Logs", reveal_logs)
 
     def _connect(self) -> None:
-        c = self.controller
-        c.runCreated.connect(self._run_created)
-        c.trainBegan.connect(self._train_began)
-        c.progress.connect(self.status.show_progress)
-        c.metrics.connect(self._metrics)
-        c.checkpointSaved.connect(self._checkpoint_saved)
-        c.log.connect(self.training.append_log)
-        c.pausedChanged.connect(self._paused_changed)
-        c.finished.connect(self._finished)
-        c.failed.connect(self._failed)
-        c.failedField.connect(self._failed_field)
-        c.runningChanged.connect(self._running_changed)
+        for c in (self.controller, self.distributed):
+            c.runCreated.connect(self._run_created)
+            c.trainBegan.connect(self._train_began)
+            c.progress.connect(self.status.show_progress)
+            c.metrics.connect(self._metrics)
+            c.checkpointSaved.connect(self._checkpoint_saved)
+            c.log.connect(self.training.append_log)
+            c.pausedChanged.connect(self._paused_changed)
+            c.finished.connect(self._finished)
+            c.failed.connect(self._failed)
+            c.failedField.connect(self._failed_field)
+            c.runningChanged.connect(self._running_changed)
+        self.distributed.ranksJoined.connect(self._ranks_joined)
+        self.distributed.failed.connect(self.setup.distributed.show_failure)
         self.setup.changed.connect(self._update_actions)
         self.sidebar.runSelected.connect(lambda path: self.show_history_run(Path(path)))
         self.sidebar.resumeRequested.connect(lambda path: self.resume(Path(path)))
@@ -150,14 +157,18 @@ class MainWindow(QMainWindow):
         self.checkpoints.listed.connect(
             lambda _: self.chat.set_checkpoints([str(row.path) for row in self.checkpoints.rows]))
 
+    @property
+    def running(self) -> bool:
+        return self.controller.running or self.distributed.running
+
     def _update_actions(self) -> None:
-        running = self.controller.running
+        running = self.running
         blocker = None if running else self.setup.start_blocker()
         self.start_action.setEnabled(not running and blocker is None)
         self.start_action.setToolTip("Start training (⌘R)" if blocker is None else f"Can't start: {blocker}")
-        self.pause_action.setEnabled(running)
+        self.pause_action.setEnabled(self.controller.running)  # a distributed run has no pause / save now
         self.stop_action.setEnabled(running)
-        self.save_action.setEnabled(running)
+        self.save_action.setEnabled(self.controller.running)
         self.blocker_label.setText("" if blocker is None else f"Can't start: {blocker}")
         self.blocker_label.setToolTip(blocker or "")
         self.open_config_action.setEnabled(self.run_dir is not None)
@@ -165,18 +176,25 @@ class MainWindow(QMainWindow):
     # ---- running -------------------------------------------------------------------------
     def start(self) -> bool:
         """Start a run with the Setup pane's config; False (and nothing happens) if blocked."""
-        if self.controller.running or self.setup.start_blocker() is not None:
+        if self.running or self.setup.start_blocker() is not None:
             return False
         config = self.setup.config()
         if not config.output_dir and runs_root() != default_runs_root():
             config.output_dir = str(runs_root())
         self._begin()
-        self.controller.start(config)
+        panel = self.setup.distributed
+        if panel.enabled():
+            panel.show_status(f"Launching on {panel.world_size()} processes ({panel.backend_name()})…")
+            self.training.append_log(panel.status.text())
+            self.distributed.start(config, panel.hosts(), panel.backend_name(), settings_dir() / "launch",
+                                   self.setup.total_steps(config)[0])
+        else:
+            self.controller.start(config)
         return True
 
     def resume(self, run_dir: Path, checkpoint: Path | None = None) -> bool:
         """Continue `run_dir` exactly from `checkpoint` (default: its latest) as the running run."""
-        if self.controller.running:
+        if self.running:
             return False
         self._begin()
         self.training.append_log(f"Resuming {run_dir} from {checkpoint.name if checkpoint else 'the latest checkpoint'}")
@@ -194,8 +212,9 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.training)
 
     def stop(self) -> None:
-        if self.controller.running:
+        if self.running:
             self.controller.stop()
+            self.distributed.stop()
             self.pause_action.setChecked(False)
             self.status.show_text("Stopping after this step — saving a checkpoint…")
 
@@ -203,11 +222,20 @@ class MainWindow(QMainWindow):
         self.run_dir = Path(run_dir)
         self.setWindowTitle(f"{APP_TITLE} — {self.run_dir.name}")
         self.training.run_dir = self.run_dir
-        self.training.set_banner(f"Training {self.run_dir.name}  ·  {self.run_dir}")
+        self._show_run_banner()
         self.sidebar.set_running(self.run_dir)
         self.checkpoints.set_run(self.run_dir)
         self.training.load_history(self.run_dir)  # a resumed run: its earlier records first
         self._update_actions()
+
+    def _ranks_joined(self, joined: list) -> None:
+        self.setup.distributed.show_ranks(joined)
+        self._show_run_banner()
+
+    def _show_run_banner(self) -> None:
+        ranks = self.distributed.running and self.setup.distributed.status.text()
+        name = f"Training {self.run_dir.name}  ·  {self.run_dir}" if self.run_dir else "Loading the model…"
+        self.training.set_banner(f"{name}  ·  {ranks}" if ranks else name)
 
     def _train_began(self, info: dict) -> None:
         self.run_status = RunStatus(int(info.get("total_steps", 0)))
@@ -227,7 +255,7 @@ class MainWindow(QMainWindow):
         self.checkpoints.checkpoint_saved(info)
 
     def _update_status(self) -> None:
-        if self.controller.running and not self.controller.paused:
+        if self.running and not self.controller.paused:
             self.status.show_text(self.run_status.text())
 
     def _paused_changed(self, paused: bool) -> None:
@@ -247,8 +275,9 @@ class MainWindow(QMainWindow):
             text = (f"Finished {step:,} steps in {duration(result.get('elapsed'))}"
                     f"{f' · loss {loss:.4f}' if loss is not None else ''} · final weights in {result.get('final_dir')}")
         else:
-            text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with "
-                    f"`finetune resume {where}`" if step else "Stopped before the first step; nothing was trained.")
+            resume = result.get("resume_command") or f"finetune resume {where}"
+            text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with `{resume}`"
+                    if step else "Stopped before the first step; nothing was trained.")
         self.status.show_text(text)
         self.training.set_banner(text)
         self.training.append_log(text)
@@ -292,7 +321,7 @@ class MainWindow(QMainWindow):
     def show_history_run(self, run_dir: Path) -> None:
         """A run picked in the sidebar: its checkpoints, and its plots unless another run is training."""
         self.checkpoints.set_run(run_dir)
-        if self.controller.running:
+        if self.running:
             return
         self.run_dir = Path(run_dir)
         self.training.load_run(self.run_dir)
@@ -317,7 +346,7 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.compare)
 
     def select_dropped(self, kind: str, path: str) -> None:
-        if self.controller.running:
+        if self.running:
             return
         if kind == "model":
             self.setup.model_panel.select(path)
@@ -348,7 +377,7 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.Yes
 
     def closeEvent(self, event) -> None:
-        if not self.controller.running:
+        if not self.running:
             event.accept()
             return
         event.ignore()
@@ -362,3 +391,4 @@ class MainWindow(QMainWindow):
         self.generator.shutdown()
         cancel_all(wait_ms=10_000)
         self.controller.shutdown()
+        self.distributed.shutdown()

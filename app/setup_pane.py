@@ -6,6 +6,8 @@
                               data, 0% trained tokens, method not in this build, ...)
     pane.set_config(cfg)   -> load a preset / config.toml into the form
     pane.changed           -> fires (debounced) whenever the above may have changed
+    pane.distributed       -> the Distributed group (off: train in this process); its host file
+                              problem blocks Start, and step counts use the global batch
 
 Validation messages are RunConfig.problems()' own, shown next to their field.
 """
@@ -23,6 +25,7 @@ from app import memory_estimate
 from app.cli_line import cli_command
 from app.dataset_analysis import AnalysisRequest, steps_per_epoch
 from app.dataset_panel import DatasetPanel
+from app.distributed_panel import DistributedPanel
 from app.form import Form
 from app.hparams_panel import HyperparametersPanel, LRPreview
 from app.method_panel import LABELS, MethodPanel, method_available
@@ -54,6 +57,7 @@ class SetupPane(QScrollArea):
         self.dataset_panel = DatasetPanel()
         self.hparams = HyperparametersPanel()
         self.lr_preview = LRPreview()
+        self.distributed = DistributedPanel()
         for field in [self.model_panel.field, *self.method_panel.fields, *self.dataset_panel.fields,
                       *self.hparams.fields]:
             self.form.add(field)
@@ -84,6 +88,7 @@ class SetupPane(QScrollArea):
         actions.addStretch(1)
         right = QVBoxLayout()
         right.addWidget(self.lr_preview, 1)
+        right.addWidget(self.distributed)
         right.addLayout(actions)
         right.addWidget(self.notice)
         bottom = QHBoxLayout()
@@ -105,6 +110,7 @@ class SetupPane(QScrollArea):
         self.form.changed.connect(self._refresh_timer.start)
         self.model_panel.infoChanged.connect(self._refresh_timer.start)
         self.dataset_panel.summaryChanged.connect(self._refresh_timer.start)
+        self.distributed.changed.connect(self._refresh_timer.start)
         self.form.load(config)
         self.refresh()
 
@@ -160,6 +166,9 @@ class SetupPane(QScrollArea):
                 section = LABELS.get(name.split(".")[0], name.split(".")[0])
                 return f"{message} (in the {section} settings, hidden for the current method)"
             return message
+        distributed = self.distributed.problem()
+        if distributed:
+            return distributed
         config = self.config()
         if not method_available(config.method):
             return f"{LABELS[config.method]} is not available in this build yet; choose SFT or LoRA."
@@ -173,17 +182,21 @@ class SetupPane(QScrollArea):
         if summary.stats is not None and summary.stats.trained_tokens == 0:
             return ("0% of tokens would be trained: every example is empty after prompt masking and truncation "
                     f"to {config.max_seq_length} tokens. Raise max seq length or check the data.")
-        if steps_per_epoch(summary.train_examples, config.batch_size, config.gradient_accumulation_steps) < 1:
+        world = self.distributed.world_size()
+        if steps_per_epoch(summary.train_examples, config.batch_size * world, config.gradient_accumulation_steps) < 1:
+            processes = f" × {world} processes" if world > 1 else ""
             return (f"The training split has {summary.train_examples} usable examples, fewer than one optimizer "
-                    f"step (batch size {config.batch_size} × accumulation {config.gradient_accumulation_steps}).")
+                    f"step (batch size {config.batch_size}{processes} × accumulation "
+                    f"{config.gradient_accumulation_steps}).")
         return None
 
     def total_steps(self, config: RunConfig) -> tuple[int | None, int | None]:
-        """(total optimizer steps, steps per epoch); None when the dataset is not read yet."""
+        """(total optimizer steps, steps per epoch) at the global batch (× the Distributed processes);
+        None when the dataset is not read yet."""
         summary = self.dataset_panel.summary
         if summary is None:
             return (config.max_steps or None), None
-        per_epoch = steps_per_epoch(summary.train_examples, max(1, config.batch_size),
+        per_epoch = steps_per_epoch(summary.train_examples, max(1, config.batch_size) * self.distributed.world_size(),
                                     max(1, config.gradient_accumulation_steps))
         return (config.max_steps or config.epochs * per_epoch), per_epoch
 
@@ -192,6 +205,7 @@ class SetupPane(QScrollArea):
         problems = self.problems()
         self.form.show_problems(problems)
         config = self.config()
+        self.distributed.set_batch(config.batch_size, config.gradient_accumulation_steps)
         total, per_epoch = self.total_steps(config)
         if not any(name in problems for name in ("learning_rate", "warmup_steps", "min_learning_rate",
                                                  "polynomial_power", "lr_schedule")):

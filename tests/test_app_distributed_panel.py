@@ -1,5 +1,6 @@
-"""The Distributed group and launcher: host file validation, a real 2-process run on this machine
-through mlx.launch started from the GUI side, joined ranks reported, a failing run reported as failed."""
+"""The Distributed group and launcher: folded until ticked, host file validation shown under the field,
+the global batch explained, and a rank's own error reported as the launcher's one failure message.
+Whole runs started from the window (finish, stop, a killed rank): test_app_distributed_window.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import app  # noqa: F401  (trainer_core first, PySide6 workaround)
 from app.distributed_panel import DistributedLauncher, DistributedPanel
 from tests.test_distributed import free_ports
 from tests.train_helpers import write_chat_data
-from trainer_core.callbacks import read_metrics
 from trainer_core.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +28,18 @@ def importable(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-def test_panel_validates_the_host_file_and_explains_the_global_batch(qtbot, tmp_path):
+def test_panel_is_folded_until_ticked_validates_the_host_file_and_explains_the_global_batch(qtbot, tmp_path):
     panel = DistributedPanel()
     qtbot.addWidget(panel)
+    panel.show()
     assert not panel.enabled() and panel.problem() is None and panel.world_size() == 1
+    assert not panel.body.isVisible()
     panel.setChecked(True)
-    assert "choose a host file" in panel.problem()
+    assert panel.body.isVisible()
+    assert panel.problem().startswith("Host file: choose the JSON file") and panel.hostfile_message.isVisible()
     panel.hostfile.setText(str(tmp_path / "missing.json"))
-    assert "does not exist" in panel.problem()
+    assert "does not exist" in panel.problem() and panel.hostfile_message.text() == panel.problem()
+    assert panel.hostfile.property("invalid")
     bad = tmp_path / "bad.json"
     bad.write_text('[{"ips": ["10.0.0.2"]}]')
     panel.hostfile.setText(str(bad))
@@ -46,8 +50,10 @@ def test_panel_validates_the_host_file_and_explains_the_global_batch(qtbot, tmp_
     panel.processes.setValue(2)
     panel.set_batch(4, 3)
     assert panel.problem() is None and panel.world_size() == 4
+    assert not panel.hostfile_message.isVisible() and not panel.hostfile.property("invalid")
     assert [h["ssh"] for h in panel.hosts()] == ["127.0.0.1", "127.0.0.1", "mac-b", "mac-b"]
-    assert "global batch = 4 per process × 4 × 3 accumulation = 48 examples per step" in panel.summary.text()
+    assert ("global batch = 4 per process (Batch size) × 4 processes × 3 accumulation = 48 examples per step"
+            in panel.summary.text())
     panel.show_ranks([(0, "mac-a"), (1, "mac-b")])
     assert panel.status.text() == "Joined: rank 0 on mac-a, rank 1 on mac-b"
 
@@ -58,26 +64,13 @@ def run(qtbot, tmp_path, config: RunConfig):
     launcher.ranksJoined.connect(joined.append)
     launcher.log.connect(lines.append)
     outcome = {}
-    launcher.finished.connect(lambda run_dir: outcome.update(finished=run_dir))
+    launcher.finished.connect(lambda result: outcome.update(finished=result))
     launcher.failed.connect(lambda message: outcome.update(failed=message))
     hosts = [dict(LOCAL[0]), dict(LOCAL[0])]
     run_dir = launcher.start(config, hosts, "ring", tmp_path / "launch", starting_port=free_ports(2)[0])
     qtbot.waitUntil(lambda: bool(outcome), timeout=TIMEOUT)
     assert not launcher.running
     return Path(run_dir), outcome, joined, lines
-
-
-def test_a_run_launched_from_the_gui_trains_on_two_processes_and_reports_the_ranks(qtbot, tmp_path, tiny_model_dir):
-    data = write_chat_data(tmp_path / "data", n_train=16)
-    config = RunConfig(method="lora", model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "runs"),
-                       max_steps=3, batch_size=2, save_every=0, eval_every=0, learning_rate=0.01)
-    run_dir, outcome, joined, lines = run(qtbot, tmp_path, config)
-    assert outcome == {"finished": str(run_dir)}, "\n".join(lines)
-    assert [rank for rank, _ in joined[0]] == [0, 1]
-    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("lora-distributed-")
-    train = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "train"]
-    assert [r["step"] for r in train] == [1, 2, 3]
-    assert json.loads((run_dir / "final" / "trainer_state.json").read_text())["world_size"] == 2
 
 
 def test_a_failing_rank_is_reported_as_failed_with_its_message(qtbot, tmp_path, tiny_model_dir):
@@ -88,24 +81,3 @@ def test_a_failing_rank_is_reported_as_failed_with_its_message(qtbot, tmp_path, 
     assert "failed" in outcome, "\n".join(lines)
     assert "usable examples: fewer than one optimizer step" in outcome["failed"] and "x 2 processes" in outcome["failed"]
     assert not run_dir.exists()
-
-
-def test_stop_ends_every_rank_at_one_step_with_a_checkpoint(qtbot, tmp_path, tiny_model_dir):
-    data = write_chat_data(tmp_path / "data", n_train=16)
-    config = RunConfig(method="lora", model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "runs"),
-                       max_steps=100_000, batch_size=2, save_every=0, eval_every=0)
-    launcher = DistributedLauncher()
-    outcome, lines = {}, []
-    launcher.log.connect(lines.append)
-    launcher.finished.connect(lambda run_dir: outcome.update(finished=run_dir))
-    launcher.failed.connect(lambda message: outcome.update(failed=message))
-    run_dir = Path(launcher.start(config, LOCAL * 2, "ring", tmp_path / "launch", starting_port=free_ports(2)[0]))
-    qtbot.waitUntil(lambda: any(r["type"] == "train" and r["step"] >= 3
-                                for r in read_metrics(run_dir / "metrics.jsonl")), timeout=TIMEOUT)
-    launcher.stop()
-    qtbot.waitUntil(lambda: bool(outcome), timeout=TIMEOUT)
-    assert outcome == {"finished": str(run_dir)}, "\n".join(lines)
-    ended = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "train_end"]
-    assert ended[-1]["status"] == "stopped"
-    step = ended[-1]["step"]
-    assert (run_dir / "checkpoints" / f"step-{step:06d}" / "adapters.safetensors").is_file()

@@ -1,0 +1,157 @@
+"""A distributed run seen through the same signals as the in-process TrainingController.
+
+    run = DistributedRun()
+    run.start(config, hosts, backend, workdir, total_steps)   # DistributedLauncher: mlx.launch in a QProcess
+    run.stop()                                                # all ranks stop at one step after a checkpoint
+    run.shutdown()                                            # stop and wait (the window is closing)
+
+The ranks train in their own processes; rank 0 writes the run folder as any run does. This object
+follows rank 0's metrics.jsonl (polled every POLL_MS, complete lines only) and re-emits its records
+as the worker's signals: runCreated once config.toml exists, trainBegan at the first train record,
+metrics / checkpointSaved / progress per record, then finished (train_end) or failed (one message,
+decided by launch.Outcome). Pause and Save now have no distributed counterpart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from app.distributed_panel import DistributedLauncher
+from trainer_core.config import RunConfig
+
+POLL_MS = 250
+
+
+class MetricsTail:
+    """The records appended to a metrics.jsonl since the last `read()` (a torn last line waits)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self.partial = b""
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "type" in record:
+                records.append(record)
+        return records
+
+
+class DistributedRun(QObject):
+    runCreated = Signal(str)
+    trainBegan = Signal(dict)
+    progress = Signal(int, int)
+    metrics = Signal(dict)
+    checkpointSaved = Signal(dict)
+    log = Signal(str)
+    pausedChanged = Signal(bool)
+    finished = Signal(dict)
+    failed = Signal(str)
+    failedField = Signal(str, str)
+    runningChanged = Signal(bool)
+    ranksJoined = Signal(list)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.launcher = DistributedLauncher(self)
+        self.launcher.log.connect(self.log)
+        self.launcher.ranksJoined.connect(self.ranksJoined)
+        self.launcher.finished.connect(self._finished)
+        self.launcher.failed.connect(self._failed)
+        self.timer = QTimer(self, interval=POLL_MS, timeout=self._poll)
+        self.paused = False
+        self.backend = ""
+        self._tail: MetricsTail | None = None
+        self._follow = self._created = self._began = False
+        self._total = 0
+        self._started = 0.0
+        self._losses: dict[str, float] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.launcher.running
+
+    def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path, total_steps: int) -> str:
+        """Launch `config` on the expanded `hosts`; returns the run folder rank 0 writes."""
+        run_dir = Path(self.launcher.start(config, hosts, backend, workdir))
+        self.backend = backend
+        # A folder that is already there is not this run's (rank 0 refuses to write into it): never follow it.
+        self._follow = not run_dir.exists()
+        self._created = self._began = False
+        self._tail = MetricsTail(run_dir / "metrics.jsonl")
+        self._total, self._started, self._losses = int(total_steps or 0), time.time(), {}
+        self.runningChanged.emit(True)
+        self.timer.start()
+        return str(run_dir)
+
+    def stop(self) -> None:
+        self.launcher.stop()
+
+    def shutdown(self, timeout_ms: int = 120_000) -> bool:
+        """Stop the run and wait for every local process; abort it if that takes longer than `timeout_ms`."""
+        if not self.running:
+            return True
+        self.stop()
+        if self.launcher.wait(timeout_ms):
+            return True
+        self.stop()  # the second stop aborts
+        return self.launcher.wait(10_000)
+
+    def resume_command(self, run_dir: str) -> str:
+        return f"mlx.launch --hostfile {self.launcher.hostfile} --backend {self.backend} -- finetune resume {run_dir}"
+
+    def _poll(self) -> None:
+        run_dir = Path(self.launcher.run_dir)
+        if not self._follow:
+            return
+        if not self._created:
+            if not (run_dir / "config.toml").is_file():
+                return
+            self._created = True
+            self.runCreated.emit(str(run_dir))
+        for record in self._tail.read():
+            kind = record.get("type")
+            if kind == "checkpoint":
+                self.checkpointSaved.emit(record)
+                continue
+            self.metrics.emit(record)
+            if kind in ("train", "eval") and isinstance(record.get("loss"), (int, float)):
+                self._losses[kind] = record["loss"]
+            if kind == "train":
+                if not self._began:
+                    self._began = True
+                    self.trainBegan.emit({"step": int(record["step"]) - 1, "total_steps": self._total})
+                self.progress.emit(int(record["step"]), self._total)
+
+    def _ended(self) -> None:
+        self._poll()
+        self.timer.stop()
+
+    def _finished(self, result: dict) -> None:
+        self._ended()
+        self.finished.emit({**result, "elapsed": time.time() - self._started,
+                            "last_train_loss": self._losses.get("train"), "last_eval_loss": self._losses.get("eval"),
+                            "resume_command": self.resume_command(result["run_dir"])})
+        self.runningChanged.emit(False)
+
+    def _failed(self, message: str) -> None:
+        self._ended()
+        self.failed.emit(message)
+        self.runningChanged.emit(False)

@@ -1,0 +1,178 @@
+"""Distributed runs started from the window: the Setup tab's Distributed group (folded, blocking Start with
+a message under the host file), then real 2-process runs on this machine through mlx.launch: to the end
+(live plots from rank 0's metrics.jsonl, both ranks joined, one writer), Stop (every rank, at one step,
+with a checkpoint) and a killed rank (one clear error, the last checkpoint still loads)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from app.main_window import MainWindow
+from app.tasks import cancel_all
+from tests.test_app_setup import ready
+from tests.train_helpers import write_chat_data
+from trainer_core.callbacks import read_metrics
+from trainer_core.checkpoint import CheckpointManager, read_state
+from trainer_core.config import RunConfig
+from trainer_core.generate import load_for_inference
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 150_000  # a 2-process run on a loaded 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def studio_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.chdir(REPO)  # the ranks run `python -m trainer_core` from the launcher's directory
+    yield
+    assert cancel_all(wait_ms=30_000)
+    gc.collect()
+    gc.enable()
+
+
+@pytest.fixture
+def window(qtbot, tiny_model_dir, tmp_path):
+    config = RunConfig(method="lora", model=str(tiny_model_dir), data=str(write_chat_data(tmp_path / "data", 16)),
+                       run_name="dist-run", output_dir=str(tmp_path / "runs"), batch_size=2, max_steps=4,
+                       eval_every=0, save_every=2, learning_rate=0.01)
+    window = MainWindow(config)
+    qtbot.addWidget(window)
+    window.show()
+    ready(qtbot, window.setup)
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=30_000)
+    yield window
+    window.distributed.shutdown(30_000)
+    window.controller.shutdown(30_000)
+
+
+def go_distributed(qtbot, window, tmp_path, hosts=({"ssh": "localhost", "ips": ["127.0.0.1"]},), processes=2):
+    panel = window.setup.distributed
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(list(hosts)))
+    panel.setChecked(True)
+    panel.hostfile.setText(str(path))
+    panel.processes.setValue(processes)
+    qtbot.waitUntil(lambda: window.start_action.isEnabled() == (panel.problem() is None), timeout=10_000)
+    return panel
+
+
+def test_the_setup_tab_holds_the_distributed_group_and_a_bad_host_file_blocks_start(qtbot, window, tmp_path):
+    panel = window.setup.distributed
+    assert panel.isVisibleTo(window.setup) and not panel.enabled() and not panel.body.isVisible()
+    per_epoch = window.setup.total_steps(window.setup.config())[1]
+
+    go_distributed(qtbot, window, tmp_path, hosts=[{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}, {"ssh": "mac-b"}])
+    assert panel.body.isVisible() and not window.start_action.isEnabled()
+    message = 'host 2 (mac-b) has no "ips": the ring backend connects to IP addresses'
+    assert message in panel.hostfile_message.text() and panel.hostfile_message.isVisible()
+    assert window.blocker_label.text().startswith("Can't start: Host file ") and message in window.blocker_label.text()
+    assert not window.start()
+
+    panel.backend.setCurrentText("mpi")  # MPI finds the hosts by name
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=10_000)
+    assert not panel.hostfile_message.isVisible()
+    assert ("global batch = 2 per process (Batch size) × 4 processes × 1 accumulation = 8 examples per step"
+            in panel.summary.text())
+    assert window.setup.total_steps(window.setup.config())[1] == per_epoch // 4  # an epoch is 4× fewer steps
+
+    panel.hostfile.setText(str(tmp_path / "nowhere.json"))
+    qtbot.waitUntil(lambda: not window.start_action.isEnabled(), timeout=10_000)
+    assert "nowhere.json does not exist" in window.blocker_label.text()
+    panel.setChecked(False)  # off: the usual in-process run, whatever the host file says
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=10_000)
+
+
+def test_start_trains_on_two_local_processes_with_live_plots(qtbot, window, tmp_path):
+    panel = go_distributed(qtbot, window, tmp_path)
+    window.start_action.trigger()
+    assert window.distributed.running and not window.controller.running
+    assert window.stop_action.isEnabled() and not window.start_action.isEnabled()
+    assert not window.pause_action.isEnabled() and not window.save_action.isEnabled()  # no distributed pause
+    assert window.tabs.currentWidget() is window.training
+    qtbot.waitUntil(lambda: not window.running, timeout=TIMEOUT)
+    log = window.training.log.toPlainText()
+    assert window.status.label.text().startswith("Finished 4 steps"), log
+    run_dir = window.run_dir
+    assert run_dir == tmp_path / "runs" / "dist-run"
+    ranks = [r.split(" on ")[0] for r in panel.status.text().removeprefix("Joined: ").split(", ")]
+    assert ranks == ["rank 0", "rank 1"] and "Distributed run: 2 processes joined" in log
+
+    records = read_metrics(run_dir / "metrics.jsonl", raw=True)
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]  # one writer: rank 0
+    assert [r["step"] for r in records if r["type"] == "checkpoint"] == [2, 4]
+    assert read_state(run_dir / "final")["world_size"] == 2
+    window.training.plots.redraw(force=True)  # the live plots got every record
+    assert list(window.training.plots.curves["loss"].getData()[0]) == [1, 2, 3, 4]
+    assert list(window.training.plots.curves["checkpoint"].getData()[0]) == [2, 4]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["dist-run"]
+
+
+def rank_process(launcher_pid: int, rank: int) -> int | None:
+    """The pid of rank `rank` among the launcher's processes (its own session), from /proc."""
+    for entry in os.listdir("/proc"):
+        try:
+            pid = int(entry)
+            if os.getsid(pid) != launcher_pid:
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, OSError):
+            continue
+        if f"MLX_RANK={rank}".encode() in environ and b"trainer_core" in command:
+            return pid
+    return None
+
+
+def long_run(qtbot, window, tmp_path) -> Path:
+    config = window.setup.config()
+    config.max_steps = 100_000
+    window.setup.set_config(config)
+    go_distributed(qtbot, window, tmp_path)
+    window.start()
+    run_dir = tmp_path / "runs" / "dist-run"
+    qtbot.waitUntil(lambda: len(window.training.store.checkpoints) >= 2, timeout=TIMEOUT)  # steps 2 and 4 saved
+    return run_dir
+
+
+def test_stop_ends_every_rank_at_one_step_with_a_checkpoint(qtbot, window, tmp_path):
+    run_dir = long_run(qtbot, window, tmp_path)
+    with qtbot.waitSignal(window.distributed.finished, timeout=TIMEOUT) as finished:
+        window.stop_action.trigger()
+    qtbot.waitUntil(lambda: not window.running, timeout=TIMEOUT)  # mlx.launch ended: so did both ranks
+    result = finished.args[0]
+    assert result["status"] == "stopped" and result["step"] >= 4
+    text = window.status.label.text()
+    assert text.startswith(f"Stopped at step {result['step']}/100,000 · checkpoint saved · continue with `mlx.launch")
+    assert f"-- finetune resume {run_dir}`" in text
+    latest = CheckpointManager(run_dir / "checkpoints").latest()
+    assert read_state(latest)["step"] == result["step"] and not (run_dir / "final").exists()
+    assert "exited with code" not in window.training.log.toPlainText()  # every rank ended with status 0
+
+
+def test_a_killed_rank_shows_one_clear_error_and_the_last_checkpoint_loads(qtbot, window, tmp_path,
+                                                                         tiny_model_dir):
+    run_dir = long_run(qtbot, window, tmp_path)
+    victim = rank_process(window.distributed.launcher.process.processId(), 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    with qtbot.waitSignal(window.distributed.failed, timeout=TIMEOUT) as failed:
+        pass
+    qtbot.waitUntil(lambda: not window.running, timeout=TIMEOUT)
+    message = failed.args[0]
+    assert message.startswith("Lost another process of this 2-process run")
+    assert message.endswith("Rank 1 was killed (signal 9).")
+    assert "Traceback" not in message and "\n" not in message
+    assert window.status.label.text() == message and window.status.label.property("level") == "error"
+    assert window.setup.distributed.status.text() == f"Failed: {message}"
+    latest = CheckpointManager(run_dir / "checkpoints").latest()
+    assert f"The last complete checkpoint, {latest}, is intact" in message
+    assert load_for_inference(str(tiny_model_dir), str(latest)) is not None
+    assert not (run_dir / "final").exists()
