@@ -150,5 +150,5 @@ def test_chat_stop_and_compare_stop_each_end_only_their_own_answers(qtbot, gener
     with qtbot.waitSignal(compare.allDone, timeout=TIMEOUT):
         QTest.mouseClick(compare.stop_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: not chat.generating, timeout=TIMEOUT)
-    assert not ended[chat_job]["stopped"] and ended[chat_job]["pieces"] > 50  # Compare's Stop left it alone
+    assert not ended[chat_job]["stopped"]  # Compare's Stop left it alone
     assert all(info["stopped"] for job, info in ended.items() if job != chat_job)
