@@ -75,13 +75,14 @@ def test_collate_pads_ids_and_mask():
     examples = [Example([5, 6, 7], [False, True, True]), Example(list(range(1, 21)), [False] + [True] * 19)]
     batch = collate_sft(examples, pad_id=9)
     ids, mask = np.array(batch["input_ids"]), np.array(batch["target_mask"])
-    assert ids.shape == mask.shape == (2, 24)  # 20 rounded up to a multiple of PAD_MULTIPLE
+    assert ids.shape == mask.shape == (2, 25)  # the model sees 24 positions: a multiple of PAD_MULTIPLE
     assert PAD_MULTIPLE == 8 and ids.dtype == np.int32 and mask.dtype == bool
     assert ids[0, :3].tolist() == [5, 6, 7] and (ids[0, 3:] == 9).all()
     assert ids[1, :20].tolist() == list(range(1, 21)) and (ids[1, 20:] == 9).all()
-    assert mask[0].tolist() == [False, True, True] + [False] * 21
+    assert mask[0].tolist() == [False, True, True] + [False] * 22
     assert mask[1].sum() == 19 and not mask[1, 20:].any()
 
 
 def test_padded_length():
-    assert [padded_length(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 24]
+    assert [padded_length(n) for n in (1, 8, 9, 10, 17, 18, 1024)] == [9, 9, 9, 17, 17, 25, 1025]
+    assert [padded_length(n, shifted=False) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 24]

@@ -217,7 +217,7 @@ class DiffusionMethod(Method):
 
     def collate(self, examples):
         """{input_ids, noisable} (+ {mask_prob, masked} when the model is in eval mode)."""
-        width = padded_length(max(len(e.input_ids) for e in examples))
+        width = padded_length(max(len(e.input_ids) for e in examples), shifted=False)  # sees every position
         ids = np.full((len(examples), width), self.fill_id, dtype=np.int32)
         noisable = np.ones((len(examples), width), dtype=bool)
         for row, e in enumerate(examples):
