@@ -57,7 +57,7 @@ class RunSpec:
     save_every: int = 2
     extra: tuple = ("--method", "lora", "--batch-size", "2", "--gradient-accumulation-steps", "2",
                     "--learning-rate", "1e-2", "--eval-every", "10", "--set", "lora.dropout=0.1",
-                    "--set", "keep_last=2")
+                    "--set", "keep_last=2", "--set", "sample_max_tokens=4")  # killed while sampling too
 
     def train_args(self, out: Path, name: str) -> list[str]:
         return ["train", "--model", str(self.model), "--data", str(self.data), "--output-dir", str(out),

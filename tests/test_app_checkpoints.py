@@ -31,7 +31,8 @@ def studio_home(tmp_path, monkeypatch):
 def micro_config(model, tmp: Path, name: str, **changes) -> RunConfig:
     config = RunConfig(method="lora", model=str(model), data=str(write_data(tmp / "data")),
                        output_dir=str(tmp / "runs"), run_name=name, max_steps=6, batch_size=2,
-                       eval_every=2, save_every=2, learning_rate=1e-3)
+                       eval_every=2, save_every=2, learning_rate=1e-3,
+                       sample_max_tokens=4)  # short samples (test_app_samples.py looks at them)
     for key, value in changes.items():
         setattr(config, key, value)
     return config

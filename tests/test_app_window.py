@@ -36,7 +36,7 @@ def studio_home(tmp_path, monkeypatch):
 def window(qtbot, tiny_model_dir, tmp_path):
     config = RunConfig(model=str(tiny_model_dir), data=str(write_data(tmp_path / "data")), run_name="window-run",
                        output_dir=str(tmp_path / "runs"), batch_size=2, max_steps=8, eval_every=4, save_every=4,
-                       learning_rate=1e-3)
+                       learning_rate=1e-3, sample_max_tokens=4)
     window = MainWindow(config)
     qtbot.addWidget(window)
     window.show()

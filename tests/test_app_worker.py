@@ -46,7 +46,7 @@ def studio_home(tmp_path, monkeypatch):
 def config(tiny_model_dir, tmp_path) -> RunConfig:
     return RunConfig(method="lora", model=str(tiny_model_dir), data=str(write_data(tmp_path / "data")),
                      output_dir=str(tmp_path / "runs"), run_name="worker-test", max_steps=6, batch_size=2,
-                     eval_every=3, save_every=0, learning_rate=1e-3)
+                     eval_every=3, save_every=0, learning_rate=1e-3, sample_max_tokens=4)
 
 
 @pytest.fixture

@@ -206,13 +206,15 @@ TRAINING_FIELDS = ["method", "fine_tune_type", "batch_size", "gradient_accumulat
                    "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_seq_length", "mask_prompt", "seed",
                    "save_every", "eval_every", "val_fraction", "keep_last", "report_every", "max_bad_steps",
                    "lora.rank", "lora.alpha", "lora.dropout", "lora.num_layers", "lora.targets", "lora.dora",
-                   "diffusion.schedule", "diffusion.schedule_power", "diffusion.eps", "diffusion.sft_mode"]
+                   "diffusion.schedule", "diffusion.schedule_power", "diffusion.eps", "diffusion.sft_mode",
+                   "sample_prompts", "num_samples"]  # sample_max_tokens stays 4: a valid 4096 would take minutes
 SMALL = {"batch_size": st.integers(0, 6), "gradient_accumulation_steps": st.integers(0, 3),
          "max_seq_length": st.integers(0, 80), "lora.rank": st.integers(-1, 9), "lora.num_layers": st.integers(-2, 3),
          "warmup_steps": st.integers(-1, 4), "method": st.sampled_from(["sft", "lora", "diffusion", "dpo", "grpo"]),
          "lora.targets": st.lists(st.sampled_from(["self_attn.q_proj", "mlp.down_proj", "q_proj", "nope", ""]),
                                   max_size=2),
-         "learning_rate": st.floats(0, 1) | FLOATS, "max_grad_norm": st.floats(0, 5) | FLOATS}
+         "learning_rate": st.floats(0, 1) | FLOATS, "max_grad_norm": st.floats(0, 5) | FLOATS,
+         "num_samples": st.integers(-1, 3)}
 TRAINING_CHANGES = st.lists(st.sampled_from(TRAINING_FIELDS).flatmap(
     lambda n: st.tuples(st.just(n), SMALL.get(n, typed(n)) | typed(n))), min_size=1, max_size=4)
 
@@ -231,7 +233,7 @@ def test_fuzzed_configs_train_or_fail_clearly(tiny_model_dir, tmp_path_factory, 
     if not data.exists():
         write_chat_data(data, 12, 2)
     base = {**DEFAULTS, "model": str(tiny_model_dir), "data": str(data), "output_dir": str(root / "fuzz_runs"),
-            "run_name": f"r{COUNTS['train']}", "max_steps": 2, "method": "lora",
+            "run_name": f"r{COUNTS['train']}", "max_steps": 2, "method": "lora", "sample_max_tokens": 4,
             **{s: dict(DEFAULTS[s]) for s in SECTIONS}}
     for name, value in changes:
         head, _, leaf = name.partition(".")

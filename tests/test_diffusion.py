@@ -36,7 +36,8 @@ def write_completions(path: Path, pairs) -> Path:
 
 def diffusion_config(model_dir, data="", out_dir="", **fields) -> RunConfig:
     base = dict(method="diffusion", model=str(model_dir), data=str(data), output_dir=str(out_dir), run_name="run",
-                max_steps=4, batch_size=4, save_every=0, eval_every=0, lr_schedule="constant")
+                max_steps=4, batch_size=4, save_every=0, eval_every=0, lr_schedule="constant",
+                sample_max_tokens=4)  # short samples
     base.update(fields)
     return RunConfig(**base)
 

@@ -58,7 +58,8 @@ def write_pairs(folder: Path, n_train: int = 8, n_valid: int = 4) -> Path:
 def dpo_config(model_dir, data, out=None, **fields) -> RunConfig:
     dpo = fields.pop("dpo", {})
     base = dict(method="dpo", model=str(model_dir), data=str(data), output_dir=str(out or ""), run_name="run",
-                max_steps=2, batch_size=4, learning_rate=1e-2, lr_schedule="constant", save_every=0, eval_every=0)
+                max_steps=2, batch_size=4, learning_rate=1e-2, lr_schedule="constant", save_every=0, eval_every=0,
+                sample_max_tokens=4)  # short samples
     base.update(fields)
     config = RunConfig(**base)
     for k, v in dpo.items():

@@ -52,7 +52,7 @@ class Trained:
         config = RunConfig(**{
             "method": "lora", "model": str(model_dir), "data": str(write_chat_data(root / "data")),
             "output_dir": str(root / "runs"), "run_name": name, "max_steps": 3, "batch_size": 4,
-            "save_every": 0, "eval_every": 0, "lr_schedule": "constant", "learning_rate": 5e-2,
+            "save_every": 0, "eval_every": 0, "lr_schedule": "constant", "learning_rate": 5e-2, "sample_max_tokens": 4,
             "lora": LoraConfig(rank=4, num_layers=1), **fields})
         run = runner.build_run(config)
         run.loop.train()

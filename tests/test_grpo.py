@@ -322,7 +322,8 @@ def run_config(tmp_path, model_dir, name, max_steps=4, batch_size=2, **grpo) -> 
     (tmp_path / "rw.py").write_text(LETTERS_REWARD)
     config = RunConfig(method="grpo", model=str(model_dir), data=str(write_prompt_data(tmp_path / "data")),
                        output_dir=str(tmp_path / "runs"), run_name=name, max_steps=max_steps, batch_size=batch_size,
-                       learning_rate=2e-2, lr_schedule="constant", save_every=0, eval_every=0)
+                       learning_rate=2e-2, lr_schedule="constant", save_every=0, eval_every=0,
+                       sample_max_tokens=4)  # short samples
     settings = dict(group_size=4, max_completion_length=6, rewards=["letters"], reward_file=str(tmp_path / "rw.py"))
     settings.update(grpo)
     for k, v in settings.items():

@@ -28,7 +28,8 @@ class StopAfter(Callback):
 def make_config(tmp_path, model, name, **overrides):
     data = write_chat_data(tmp_path / "data", n_train=10)
     base = dict(method="lora", model=str(model), data=str(data), output_dir=str(tmp_path / "runs"), run_name=name,
-                max_steps=8, batch_size=2, learning_rate=1e-2, save_every=0, eval_every=0)
+                max_steps=8, batch_size=2, learning_rate=1e-2, save_every=0, eval_every=0,
+                sample_max_tokens=4)  # samples stay on (and must not change resume), short
     base.update(overrides)
     lora = base.pop("lora", {})
     config = RunConfig(**base)

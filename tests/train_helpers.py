@@ -45,7 +45,8 @@ def write_chat_data(folder: Path, n_train: int = 16, n_valid: int = 0) -> Path:
 
 def make_config(model_dir, data, out_dir, **fields) -> RunConfig:
     base = dict(method="sft", model=str(model_dir), data=str(data), output_dir=str(out_dir), run_name="run",
-                max_steps=2, batch_size=4, save_every=0, eval_every=0, lr_schedule="constant")
+                max_steps=2, batch_size=4, save_every=0, eval_every=0, lr_schedule="constant",
+                sample_max_tokens=4)  # samples stay on, short: what they say is tested in test_samples.py
     base.update(fields)
     return RunConfig(**base)
 
