@@ -23,7 +23,7 @@ import signal
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QProcess, Signal, Slot
+from PySide6.QtCore import QObject, QProcess, QTimer, Signal, Slot
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
@@ -227,6 +227,7 @@ class DistributedLauncher(QObject):
         process.setUnixProcessParameters(QProcess.UnixProcessFlag.CreateNewSession)
         process.readyReadStandardOutput.connect(self._read)
         process.finished.connect(self._ended)
+        process.errorOccurred.connect(self._not_started)
         self.process = process
         process.start(argv[0], argv[1:])
         self.started.emit(self.run_dir)
@@ -261,6 +262,17 @@ class DistributedLauncher(QObject):
         event = self._outcome.feed(line)
         if event is not None and "joined" in event:
             self.ranksJoined.emit(event["joined"])
+
+    @Slot()
+    def _not_started(self, error) -> None:
+        """QProcess sends no `finished` for a program that never started (reported from the event loop:
+        this can happen inside `start`)."""
+        if error != QProcess.ProcessError.FailedToStart or self.process is None:
+            return
+        process, self.process = self.process, None
+        message = f"Could not start mlx.launch with {process.program()}: {process.errorString()}."
+        process.deleteLater()
+        QTimer.singleShot(0, self, lambda: self.failed.emit(message))
 
     @Slot()
     def _ended(self, *_) -> None:

@@ -42,7 +42,7 @@ def studio_home(tmp_path, monkeypatch):
 def window(qtbot, tiny_model_dir, tmp_path):
     config = RunConfig(method="lora", model=str(tiny_model_dir), data=str(write_chat_data(tmp_path / "data", 16)),
                        run_name="dist-run", output_dir=str(tmp_path / "runs"), batch_size=2, max_steps=4,
-                       eval_every=0, save_every=2, learning_rate=0.01)
+                       eval_every=0, save_every=2, learning_rate=0.01, num_samples=0)
     window = MainWindow(config)
     qtbot.addWidget(window)
     window.show()
@@ -116,18 +116,15 @@ def test_start_trains_on_two_local_processes_with_live_plots(qtbot, window, tmp_
 
 
 def rank_process(launcher_pid: int, rank: int) -> int | None:
-    """The pid of rank `rank` among the launcher's processes (its own session), from /proc."""
-    for entry in os.listdir("/proc"):
+    """The pid of rank `rank` among the launcher's child processes (psutil comes with peft, a test dependency)."""
+    import psutil
+
+    for child in psutil.Process(launcher_pid).children(recursive=True):
         try:
-            pid = int(entry)
-            if os.getsid(pid) != launcher_pid:
-                continue
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (ValueError, OSError):
+            if child.environ().get("MLX_RANK") == str(rank) and "trainer_core" in child.cmdline():
+                return child.pid
+        except psutil.Error:
             continue
-        if f"MLX_RANK={rank}".encode() in environ and b"trainer_core" in command:
-            return pid
     return None
 
 
@@ -138,7 +135,7 @@ def long_run(qtbot, window, tmp_path) -> Path:
     go_distributed(qtbot, window, tmp_path)
     window.start()
     run_dir = tmp_path / "runs" / "dist-run"
-    qtbot.waitUntil(lambda: len(window.training.store.checkpoints) >= 2, timeout=TIMEOUT)  # steps 2 and 4 saved
+    qtbot.waitUntil(lambda: len(window.training.store.checkpoints) >= 1, timeout=TIMEOUT)  # step 2 saved
     return run_dir
 
 
@@ -148,7 +145,7 @@ def test_stop_ends_every_rank_at_one_step_with_a_checkpoint(qtbot, window, tmp_p
         window.stop_action.trigger()
     qtbot.waitUntil(lambda: not window.running, timeout=TIMEOUT)  # mlx.launch ended: so did both ranks
     result = finished.args[0]
-    assert result["status"] == "stopped" and result["step"] >= 4
+    assert result["status"] == "stopped" and result["step"] >= 2
     text = window.status.label.text()
     assert text.startswith(f"Stopped at step {result['step']}/100,000 · checkpoint saved · continue with `mlx.launch")
     assert f"-- finetune resume {run_dir}`" in text

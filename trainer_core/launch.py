@@ -199,21 +199,23 @@ class Outcome:
         """("finished" | "stopped", the train_end record) or ("failed", one message).
 
         The end of training is read from `run_dir`/metrics.jsonl when given (else from rank 0's
-        last output line). `stopping`: a stop was asked, so ending before training began is "stopped".
+        last output line). `stopping`: a stop was asked, so ending without train_end means an abort.
         """
         ended = self.ended
         if run_dir is not None:
             ends = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
                     if r["type"] == "event" and r.get("event") in ("train_end", "rank_failure")]
             ended = ends[-1] if ends else None
-        if self.errors:
-            return "failed", self.errors[0] + self._killed()
+        if self.errors:  # rank 0's own words first (every rank says the same about shared input)
+            first = next((e for e in self.errors if not e.startswith("rank ")), self.errors[0])
+            return "failed", first + self._killed()
         if ended is not None and ended.get("event") == "rank_failure":
             return "failed", str(ended.get("message")) + self._killed()
         if ended is not None:
             return ended["status"], ended
-        if stopping:
-            return "stopped", {"status": "stopped", "step": 0, "total_steps": 0}
+        if stopping:  # a stop that reached the loop ends with train_end: this was an abort
+            return "failed", ("Aborted: the processes ended without saving the current step. The last complete "
+                              "checkpoint is intact; resume from it on the same processes.")
         if self.exits:
             rank, code = self.exits[0]
             return "failed", f"Process rank {rank} {_exit(code)} before training finished; see the log for its output."
@@ -252,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         outcome.feed(line)
     process.wait()
-    status, detail = outcome.verdict(stopping=bool(interrupted))
+    if interrupted and outcome.ended is None and not outcome.errors:  # mlx.launch stops relaying at Ctrl-C
+        print("Interrupted: the processes stop after a checkpoint; `finetune resume RUN_DIR` on the same "
+              "processes continues.", file=sys.stderr)
+        return 130
+    status, detail = outcome.verdict()
     if status == "failed":
         print(f"error: {detail}", file=sys.stderr)
         return 1
