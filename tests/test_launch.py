@@ -74,6 +74,8 @@ def test_a_rank_that_exits_badly_without_a_message_is_a_failure():
     outcome = launch.Outcome()
     outcome.feed("-c: error: The ring backend requires IPs to be provided instead of hostnames")
     assert outcome.verdict()[1] == "mlx.launch: The ring backend requires IPs to be provided instead of hostnames"
+    assert launch.parse_line("finetune train: error: argument --method: invalid choice: 'nope'") == {
+        "error": "finetune train: argument --method: invalid choice: 'nope'", "rank": 0}
 
 
 def test_the_stop_file_asks_the_loop_to_stop(tmp_path, monkeypatch):

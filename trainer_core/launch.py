@@ -44,7 +44,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _JOINED = re.compile(r"Distributed run: (\d+) processes joined \((.*?)\);")
 _EXITED = re.compile(r"Node with rank (\d+) exited with code (-?\d+)")
 _ERROR = re.compile(r"^(?:\[rank (\d+)\] )?error: (.*)$")
-_LAUNCHER_ERROR = re.compile(r"^[-\w.]+: error: (.*)$")  # mlx.launch's own argument errors
+_PROGRAM_ERROR = re.compile(r"^([\w.-]+(?: [\w-]+)?): error: (.*)$")  # argparse: mlx.launch's ("-c") or finetune's
 _ENDED = re.compile(r"^(finished|stopped) at step (\d+)/(\d+)")  # rank 0's last line (progress.py)
 
 
@@ -162,9 +162,10 @@ def parse_line(line: str) -> dict | None:
     found = _ERROR.match(line)
     if found:
         return {"error": found.group(2), "rank": int(found.group(1) or 0)}
-    found = _LAUNCHER_ERROR.match(line)
+    found = _PROGRAM_ERROR.match(line)
     if found:
-        return {"error": f"mlx.launch: {found.group(1)}", "rank": 0}
+        program = "mlx.launch" if found.group(1) == "-c" else found.group(1)
+        return {"error": f"{program}: {found.group(2)}", "rank": 0}
     found = _ENDED.match(line)
     if found:
         return {"ended": found.group(1), "step": int(found.group(2)), "total_steps": int(found.group(3))}
