@@ -43,6 +43,11 @@ class HyperparametersPanel(QGroupBox):
             "eval_every": int_field("eval_every", 0, 10_000_000, special="end only",
                                     tooltip="Evaluate every N steps on the valid split; 0 = only at the end."),
             "run_name": text_field("run_name", placeholder="automatic (method-model-date)"),
+            "num_samples": int_field("num_samples", 0, 100, special="off", suffix=" prompts",
+                                     tooltip="Prompts of the valid split (else train) answered at every checkpoint, "
+                                             "shown in the Checkpoints tab. Your own: sample_prompts in a preset."),
+            "sample_max_tokens": int_field("sample_max_tokens", 1, 4096, suffix=" tok",
+                                           tooltip="Tokens per sample answer (greedy)."),
             "gradient_checkpointing": bool_field(
                 "gradient_checkpointing", "Save memory (recompute activations)",
                 tooltip="Gradient checkpointing: each block's activations are recomputed in the backward pass. "
@@ -71,8 +76,12 @@ class HyperparametersPanel(QGroupBox):
         grid.addWidget(f["seed"].cell(), len(rows), 1)
         grid.addWidget(QLabel("Run name"), len(rows), 2)
         grid.addWidget(f["run_name"].cell(), len(rows), 3, 1, 3)
-        grid.addWidget(f["gradient_checkpointing"].cell(), len(rows) + 1, 0, 1, 3)
-        grid.addWidget(f["mixed_precision"].cell(), len(rows) + 1, 3, 1, 3)
+        grid.addWidget(QLabel("Samples"), len(rows) + 1, 0)
+        grid.addWidget(f["num_samples"].cell(), len(rows) + 1, 1)
+        grid.addWidget(QLabel("Sample length"), len(rows) + 1, 2)
+        grid.addWidget(f["sample_max_tokens"].cell(), len(rows) + 1, 3)
+        grid.addWidget(f["gradient_checkpointing"].cell(), len(rows) + 2, 0, 1, 3)
+        grid.addWidget(f["mixed_precision"].cell(), len(rows) + 2, 3, 1, 3)
         for column in (1, 3, 5):
             grid.setColumnStretch(column, 1)
         layout = QVBoxLayout(self)

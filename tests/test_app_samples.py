@@ -155,3 +155,19 @@ def test_a_resumed_run_plots_its_history_before_the_new_steps(qtbot, window, tin
     assert list(store.series("loss")) == [losses[s] for s in range(1, 7)]
     assert [c["step"] for c in store.checkpoints] == [2, 3, 4, 6]  # before the stop, then after the resume
     assert [e["step"] for e in store.evals] == [2, 4, 6]
+
+
+def test_the_setup_tab_edits_the_sample_settings_and_keeps_a_presets_prompts(qtbot, tiny_model_dir, tmp_path):
+    from app.setup_pane import SetupPane
+    from tests.test_app_setup import ready
+    preset = micro_config(tiny_model_dir, tmp_path, "setup", sample_prompts=["Mine?"])
+    pane = SetupPane(preset)
+    qtbot.addWidget(pane)
+    ready(qtbot, pane)
+    samples, length = pane.hparams.named["num_samples"].editor, pane.hparams.named["sample_max_tokens"].editor
+    assert samples.value() == 3 and length.value() == 4
+    samples.setValue(0)
+    assert samples.text() == "off"
+    length.setValue(32)
+    config = pane.config()
+    assert (config.num_samples, config.sample_max_tokens, config.sample_prompts) == (0, 32, ["Mine?"])
