@@ -47,6 +47,10 @@ class TerminalProgress(Callback):
     def on_event(self, info):
         if info.get("event") == "bad_step":
             self._say(f"step {info['step']}: non-finite loss/gradient, update skipped")
+        elif info.get("event") == "samples":
+            for sample in info.get("samples") or ():
+                line = f"  sample at step {info['step']}: {sample.get('prompt')!r} -> {sample.get('answer')!r}"
+                self._say(line if len(line) <= 160 else line[:159] + "…")
 
     def on_train_end(self, info):
         if self.bar is not None:
