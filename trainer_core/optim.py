@@ -46,8 +46,11 @@ class AdamW:
         }
 
     def step(self, params: dict[str, mx.array], grads: dict[str, mx.array], state: dict,
-             learning_rate: mx.array) -> tuple[dict, dict]:
-        """Pure update: (new parameters, new state). Does not touch `self.state`."""
+             learning_rate: mx.array, grad_scale: mx.array | None = None) -> tuple[dict, dict]:
+        """Pure update: (new parameters, new state). Does not touch `self.state`.
+
+        `grad_scale` multiplies every gradient inside the update's elementwise chain (the step
+        passes 1/weight x the clipping factor), so no scaled copy of the gradients is made."""
         b1, b2 = self.beta1, self.beta2
         t = state["t"] + 1
         tf = t.astype(mx.float32)
@@ -56,6 +59,8 @@ class AdamW:
         new_params, new_m, new_v = {}, {}, {}
         for name, p in params.items():
             g = grads[name].astype(mx.float32)
+            if grad_scale is not None:
+                g = g * grad_scale
             m = b1 * state["m"][name] + (1 - b1) * g
             v = b2 * state["v"][name] + (1 - b2) * mx.square(g)
             new_m[name], new_v[name] = m, v
@@ -68,10 +73,20 @@ class AdamW:
         return new_params, {"t": t, "m": new_m, "v": new_v}
 
 
+def global_norm(grads: dict[str, mx.array]) -> mx.array:
+    """sqrt of the sum of squares of every gradient, in float32."""
+    return mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+
+
+def clip_factor(norm: mx.array, max_norm: float) -> mx.array | float:
+    """What clipping multiplies the gradients by: min(1, max_norm / norm); 1 when max_norm is 0."""
+    return mx.minimum(1.0, max_norm / (norm + 1e-6)) if max_norm else 1.0
+
+
 def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float):
     """(clipped grads, norm before clipping); max_norm 0 disables clipping."""
-    norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+    norm = global_norm(grads)
     if not max_norm:
         return grads, norm
-    scale = mx.minimum(1.0, max_norm / (norm + 1e-6))
-    return {k: (g * scale).astype(g.dtype) for k, g in grads.items()}, norm
+    factor = clip_factor(norm, max_norm)
+    return {k: (g * factor).astype(g.dtype) for k, g in grads.items()}, norm

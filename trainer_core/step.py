@@ -20,7 +20,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from trainer_core.distributed import sum_over_ranks
-from trainer_core.optim import AdamW, clip_by_global_norm
+from trainer_core.optim import AdamW, clip_factor, global_norm
 from trainer_core import precision
 
 
@@ -44,10 +44,13 @@ class CompiledSteps:
             if world_size > 1:  # data parallel: sum over ranks, then divide by the global weight
                 grads, loss_sum, weight, metrics = sum_over_ranks((grads, loss_sum, weight, metrics))
             params = dict(tree_flatten(model.trainable_parameters()))
-            flat = {k: g / weight for k, g in tree_flatten(grads)}
-            flat, norm = clip_by_global_norm(flat, max_grad_norm)
+            flat = dict(tree_flatten(grads))
+            # the gradient of the mean loss is grads / weight; dividing (and clipping) happens inside
+            # the optimizer's elementwise update, so no scaled copy of every gradient is written
+            norm = global_norm(flat) / weight
             old_state = self.holder["optimizer"]
-            new_params, new_state = optimizer.step(params, flat, old_state, learning_rate)
+            new_params, new_state = optimizer.step(params, flat, old_state, learning_rate,
+                                                   grad_scale=clip_factor(norm, max_grad_norm) / weight)
             ok = mx.isfinite(loss_sum) & mx.isfinite(norm)
             new_params = {k: mx.where(ok, v, params[k]) for k, v in new_params.items()}
             self.holder["optimizer"] = tree_map(lambda new, old: mx.where(ok, new, old), new_state, old_state)

@@ -7,6 +7,7 @@ from functools import partial
 import pathlib; _ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(_ROOT))
 import trainer_core  # noqa: F401
+import numpy as np
 import mlx.core as mx, mlx.nn as nn, mlx.optimizers as optim
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
@@ -38,6 +39,27 @@ def make_model(lora=True):
     if lora:
         model.freeze()
         linear_to_lora_layers(model, SIZE["num_hidden_layers"], LORA)
+    mx.eval(model.parameters())
+    return model
+
+
+def loaded_model():
+    """The model as the product loads it: saved to a folder, read back by trainer_core.models.load_model."""
+    from trainer_core.models import load_model
+    folder = pathlib.Path("/tmp/gpu-levers-model")
+    if not (folder / "config.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        mx.random.seed(0)
+        cfg = dict(model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, **SIZE)
+        m = llama.Model(llama.ModelArgs.from_dict(cfg))
+        m.set_dtype(mx.bfloat16)
+        mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(m.parameters())))
+        from tests.tiny_model import write_tokenizer
+        write_tokenizer(folder, 512)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    model = load_model(str(folder)).model
+    model.freeze()
+    linear_to_lora_layers(model, SIZE["num_hidden_layers"], LORA)
     mx.eval(model.parameters())
     return model
 
@@ -102,6 +124,40 @@ class SFT:
         return losses.sft_loss(model, batch)
 
 
+class DPO:
+    """DPO on 2 pairs (rows: 2 chosen then 2 rejected), reference log-probs given (precomputed).
+    mlx_way: the log-probs as mlx-lm-based DPO code computes them (16-bit log-softmax)."""
+    def __init__(self, mlx_way):
+        self.mlx_way = mlx_way
+
+    def loss(self, model, batch):
+        from trainer_core.methods.dpo import dpo_loss
+        ids, mask = batch["input_ids"], batch["target_mask"][:, 1:].astype(mx.float32)
+        logits = model(ids[:, :-1])
+        if self.mlx_way:
+            token = -nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none").astype(mx.float32)
+        else:
+            token = -losses.token_nll(logits, ids[:, 1:])
+        logps = (token * mask).sum(axis=-1)
+        n = logps.shape[0] // 2
+        out, rc, rr = dpo_loss(logps[:n], logps[n:], batch["reference_chosen"], batch["reference_rejected"], beta=0.1)
+        return out.sum(), mx.array(n, dtype=mx.float32), {"margin": (rc - rr).sum()}
+
+
+def dpo_runner(model, *, mlx_way):
+    params = dict(tree_flatten(model.trainable_parameters()))
+    steps = CompiledSteps(model, DPO(mlx_way), AdamW(params), 1.0, 1,
+                          compute_dtype=precision.compute_dtype(model, not mlx_way))
+    n = a.batch // 2
+    batch = {"input_ids": IDS, "target_mask": MASK, "reference_chosen": mx.full((n,), -7000.0),
+             "reference_rejected": mx.full((n,), -7000.0)}
+
+    def call():
+        out = steps.train_step([batch], 2e-4)
+        return (out[0] / out[1]).item()
+    return call
+
+
 def old_masked_ce(logits, targets, mask):  # before a54f785: float32 logits
     mask = mask.astype(mx.float32)
     tl = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
@@ -126,7 +182,8 @@ def mlx_lm_runner(model):
     return call
 
 
-def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=False, sgd=False):
+def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=False, sgd=False, reseed=False,
+                fresh=False):
     if old_loss:
         losses.masked_cross_entropy = old_masked_ce
     if fused:
@@ -141,8 +198,15 @@ def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=F
                           compute_dtype=precision.compute_dtype(model, mp))
     batch = {"input_ids": IDS, "target_mask": MASK}
 
+    ids_np, mask_np = np.array(IDS), np.array(MASK)
+    count = [0]
+
     def call():
-        out = steps.train_step([batch], 2e-4)
+        count[0] += 1
+        if reseed:  # as the loop: mx.random.seed(step_seed(seed, step, rank)) before every step
+            mx.random.seed(count[0])
+        b = {"input_ids": mx.array(ids_np), "target_mask": mx.array(mask_np)} if fresh else batch
+        out = steps.train_step([b], 2e-4)
         return (out[0] / out[1]).item()
     return call
 
@@ -156,6 +220,12 @@ VARIANTS = {
     "ours-ce-mp-fused": lambda m: ours_runner(m, fused=True),
     "ours-ce-mp-fusedfwd": lambda m: ours_runner(m, fused="fwd"),
     "ours-ce-mp-sgd-noclip": lambda m: ours_runner(m, clip=0.0, sgd=True),
+    "ours-ce-mp-reseed": lambda m: ours_runner(m, reseed=True),
+    "ours-ce-mp-fresh": lambda m: ours_runner(m, fresh=True),
+    "ours-ce-mp-loaded": lambda m: ours_runner(m),
+    "dpo-mlx-way": lambda m: dpo_runner(m, mlx_way=True),
+    "dpo-ours": lambda m: dpo_runner(m, mlx_way=False),
+    "ours-full-noclip": lambda m: ours_runner(m, clip=0.0),
     "mlx-lm-full": lambda m: mlx_lm_runner(m),
     "ours-full": lambda m: ours_runner(m),
     "ours-ce-mp-ckpt": lambda m: ours_runner(m, ckpt=True),
@@ -166,7 +236,7 @@ print(json.dumps({"device": str(mx.default_device()), "size": SIZE, "batch": [a.
 keep_ce = losses.masked_cross_entropy
 for name in names:
     losses.masked_cross_entropy = keep_ce
-    model = make_model(lora=not name.endswith("-full"))
+    model = loaded_model() if name.endswith("-loaded") else make_model(lora="-full" not in name)
     mx.synchronize(); mx.clear_cache(); mx.reset_peak_memory()
     base = mx.get_active_memory()
     run = VARIANTS[name](model)

@@ -11,12 +11,13 @@ import argparse
 
 case = T.CASES[sys.argv[1]]
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-args = argparse.Namespace(model=None, tiny_check=False, rank=8, ours_set=[], mlx_tokens="ours", seed=0)
+args = argparse.Namespace(model=None, tiny_check=False, rank=8, ours_set=[], mlx_tokens="ours", seed=0, data=None,
+                          batch_size=None, max_seq_length=None, mlx_cold_cache=False)
 config, dataset, info = T.prepare_case(case, args, Path("/tmp/bench-work") / case.name)
 config.max_steps = steps; config.output_dir = "/tmp/bench-work/prof/runs"; config.run_name = f"p{time.time()}"
 run = build_run(config)
 loop = run.loop
-acc = {"collate": 0.0, "train_step": 0.0, "total": 0.0}
+acc = {"collate": 0.0, "train_step": 0.0, "total": 0.0, "steps": 0}
 orig_collate = loop.method.collate
 def collate(ex):
     t = time.perf_counter(); b = orig_collate(ex); acc["collate"] += time.perf_counter() - t; return b
@@ -27,7 +28,7 @@ def ts(b, lr):
 loop.steps.train_step = ts
 orig = loop._train_step
 def tstep():
-    t = time.perf_counter(); orig(); acc["total"] += time.perf_counter() - t
+    t = time.perf_counter(); orig(); acc["total"] += time.perf_counter() - t; acc["steps"] += 1
 loop._train_step = tstep
 # warm all shapes first: one full pass of shapes is not needed; profile everything
 pr = cProfile.Profile()
