@@ -133,6 +133,7 @@ class CheckpointsPane(QWidget):
     # ---- listing -------------------------------------------------------------------------
     def set_run(self, run_dir: Path | None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
+        self._wanted_step = None  # a step asked of the previous run
         if self._watcher.directories():
             self._watcher.removePaths(self._watcher.directories())
         if self.run_dir is not None:
