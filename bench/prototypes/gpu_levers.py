@@ -158,6 +158,25 @@ def dpo_runner(model, *, mlx_way):
     return call
 
 
+def cat_norm(grads):  # one concatenated vector: a few kernels instead of ~3 per parameter
+    flat = mx.concatenate([g.reshape(-1) for g in grads.values()])
+    return mx.sqrt(mx.sum(mx.square(flat.astype(mx.float32))))
+
+
+def no_norm(grads):  # probe: what computing the norm costs
+    return mx.array(0.0)
+
+
+from trainer_core.optim import global_norm as _global_norm  # noqa: E402
+NORMS = {None: _global_norm, "cat": cat_norm, "none": no_norm}
+
+
+def bf16_masked_ce(logits, targets, mask):  # mlx-lm's default_loss way: cross-entropy in the logits' dtype
+    mask = mask.astype(mx.float32)
+    tl = nn.losses.cross_entropy(logits, targets, reduction="none").astype(mx.float32)
+    return (tl * mask).sum(), mask.sum()
+
+
 def old_masked_ce(logits, targets, mask):  # before a54f785: float32 logits
     mask = mask.astype(mx.float32)
     tl = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
@@ -183,9 +202,13 @@ def mlx_lm_runner(model):
 
 
 def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=False, sgd=False, reseed=False,
-                fresh=False):
+                fresh=False, bf16_loss=False, norm=None):
     if old_loss:
         losses.masked_cross_entropy = old_masked_ce
+    if bf16_loss:
+        losses.masked_cross_entropy = bf16_masked_ce
+    import trainer_core.step as step_module
+    step_module.global_norm = NORMS[norm]
     if fused:
         fuse_lora(model, _fused_fwd if fused == "fwd" else None)
     if ckpt:
@@ -193,7 +216,7 @@ def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=F
     params = dict(tree_flatten(model.trainable_parameters()))
     opt = AdamW(params)
     if sgd:  # probe: what the AdamW update costs (one multiply-add per parameter instead)
-        opt.step = lambda ps, gs, st, lr: ({k: (p - lr * gs[k].astype(mx.float32)).astype(p.dtype) for k, p in ps.items()}, st)
+        opt.step = lambda ps, gs, st, lr, grad_scale=1.0: ({k: (p - lr * grad_scale * gs[k].astype(mx.float32)).astype(p.dtype) for k, p in ps.items()}, st)
     steps = CompiledSteps(model, SFT(), opt, clip, 1,
                           compute_dtype=precision.compute_dtype(model, mp))
     batch = {"input_ids": IDS, "target_mask": MASK}
@@ -226,6 +249,12 @@ VARIANTS = {
     "dpo-mlx-way": lambda m: dpo_runner(m, mlx_way=True),
     "dpo-ours": lambda m: dpo_runner(m, mlx_way=False),
     "ours-full-noclip": lambda m: ours_runner(m, clip=0.0),
+    "ours-full-sgd-noclip": lambda m: ours_runner(m, clip=0.0, sgd=True),
+    "ours-full-bf16loss": lambda m: ours_runner(m, bf16_loss=True),
+    "ours-full-catnorm": lambda m: ours_runner(m, norm="cat"),
+    "ours-full-nonorm": lambda m: ours_runner(m, norm="none"),
+    "ours-ce-mp-catnorm": lambda m: ours_runner(m, norm="cat"),
+    "ours-ce-mp-nonorm": lambda m: ours_runner(m, norm="none"),
     "mlx-lm-full": lambda m: mlx_lm_runner(m),
     "ours-full": lambda m: ours_runner(m),
     "ours-ce-mp-ckpt": lambda m: ours_runner(m, ckpt=True),
