@@ -129,3 +129,15 @@ def test_clip_random_gradients_many_arrays():
     assert norm.item() == pytest.approx(want, rel=1e-5)
     got = np.sqrt(sum((np.array(g, dtype=np.float64) ** 2).sum() for g in clipped.values()))
     assert got <= 2.5 * (1 + 1e-5) and got == pytest.approx(2.5, rel=1e-4)
+
+
+def test_global_norm_joined_and_per_array_agree_with_numpy(monkeypatch):
+    import trainer_core.optim as optim
+    rng = np.random.default_rng(11)
+    grads = {f"p{i}": mx.array(rng.normal(scale=2, size=(i + 2, 3)).astype(np.float32)) for i in range(6)}
+    grads["half"] = mx.array(rng.normal(size=(5, 4)).astype(np.float32)).astype(mx.bfloat16)  # mixed dtypes
+    want = np.sqrt(sum((np.array(g.astype(mx.float32), dtype=np.float64) ** 2).sum() for g in grads.values()))
+    joined = optim.global_norm(grads).item()
+    monkeypatch.setattr(optim, "CONCAT_NORM_LIMIT", 0)  # the per-array path (full fine-tuning sizes)
+    per_array = optim.global_norm(grads).item()
+    assert joined == pytest.approx(want, rel=1e-5) and per_array == pytest.approx(want, rel=1e-5)
