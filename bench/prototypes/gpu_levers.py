@@ -167,8 +167,18 @@ def no_norm(grads):  # probe: what computing the norm costs
     return mx.array(0.0)
 
 
+def per_array_norm(grads):  # one reduction per gradient (before 2288c52)
+    return mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()))
+
+
+def chunk_norm(grads, size=16):  # joined in groups of `size` arrays
+    arrays = list(grads.values())
+    parts = [mx.concatenate([g.reshape(-1) for g in arrays[i:i + size]]) for i in range(0, len(arrays), size)]
+    return mx.sqrt(sum(mx.sum(mx.square(p.astype(mx.float32))) for p in parts))
+
+
 from trainer_core.optim import global_norm as _global_norm  # noqa: E402
-NORMS = {None: _global_norm, "cat": cat_norm, "none": no_norm}
+NORMS = {None: _global_norm, "cat": cat_norm, "none": no_norm, "per": per_array_norm, "chunk": chunk_norm}
 
 
 def bf16_masked_ce(logits, targets, mask):  # mlx-lm's default_loss way: cross-entropy in the logits' dtype
@@ -255,6 +265,8 @@ VARIANTS = {
     "ours-full-nonorm": lambda m: ours_runner(m, norm="none"),
     "ours-ce-mp-catnorm": lambda m: ours_runner(m, norm="cat"),
     "ours-ce-mp-nonorm": lambda m: ours_runner(m, norm="none"),
+    "ours-ce-mp-pernorm": lambda m: ours_runner(m, norm="per"),
+    "ours-ce-mp-chunknorm": lambda m: ours_runner(m, norm="chunk"),
     "mlx-lm-full": lambda m: mlx_lm_runner(m),
     "ours-full": lambda m: ours_runner(m),
     "ours-ce-mp-ckpt": lambda m: ours_runner(m, ckpt=True),
