@@ -141,3 +141,33 @@ def test_global_norm_joined_and_per_array_agree_with_numpy(monkeypatch):
     monkeypatch.setattr(optim, "CONCAT_NORM_LIMIT", 0)  # the per-array path (full fine-tuning sizes)
     per_array = optim.global_norm(grads).item()
     assert joined == pytest.approx(want, rel=1e-5) and per_array == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad_at", [0, 2])  # the very first update (t = 0) and a later one
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+def test_not_ok_update_leaves_everything_bit_identical(bad_at, poison):
+    params = random_params(4)
+    grads = random_grads(params, steps=4, seed=6)
+    opt = AdamW({k: mx.array(v) for k, v in params.items()}, weight_decay=0.1)
+    current, state = {k: mx.array(v) for k, v in params.items()}, opt.state
+    for s, g in enumerate(grads):
+        bad = s == bad_at
+        feed = {k: mx.array(np.full_like(v, poison) if bad else v) for k, v in g.items()}
+        before = ({k: np.array(v) for k, v in current.items()}, {k: np.array(v) for k, v in state["m"].items()},
+                  {k: np.array(v) for k, v in state["v"].items()}, state["t"].item())
+        current, state = opt.step(current, feed, state, mx.array(1e-2), grad_scale=mx.array(0.5),
+                                  ok=mx.array(not bad))
+        after = ({k: np.array(v) for k, v in current.items()}, {k: np.array(v) for k, v in state["m"].items()},
+                 {k: np.array(v) for k, v in state["v"].items()}, state["t"].item())
+        if bad:
+            for b, a in zip(before[:3], after[:3]):
+                assert all(np.array_equal(b[k], a[k]) for k in b)  # bit for bit, no NaN anywhere
+            assert after[3] == before[3]
+        else:
+            assert after[3] == before[3] + 1 and not np.array_equal(before[0]["layers.0.attn.weight"],
+                                                                    after[0]["layers.0.attn.weight"])
+    # the skipped update changed nothing: three good updates equal numpy AdamW over those three gradients
+    good = [{k: v * 0.5 for k, v in g.items()} for s, g in enumerate(grads) if s != bad_at]
+    want, _, _ = numpy_adamw(params, good, [1e-2] * 3, wd=0.1)
+    for k in want:
+        np.testing.assert_allclose(np.array(current[k]), want[k], rtol=1e-5, atol=1e-6)

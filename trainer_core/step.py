@@ -48,12 +48,10 @@ class CompiledSteps:
             # the gradient of the mean loss is grads / weight; dividing (and clipping) happens inside
             # the optimizer's elementwise update, so no scaled copy of every gradient is written
             norm = global_norm(flat) / weight
-            old_state = self.holder["optimizer"]
-            new_params, new_state = optimizer.step(params, flat, old_state, learning_rate,
-                                                   grad_scale=clip_factor(norm, max_grad_norm) / weight)
-            ok = mx.isfinite(loss_sum) & mx.isfinite(norm)
-            new_params = {k: mx.where(ok, v, params[k]) for k, v in new_params.items()}
-            self.holder["optimizer"] = tree_map(lambda new, old: mx.where(ok, new, old), new_state, old_state)
+            ok = mx.isfinite(loss_sum) & mx.isfinite(norm)  # False: the update leaves everything as it was
+            new_params, self.holder["optimizer"] = optimizer.step(
+                params, flat, self.holder["optimizer"], learning_rate,
+                grad_scale=clip_factor(norm, max_grad_norm) / weight, ok=ok)
             model.update(tree_unflatten(list(new_params.items())))
             return loss_sum, weight, metrics, norm, ok
 
