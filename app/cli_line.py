@@ -1,4 +1,5 @@
-""""Copy as CLI": the `finetune train ...` line that reproduces a RunConfig.
+""""Copy as CLI": the `finetune train ...` line that reproduces a RunConfig (with the Distributed section
+ticked: `python -m trainer_core.launch --hostfile H --backend B -- train ...`, launch_cli_command).
 
 Top-level fields with a flag in DESIGN.md use it; every other non-default
 value becomes `--set section.key=VALUE` with VALUE written as TOML, which is
@@ -78,3 +79,9 @@ def cli_arguments(config: RunConfig) -> list[str]:
 def cli_command(config: RunConfig) -> str:
     """One shell line: `finetune train --method lora --model demo --data ... [--set ...]`."""
     return shlex.join(["finetune", *cli_arguments(config)])
+
+
+def launch_cli_command(config: RunConfig, hostfile, backend: str) -> str:
+    """The terminal line that trains `config` data-parallel on the processes of `hostfile` (one entry per rank)."""
+    return shlex.join(["python", "-m", "trainer_core.launch", "--hostfile", str(hostfile), "--backend", backend,
+                       "--", *cli_arguments(config)])

@@ -6,6 +6,7 @@
     launcher = DistributedLauncher()
     launcher.start(config, panel.hosts(), panel.backend_name(), workdir)
                                         # mlx.launch ... -- python -m trainer_core train <config as flags>
+    launcher.resume(run_dir, checkpoint, hosts, backend, workdir)   # ... -- finetune resume RUN_DIR
     launcher.stop()                     # every rank stops at one step after a checkpoint; a second stop aborts
 
 The run itself is the headless CLI under `mlx.launch` (trainer_core/distributed.py, launch.py): rank 0
@@ -116,6 +117,16 @@ class DistributedPanel(QGroupBox):
         launch.check_backend(hosts, self.backend_name(), path)
         return launch.expand_hosts(hosts, self.processes.value())
 
+    def launch_hostfile(self, workdir: Path) -> Path:
+        """A host file mlx.launch can start these processes from (one entry per rank): the chosen file when it
+        already is one, else the expanded hosts written to `workdir` (raises UserError)."""
+        path = Path(self.hostfile.text().strip())
+        hosts = self.hosts()
+        if launch.read_hostfile(path) == hosts:
+            return path
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return launch.write_hostfile(hosts, Path(workdir) / f"hosts-{path.stem}-x{self.processes.value()}.json")
+
     def world_size(self) -> int:
         """Processes a run will use: 1 when the group is off or the host file is unusable."""
         try:
@@ -195,6 +206,7 @@ class DistributedLauncher(QObject):
         self.run_dir = ""
         self.hostfile: Path | None = None
         self._stop_file: Path | None = None
+        self.since = 0  # metrics.jsonl's size when the launch started
         self._buffer = ""
         self._outcome = launch.Outcome()
         self._stops = 0
@@ -208,19 +220,34 @@ class DistributedLauncher(QObject):
         """Launch `config` on `hosts` (already expanded); returns the run folder rank 0 will write.
         `workdir` receives the expanded host file and the stop file. `starting_port`: default a free
         one when every rank is local (launch.local_starting_port), else mlx.launch's."""
-        if self.running:
-            raise RuntimeError("a run is already in progress")
         config = copy.deepcopy(config)
         config.run_name = config.run_name or f"{config.method}-distributed-{time.strftime('%Y%m%d-%H%M%S')}"
         config.validate()
+        run_dir = Path(config.output_dir or _default_runs_root()).expanduser() / config.run_name
+        return self._launch(cli_arguments(config), run_dir, hosts, backend, workdir, starting_port)
+
+    def resume(self, run_dir: Path, checkpoint: Path | None, hosts: list[dict], backend: str, workdir: Path,
+               starting_port: int | None = None) -> str:
+        """Continue `run_dir` from `checkpoint` (default: its latest) on `hosts`: `finetune resume` on every rank."""
+        args = ["resume", str(run_dir), *(["--checkpoint", str(checkpoint)] if checkpoint else [])]
+        return self._launch(args, Path(run_dir), hosts, backend, workdir, starting_port)
+
+    def _launch(self, finetune_args: list[str], run_dir: Path, hosts: list[dict], backend: str, workdir: Path,
+                starting_port: int | None) -> str:
+        if self.running:
+            raise RuntimeError("a run is already in progress")
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.hostfile = launch.write_hostfile(hosts, workdir / f"hosts-{config.run_name}.json")
-        self._stop_file = workdir / f"stop-{config.run_name}"
+        self.hostfile = launch.write_hostfile(hosts, workdir / f"hosts-{run_dir.name}.json")
+        self._stop_file = workdir / f"stop-{run_dir.name}"
         self._stop_file.unlink(missing_ok=True)
-        argv = launch.launch_command(self.hostfile, backend, cli_arguments(config), stop_file=self._stop_file,
+        argv = launch.launch_command(self.hostfile, backend, finetune_args, stop_file=self._stop_file,
                                      starting_port=starting_port or launch.local_starting_port(hosts))
-        self.run_dir = str(Path(config.output_dir or _default_runs_root()).expanduser() / config.run_name)
+        self.run_dir = str(run_dir)
+        try:  # a resumed run appends to its metrics.jsonl: how this launch ends is read after this offset
+            self.since = (run_dir / "metrics.jsonl").stat().st_size
+        except OSError:
+            self.since = 0
         self._buffer, self._outcome, self._stops = "", launch.Outcome(), 0
         process = QProcess(self)
         process.setProcessChannelMode(QProcess.MergedChannels)
@@ -283,7 +310,7 @@ class DistributedLauncher(QObject):
         process.deleteLater()
         if self._stop_file is not None:
             self._stop_file.unlink(missing_ok=True)
-        status, detail = self._outcome.verdict(self.run_dir, stopping=self._stops > 0)
+        status, detail = self._outcome.verdict(self.run_dir, stopping=self._stops > 0, since=self.since)
         if status == "failed":
             self.failed.emit(detail)
         else:

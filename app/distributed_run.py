@@ -2,6 +2,7 @@
 
     run = DistributedRun()
     run.start(config, hosts, backend, workdir, total_steps)   # DistributedLauncher: mlx.launch in a QProcess
+    run.resume(run_dir, checkpoint, hosts, backend, workdir, total_steps)   # `finetune resume` on every rank
     run.stop()                                                # all ranks stop at one step after a checkpoint
     run.shutdown()                                            # stop and wait (the window is closing)
 
@@ -10,11 +11,16 @@ follows rank 0's metrics.jsonl (polled every POLL_MS, complete lines only) and r
 as the worker's signals: runCreated once config.toml exists, trainBegan at the first train record,
 metrics / checkpointSaved / progress per record, then finished (train_end) or failed (one message,
 decided by launch.Outcome). Pause and Save now have no distributed counterpart.
+
+A resumed run is followed from the size its metrics.jsonl had at the launch: runCreated waits for rank 0's
+`resumed` event (so the window's load_history finds the earlier records ahead of it), as in-process.
+A failure message that tells the terminal command to resume with names the Resume button first.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +30,8 @@ from app.distributed_panel import DistributedLauncher
 from trainer_core.config import RunConfig
 
 POLL_MS = 250
+_CONTINUE = re.compile(r"continue with `finetune resume ([^`]+)` started on the same (\d+) processes")
+_ABORTED = "resume from it on the same processes."
 
 
 class MetricsTail:
@@ -79,10 +87,11 @@ class DistributedRun(QObject):
         self.paused = False
         self.backend = ""
         self._tail: MetricsTail | None = None
-        self._follow = self._created = self._began = False
+        self._follow = self._created = self._began = self._resuming = False
         self._total = 0
         self._started = 0.0
         self._losses: dict[str, float] = {}
+        self._pending: list[dict] = []  # a resumed run's records read before its `resumed` event
 
     @property
     def running(self) -> bool:
@@ -91,11 +100,22 @@ class DistributedRun(QObject):
     def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path, total_steps: int) -> str:
         """Launch `config` on the expanded `hosts`; returns the run folder rank 0 writes."""
         run_dir = Path(self.launcher.start(config, hosts, backend, workdir))
-        self.backend = backend
         # A folder that is already there is not this run's (rank 0 refuses to write into it): never follow it.
-        self._follow = not run_dir.exists()
+        return self._begin(run_dir, backend, total_steps, follow=not run_dir.exists(), resuming=False)
+
+    def resume(self, run_dir: Path, checkpoint: Path | None, hosts: list[dict], backend: str, workdir: Path,
+               total_steps: int) -> str:
+        """Continue `run_dir` from `checkpoint` (None: its latest) on the expanded `hosts`."""
+        run_dir = Path(self.launcher.resume(run_dir, checkpoint, hosts, backend, workdir))
+        return self._begin(run_dir, backend, total_steps, follow=True, resuming=True)
+
+    def _begin(self, run_dir: Path, backend: str, total_steps: int, follow: bool, resuming: bool) -> str:
+        self.backend = backend
+        self._follow, self._resuming = follow, resuming
         self._created = self._began = False
+        self._pending = []
         self._tail = MetricsTail(run_dir / "metrics.jsonl")
+        self._tail.offset = self.launcher.since  # a resumed run: only what this launch appends
         self._total, self._started, self._losses = int(total_steps or 0), time.time(), {}
         self.runningChanged.emit(True)
         self.timer.start()
@@ -117,16 +137,30 @@ class DistributedRun(QObject):
     def resume_command(self, run_dir: str) -> str:
         return f"mlx.launch --hostfile {self.launcher.hostfile} --backend {self.backend} -- finetune resume {run_dir}"
 
+    def with_resume_button(self, message: str) -> str:
+        """`message` with its terminal resume advice turned into the Resume button's (the command kept after it)."""
+        message = _CONTINUE.sub(lambda m: f"resume it with the Resume button in the runs list, which starts the same "
+                                          f"{m.group(2)} processes again (terminal: `{self.resume_command(m.group(1))}`)",
+                                message)
+        return message.replace(_ABORTED, "the Resume button in the runs list continues from it on the same processes.")
+
     def _poll(self) -> None:
         run_dir = Path(self.launcher.run_dir)
         if not self._follow:
             return
+        if not self._created and not self._resuming and not (run_dir / "config.toml").is_file():
+            return
+        records = self._tail.read()
         if not self._created:
-            if not (run_dir / "config.toml").is_file():
-                return
+            if self._resuming:  # from rank 0's `resumed` event on: what came before it is the run's history
+                self._pending += records
+                resumed = [i for i, r in enumerate(self._pending) if r.get("event") == "resumed"]
+                if not resumed:
+                    return
+                records, self._pending = self._pending[resumed[0]:], []
             self._created = True
             self.runCreated.emit(str(run_dir))
-        for record in self._tail.read():
+        for record in records:
             kind = record.get("type")
             if kind == "checkpoint":
                 self.checkpointSaved.emit(record)
@@ -153,5 +187,5 @@ class DistributedRun(QObject):
 
     def _failed(self, message: str) -> None:
         self._ended()
-        self.failed.emit(message)
+        self.failed.emit(self.with_resume_button(message))
         self.runningChanged.emit(False)

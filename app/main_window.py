@@ -3,7 +3,8 @@ Training, Checkpoints and Chat tabs, status line. Owns the TrainingController (w
 thread) and the Generator (generation thread) and wires their signals.
 
 With the Setup tab's Distributed group ticked, Start launches the run through mlx.launch
-(app/distributed_run.py: same signals, read from rank 0's metrics.jsonl) instead of the worker thread.
+(app/distributed_run.py: same signals, read from rank 0's metrics.jsonl) instead of the worker thread;
+Resume does the same for a run written by several processes (app/distributed_resume.py).
 
 Closing the window while a run trains asks first, then stops the run at the
 next step boundary (a checkpoint is written) and closes once the thread has
@@ -24,6 +25,7 @@ from app.chat_pane import ChatPane
 from app.checkpoint_links import link_markers_to_checkpoints
 from app.checkpoints_pane import CheckpointsPane
 from app.compare_pane import ComparePane
+from app.distributed_resume import resume_run
 from app.distributed_run import DistributedRun
 from app.drop_target import install_drop_target
 from app.gc_policy import collect_on_gui_thread
@@ -193,13 +195,9 @@ class MainWindow(QMainWindow):
         return True
 
     def resume(self, run_dir: Path, checkpoint: Path | None = None) -> bool:
-        """Continue `run_dir` exactly from `checkpoint` (default: its latest) as the running run."""
-        if self.running:
-            return False
-        self._begin()
-        self.training.append_log(f"Resuming {run_dir} from {checkpoint.name if checkpoint else 'the latest checkpoint'}")
-        self.controller.start(None, resume=(str(run_dir), str(checkpoint) if checkpoint else None))
-        return True
+        """Continue `run_dir` exactly from `checkpoint` (default: its latest) as the running run, on as many
+        processes as wrote it (app/distributed_resume.py); False, with the reason in the status line, if it can't."""
+        return resume_run(self, run_dir, checkpoint)
 
     def _begin(self) -> None:
         self.run_dir = None
@@ -276,8 +274,8 @@ class MainWindow(QMainWindow):
                     f"{f' · loss {loss:.4f}' if loss is not None else ''} · final weights in {result.get('final_dir')}")
         else:
             resume = result.get("resume_command") or f"finetune resume {where}"
-            text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with `{resume}`"
-                    if step else "Stopped before the first step; nothing was trained.")
+            text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with the Resume button in the "
+                    f"runs list (terminal: `{resume}`)" if step else "Stopped before the first step; nothing was trained.")
         self.status.show_text(text)
         self.training.set_banner(text)
         self.training.append_log(text)

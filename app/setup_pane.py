@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QLabel, Q
                                QVBoxLayout, QWidget)
 
 from app import memory_estimate
-from app.cli_line import cli_command
+from app.cli_line import cli_command, launch_cli_command
 from app.dataset_analysis import AnalysisRequest, steps_per_epoch
 from app.dataset_panel import DatasetPanel
 from app.distributed_panel import DistributedPanel
@@ -66,7 +66,8 @@ class SetupPane(QScrollArea):
         self.memory_label.setObjectName("memory")
         self.memory_label.setWordWrap(True)
         self.copy_cli_button = QPushButton("Copy as CLI")
-        self.copy_cli_button.setToolTip("Copy the `finetune train …` command that runs this exact configuration.")
+        self.copy_cli_button.setToolTip("Copy the `finetune train …` command that runs this exact configuration "
+                                        "(Distributed ticked: `python -m trainer_core.launch … -- train …`).")
         self.copy_cli_button.clicked.connect(self.copy_cli)
         presets = QPushButton()
         presets.setText("Presets")
@@ -271,7 +272,14 @@ class SetupPane(QScrollArea):
 
     # ---- CLI and presets ----------------------------------------------------------------
     def copy_cli(self) -> str:
-        line = cli_command(self.config())
+        """The `finetune train …` line, or with Distributed ticked the launcher's line (an expanded host file
+        is written next to the app's launch files when processes per host or "localhost" need one)."""
+        panel = self.distributed
+        if panel.enabled() and panel.problem() is None:
+            line = launch_cli_command(self.config(), panel.launch_hostfile(settings_dir() / "launch"),
+                                      panel.backend_name())
+        else:
+            line = cli_command(self.config())
         QApplication.clipboard().setText(line)
         self.notice.setText("Copied: " + (line if len(line) < 90 else line[:87] + "…"))
         self.notice.setToolTip(line)

@@ -234,6 +234,29 @@ def test_copy_as_cli_parses_back_to_the_same_config(qtbot, pane, config):
     assert cli_command(RunConfig(data="d")) == "finetune train --method lora --model demo --data d"
 
 
+def test_copy_as_cli_with_distributed_ticked_copies_the_launcher_line(qtbot, pane, config, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "localhost", "ips": ["127.0.0.1"]}]))
+    panel = pane.distributed
+    panel.setChecked(True)
+    panel.hostfile.setText(str(hostfile))
+    panel.processes.setValue(2)
+    line = shlex.split(pane.copy_cli())
+    split = line.index("--")
+    assert line[:4] == ["python", "-m", "trainer_core.launch", "--hostfile"] and line[5:split] == ["--backend", "ring"]
+    expanded = json.loads(Path(line[4]).read_text())  # one entry per process; this Mac without ssh
+    assert expanded == [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2
+    assert config_from_args(build_parser().parse_args(line[split + 1:])) == pane.config()
+
+    hostfile.write_text(json.dumps(expanded))  # already one entry per process: the file itself
+    panel.processes.setValue(1)
+    panel.backend.setCurrentText("mpi")
+    qtbot.waitUntil(lambda: panel.problem() is None, timeout=TIMEOUT)
+    assert shlex.split(pane.copy_cli())[3:7] == ["--hostfile", str(hostfile), "--backend", "mpi"]
+    panel.setChecked(False)
+    assert pane.copy_cli().startswith("finetune train --method ")
+
+
 def test_presets_save_and_load(qtbot, pane, tmp_path):
     pane.form["batch_size"].editor.setValue(5)
     preset = tmp_path / "p.toml"

@@ -340,10 +340,11 @@ def test_killing_a_rank_ends_the_run_with_a_message_and_resume_needs_the_same_wo
 
     with pytest.raises(UserError, match="written by a run with 2 processes; resume it with the same number"):
         runner.resume(run_dir)  # one process
+    earlier = CheckpointManager(run_dir / "checkpoints").list()[-2]  # --checkpoint: the Checkpoints tab's pick
     target = state["step"] + 2
-    resumed = Ranks(tmp_path, finetune("resume", run_dir, "--max-steps", target))
+    resumed = Ranks(tmp_path, finetune("resume", run_dir, "--max-steps", target, "--checkpoint", earlier))
     assert resumed.wait() == [0, 0], resumed.output(0) + resumed.output(1)
-    assert f"Resumed from {latest} at step {state['step']}" in resumed.output(0)
+    assert f"Resumed from {earlier} at step {read_state(earlier)['step']}" in resumed.output(0)
     assert read_state(run_dir / "final")["step"] == target
     assert resumed.output(1).strip() == ""  # rank 1 reports nothing when all goes well
 
@@ -377,7 +378,41 @@ def test_launcher_output_says_who_joined_and_who_failed():
     assert launch.parse_line("[rank 1] error: bad data")["rank"] == 1
     assert launch.parse_line("step 4 · epoch 1.00 · loss 5.07") is None
     argv = launch.launch_command("hosts.json", "ring", ["train", "--max-steps", 3], python="py", starting_port=4000)
-    assert argv[3:] == ["--hostfile", "hosts.json", "--backend", "ring", "--starting-port", "4000", "--",
+    assert argv[3:] == ["--hostfile", "hosts.json", "--backend", "ring", "--starting-port", "4000",
+                        "--env", f"FINETUNE_LAUNCH_HOSTFILE={Path('hosts.json').absolute()}",
+                        "--env", "FINETUNE_LAUNCH_BACKEND=ring", "--",
                         "py", "-m", "trainer_core", "train", "--max-steps", "3"]
     with pytest.raises(UserError, match="Backend must be one of ring, mpi"):
         launch.launch_command("hosts.json", "tcp", [])
+
+
+def test_rank_zero_records_the_launch_and_a_resumed_launch_is_judged_by_its_own_records(tmp_path, monkeypatch):
+    from trainer_core import launch
+    hosts = launch.expand_hosts([{"ssh": "localhost", "ips": ["127.0.0.1"]}], 2)
+    hostfile = launch.write_hostfile(hosts, tmp_path / "hosts.json")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.delenv(launch.HOSTFILE_VARIABLE, raising=False)
+    assert launch.record_launch(run_dir, 2) is None and launch.read_launch(run_dir) is None  # plain mlx.launch
+    monkeypatch.setenv(launch.HOSTFILE_VARIABLE, str(hostfile))
+    monkeypatch.setenv(launch.BACKEND_VARIABLE, "ring")
+    assert launch.record_launch(run_dir, 3) is None  # not one entry per process of this run
+    assert launch.record_launch(run_dir, 2) == run_dir / "launch.json"
+    assert launch.read_launch(run_dir) == {"world_size": 2, "backend": "ring", "hosts": hosts}
+    assert [p.name for p in run_dir.iterdir()] == ["launch.json"]  # written through a temporary, none left
+    (run_dir / "launch.json").write_text('{"world_size": 2, "backend": "ring", "hosts": [')
+    assert launch.read_launch(run_dir) is None
+    assert launch._record_arguments(["--hostfile", "h.json", "--backend", "mpi"]) == [
+        "--env", f"FINETUNE_LAUNCH_HOSTFILE={Path('h.json').absolute()}", "--env", "FINETUNE_LAUNCH_BACKEND=mpi"]
+    assert launch._record_arguments(["-n", "2", "--backend", "ring"]) == []  # no host file: nothing to record
+
+    metrics = run_dir / "metrics.jsonl"  # a stopped run, then a resume that ended without a word
+    metrics.write_text(json.dumps({"type": "event", "step": 3, "event": "train_end", "status": "stopped",
+                                   "total_steps": 8}) + "\n")
+    since = metrics.stat().st_size
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"type": "event", "step": 3, "event": "resumed"}) + "\n")
+        f.write(json.dumps({"type": "train", "step": 4, "loss": 1.0}) + "\n")
+    assert launch.Outcome().verdict(run_dir)[0] == "stopped"
+    status, message = launch.Outcome().verdict(run_dir, since=since)
+    assert status == "failed" and "rank 0 recorded no end of training" in message

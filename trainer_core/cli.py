@@ -1,7 +1,7 @@
 """`finetune` / `python -m trainer_core`: the headless program (names fixed in DESIGN.md).
 
     finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
-    finetune resume RUN_DIR [--max-steps N]
+    finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
     finetune export CHECKPOINT_DIR --format mlx-lm|fused|peft|gguf --out DIR [--dequantize]
 
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a stopped run exactly where it left off")
     resume.add_argument("run_dir")
     resume.add_argument("--max-steps", type=int, default=None, help="extend or shorten the run")
+    resume.add_argument("--checkpoint", default=None, metavar="CHECKPOINT_DIR",
+                        help="resume from this checkpoint of the run (default: its latest)")
 
     generate = sub.add_parser("generate", help="generate text with a model and optional checkpoint")
     generate.add_argument("--model", default=None, help="model folder, .gguf or 'demo' (default: the checkpoint's base)")
@@ -172,7 +174,8 @@ def _train_or_resume(args, world) -> int:
         result = runner.train(config_from_args(args), callbacks, **ranks)
         run_dir_hint = ""
     else:
-        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks, **ranks)
+        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
+                               checkpoint=args.checkpoint, **ranks)
         run_dir_hint = args.run_dir
     if result.status == "stopped" and world.rank == 0:
         where = run_dir_hint or "the run folder"

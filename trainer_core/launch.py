@@ -18,6 +18,10 @@ mlx.launch itself exits 0 even when a rank fails, so `Outcome` decides: a rank's
 is a failure. `python -m trainer_core.launch` runs mlx.launch that way from a terminal and exits 1
 with one line when the run failed.
 
+Resuming from the app: `launch_command` also tells the ranks which host file and backend started them
+(FINETUNE_LAUNCH_HOSTFILE / FINETUNE_LAUNCH_BACKEND); rank 0 copies them into `<run>/launch.json`
+(`record_launch`, atomic), so the app's Resume can start the same processes again (`read_launch`).
+
 Stopping: the launcher sets FINETUNE_STOP_FILE on every rank; creating that file asks rank 0 (which
 runs on the launching machine) to stop, and the ranks agree to stop at the same step after a
 checkpoint (`StopFile`, checked at every step boundary). Signals would not reach ranks behind ssh.
@@ -34,12 +38,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer_core.callbacks import Callback, read_metrics
+from trainer_core.callbacks import Callback
 from trainer_core.errors import UserError
 
 BACKENDS = ("ring", "mpi")
 LOCAL = "127.0.0.1"  # mlx.launch starts a host of exactly this name without ssh
 STOP_FILE_VARIABLE = "FINETUNE_STOP_FILE"
+HOSTFILE_VARIABLE = "FINETUNE_LAUNCH_HOSTFILE"  # the (expanded) host file the run was launched with
+BACKEND_VARIABLE = "FINETUNE_LAUNCH_BACKEND"
+LAUNCH_FILE = "launch.json"  # in the run folder: {"world_size", "backend", "hosts"} (record_launch)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _JOINED = re.compile(r"Distributed run: (\d+) processes joined \((.*?)\);")
 _EXITED = re.compile(r"Node with rank (\d+) exited with code (-?\d+)")
@@ -132,8 +139,49 @@ def launch_command(hostfile, backend: str, finetune_args: list[str], python: str
     launcher = [python, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
     port = ["--starting-port", str(starting_port)] if starting_port else []
     stop = ["--env", f"{STOP_FILE_VARIABLE}={stop_file}"] if stop_file else []
-    return [*launcher, "--hostfile", str(hostfile), "--backend", backend, *port, *stop, "--",
+    record = ["--env", f"{HOSTFILE_VARIABLE}={Path(hostfile).absolute()}", "--env", f"{BACKEND_VARIABLE}={backend}"]
+    return [*launcher, "--hostfile", str(hostfile), "--backend", backend, *port, *stop, *record, "--",
             python, "-m", "trainer_core", *map(str, finetune_args)]
+
+
+def record_launch(run_dir, world_size: int) -> Path | None:
+    """Rank 0 of a launched run: write `<run_dir>/launch.json` (the hosts and backend that started it, from
+    $FINETUNE_LAUNCH_HOSTFILE / $FINETUNE_LAUNCH_BACKEND) atomically, for the app's Resume. None, and
+    nothing written, when the launch did not say (plain mlx.launch) or its host file does not match."""
+    path, backend = os.environ.get(HOSTFILE_VARIABLE), os.environ.get(BACKEND_VARIABLE)
+    if not path or backend not in BACKENDS:
+        return None
+    try:
+        hosts = read_hostfile(path)
+    except UserError:
+        return None
+    if len(hosts) != world_size:  # not one entry per rank: not a host file this run can be started from
+        return None
+    target = Path(run_dir) / LAUNCH_FILE
+    tmp = target.with_name(f".{LAUNCH_FILE}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"world_size": world_size, "backend": backend, "hosts": hosts}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return target
+
+
+def read_launch(run_dir) -> dict | None:
+    """What `record_launch` wrote for `run_dir`: {"world_size", "backend", "hosts"}, or None (absent or unusable)."""
+    try:
+        data = json.loads((Path(run_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
+        hosts, backend, size = data["hosts"], data["backend"], int(data["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if backend not in BACKENDS or not isinstance(hosts, list) or len(hosts) != size or size < 2 \
+            or not all(isinstance(h, dict) and isinstance(h.get("ssh"), str) for h in hosts):
+        return None
+    return {"world_size": size, "backend": backend, "hosts": hosts}
 
 
 class StopFile(Callback):
@@ -196,15 +244,16 @@ class Outcome:
             self.ended = {"status": event["ended"], "step": event["step"], "total_steps": event["total_steps"]}
         return event
 
-    def verdict(self, run_dir=None, stopping: bool = False) -> tuple[str, object]:
+    def verdict(self, run_dir=None, stopping: bool = False, since: int = 0) -> tuple[str, object]:
         """("finished" | "stopped", the train_end record) or ("failed", one message).
 
         The end of training is read from `run_dir`/metrics.jsonl when given (else from rank 0's
-        last output line). `stopping`: a stop was asked, so ending without train_end means an abort.
+        last output line), from byte `since` on (a resumed run: what this launch wrote, not the end
+        of the run it continues). `stopping`: a stop was asked, so ending without train_end means an abort.
         """
         ended = self.ended
         if run_dir is not None:
-            ends = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            ends = [r for r in records_since(Path(run_dir) / "metrics.jsonl", since)
                     if r["type"] == "event" and r.get("event") in ("train_end", "rank_failure")]
             ended = ends[-1] if ends else None
         if self.errors:  # rank 0's own words first (every rank says the same about shared input)
@@ -232,8 +281,53 @@ class Outcome:
         return f" Rank {rank} {_exit(code)}."
 
 
+def records_since(path, offset: int = 0) -> list[dict]:
+    """The complete records of a metrics.jsonl written after byte `offset`, in file order."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "type" in record:
+            records.append(record)
+    return records
+
+
 def _exit(code: int) -> str:
     return f"was killed (signal {-code})" if code < 0 else f"exited with status {code}"
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
+
+
+def _record_arguments(launch_args: list[str]) -> list[str]:
+    """--env options that let rank 0 record a `--hostfile` launch in the run folder (launch.json), so the
+    app's Resume can start it again; none for launches without a host file."""
+    hostfile = _option(launch_args, "--hostfile")
+    if not hostfile:
+        return []
+    backend = _option(launch_args, "--backend")
+    if backend is None:
+        try:
+            data = json.loads(Path(hostfile).read_text(encoding="utf-8"))
+            backend = data.get("backend") if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            pass
+    backend = backend or "ring"
+    return ["--env", f"{HOSTFILE_VARIABLE}={Path(hostfile).absolute()}", "--env", f"{BACKEND_VARIABLE}={backend}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     split = argv.index("--")
     launcher = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
-    command = [*launcher, *argv[:split], "--", sys.executable, "-m", "trainer_core", *argv[split + 1:]]
+    command = [*launcher, *argv[:split], *_record_arguments(argv[:split]), "--", sys.executable, "-m", "trainer_core",
+               *argv[split + 1:]]
     outcome, interrupted = Outcome(), []
     # Ctrl-C reaches the ranks too (same terminal): they stop after a checkpoint; keep reporting meanwhile.
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))

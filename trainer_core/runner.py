@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from trainer_core import distributed, versions
+from trainer_core import distributed, launch, versions
 from trainer_core.adapters import prepare_for_training, trainable_count
 from trainer_core.recompute import recompute_blocks
 from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
@@ -121,6 +121,8 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         if writer:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir / CONFIG_FILE)
+            if world_size > 1:
+                launch.record_launch(run_dir, world_size)  # launch.json: how to start these processes again
     except OSError as e:
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
