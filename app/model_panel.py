@@ -75,6 +75,7 @@ class ModelPanel(QGroupBox):
         details.setVerticalSpacing(3)
         for name, label in self.details.items():
             label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            label.setWordWrap(True)  # long values (the weights' policy, the file name) wrap instead of widening the tab
             details.addRow(QLabel(DETAILS[name]), label)
         layout = QVBoxLayout(self)
         layout.addWidget(self.combo)

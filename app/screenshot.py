@@ -1,7 +1,7 @@
 """Screenshots of the real window (for the README), taken with Qt itself.
 
     xvfb-run -s "-screen 0 1400x900x24" python -m app.screenshot --out resources/screenshots \
-        [--model PATH | --tiny] [--steps 150]
+        [--model PATH | --tiny] [--steps 150] [--setup-only]
 
 Writes main-window.png (Setup tab on the demo model and data),
 training.png (Training tab during a short run of `--model`; `--tiny` builds a
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="demo", help="model for the training screenshot")
     parser.add_argument("--tiny", action="store_true", help="train a small random Llama (tests/tiny_model.py)")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--setup-only", action="store_true", help="only main-window.png (no training)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,9 @@ def main(argv=None) -> int:
     wait(lambda: setup.dataset_panel.summary is not None and setup.model_panel.info is not None, 60)
     wait(lambda: False, 0.5)
     window.grab().save(str(out / "main-window.png"))
+    if args.setup_only:
+        print(f"wrote {out / 'main-window.png'}")
+        return 0
 
     model = args.model
     if args.tiny:
