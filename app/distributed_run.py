@@ -19,7 +19,6 @@ A failure message that tells the terminal command to resume with names the Resum
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.distributed_panel import DistributedLauncher
 from trainer_core.config import RunConfig
+from trainer_core.launch import parse_records
 
 POLL_MS = 250
 _CONTINUE = re.compile(r"continue with `finetune resume ([^`]+)` started on the same (\d+) processes")
@@ -51,15 +51,7 @@ class MetricsTail:
             return []
         self.offset += len(data)
         *lines, self.partial = (self.partial + data).split(b"\n")
-        records = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "type" in record:
-                records.append(record)
-        return records
+        return parse_records(lines)
 
 
 class DistributedRun(QObject):

@@ -289,6 +289,11 @@ def records_since(path, offset: int = 0) -> list[dict]:
             lines = f.read().split(b"\n")
     except FileNotFoundError:
         return []
+    return parse_records(lines)
+
+
+def parse_records(lines) -> list[dict]:
+    """metrics.jsonl records among raw lines; a torn or foreign line is skipped."""
     records = []
     for line in lines:
         try:
