@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import threading
 from pathlib import Path
 
@@ -13,20 +12,11 @@ from PySide6.QtGui import QGuiApplication
 import app  # noqa: F401  (trainer_core first)
 from app.chat_pane import ChatPane
 from app.generation_worker import Generator
-from app.tasks import cancel_all
 from tests.test_app_checkpoints import micro_config
 from trainer_core import runner
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)
-    gc.collect()
-    gc.enable()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import shutil
 from pathlib import Path
 
@@ -10,22 +9,13 @@ import pytest
 
 import app  # noqa: F401  (trainer_core first)
 from app.checkpoints_pane import CheckpointsPane, list_checkpoints
-from app.tasks import cancel_all
 from app.worker import TrainingController
 from tests.test_app_worker import write_data
 from trainer_core import runner
 from trainer_core.config import RunConfig
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)
-    gc.collect()
-    gc.enable()
 
 
 def micro_config(model, tmp: Path, name: str, **changes) -> RunConfig:

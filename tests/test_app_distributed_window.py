@@ -7,7 +7,6 @@ clear error, the last checkpoint still loads). Resume without a recorded launch 
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
 from app.main_window import MainWindow
-from app.tasks import cancel_all
 import mlx.core as mx
 from app.cli_line import cli_arguments
 from app.distributed_resume import resume_plan
@@ -30,6 +28,7 @@ from trainer_core.callbacks import read_metrics
 from trainer_core.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
 from trainer_core.generate import load_for_inference
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 150_000  # a 2-process run on a loaded 2-core machine
@@ -37,14 +36,9 @@ MAX_STEPS = 16  # stopped as the first step shows (rank 0 is a few steps on by t
 
 
 @pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+def launcher_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.chdir(REPO)  # the ranks run `python -m trainer_core` from the launcher's directory
-    yield
-    assert cancel_all(wait_ms=30_000)
-    gc.collect()
-    gc.enable()
 
 
 @pytest.fixture

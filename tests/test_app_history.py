@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 from pathlib import Path
@@ -12,19 +11,10 @@ import pytest
 import app  # noqa: F401  (trainer_core first)
 from app.preferences import runs_root, set_runs_root
 from app.runs_sidebar import RunsSidebar, scan_runs
-from app.tasks import cancel_all
 from tests.test_app_checkpoints import micro_config
 from trainer_core import runner
 from trainer_core.paths import default_runs_root
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)
-    gc.collect()
-    gc.enable()
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 
 @pytest.fixture(scope="module")

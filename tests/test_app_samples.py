@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gc
 import shutil
 from pathlib import Path
 
@@ -13,24 +12,15 @@ from PySide6.QtTest import QTest
 
 import app  # noqa: F401  (trainer_core first)
 from app.checkpoints_pane import CheckpointsPane
-from app.tasks import cancel_all
 from app.worker import TrainingController
 from tests.test_app_checkpoints import micro_config
 from tests.test_resume import StopAfter
 from trainer_core import runner
 from trainer_core.callbacks import read_metrics
 from trainer_core.samples import read_samples
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)
-    gc.collect()
-    gc.enable()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ LR preview, Copy as CLI, presets, memory estimate."""
 
 from __future__ import annotations
 
-import gc
 import json
 import shlex
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
-from app.tasks import cancel_all
 from app import memory_estimate
 from app.cli_line import cli_command
 from app.dataset_analysis import steps_per_epoch
@@ -26,17 +24,9 @@ from trainer_core.models import load_model
 from trainer_core.schedules import learning_rate_at
 
 from tests.test_app_worker import write_data
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 30_000
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
-    gc.collect()  # this test's Qt garbage goes here, on the GUI thread
-    gc.enable()  # the app turned automatic collection off (gc_policy.py); other tests expect it on
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
-from app.tasks import cancel_all
 from app.main_window import MainWindow
 from app.metrics_store import MetricsStore, ema
 from trainer_core.callbacks import read_metrics
@@ -19,17 +17,9 @@ from trainer_core.config import RunConfig
 
 from tests.test_app_setup import ready
 from tests.test_app_worker import write_data
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 60_000
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
-    gc.collect()  # this test's Qt garbage goes here, on the GUI thread
-    gc.enable()  # the app turned automatic collection off (gc_policy.py); other tests expect it on
 
 
 @pytest.fixture

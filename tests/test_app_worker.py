@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
-from app.tasks import cancel_all
 from app.worker import TrainingController
 from trainer_core.callbacks import read_metrics
 from trainer_core.config import RunConfig
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
 
 TIMEOUT = 60_000
 
@@ -31,15 +30,6 @@ def write_data(folder: Path, n_train: int = 24, n_valid: int = 4) -> Path:
     if n_valid:
         (folder / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_records(n_valid)))
     return folder
-
-
-@pytest.fixture(autouse=True)
-def studio_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    yield
-    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
-    gc.collect()  # this test's Qt garbage goes here, on the GUI thread
-    gc.enable()  # the app turned automatic collection off (gc_policy.py); other tests expect it on
 
 
 @pytest.fixture

@@ -1,0 +1,17 @@
+"""The GUI tests' per-test app home (imported by each tests/test_app_*.py; autouse there)."""
+
+import gc
+
+import pytest
+
+from app.tasks import cancel_all
+
+
+@pytest.fixture(autouse=True)
+def studio_home(tmp_path, monkeypatch):
+    """A fresh FINETUNE_STUDIO_HOME for every test; afterwards no pool thread is left running."""
+    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
+    yield
+    assert cancel_all(wait_ms=30_000)  # no pool thread outlives the test (or the interpreter)
+    gc.collect()  # this test's Qt garbage goes here, on the GUI thread
+    gc.enable()  # the app turned automatic collection off (gc_policy.py); other tests expect it on
