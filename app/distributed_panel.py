@@ -103,6 +103,9 @@ class DistributedPanel(QGroupBox):
         self.body.setVisible(open_)
         self.setFlat(not open_)
         self.layout().setContentsMargins(*((9, 9, 9, 9) if open_ else (0, 0, 0, 0)))
+        # a flat, empty group box still draws a thin empty frame under its title in Fusion: none when folded
+        self.setStyleSheet("" if open_ else "QGroupBox { border: none; padding-top: 0px; margin-top: 0px; }"
+                                            "QGroupBox::title { subcontrol-origin: margin; left: 0px; padding: 0px; }")
 
     def enabled(self) -> bool:
         return self.isChecked()

@@ -43,7 +43,7 @@ class HyperparametersPanel(QGroupBox):
             "eval_every": int_field("eval_every", 0, 10_000_000, special="end only",
                                     tooltip="Evaluate every N steps on the valid split; 0 = only at the end."),
             "run_name": text_field("run_name", placeholder="automatic (method-model-date)"),
-            "num_samples": int_field("num_samples", 0, 100, special="off", suffix=" prompts",
+            "num_samples": int_field("num_samples", 0, 100, special="off",
                                      tooltip="Prompts of the valid split (else train) answered at every checkpoint, "
                                              "shown in the Checkpoints tab. Your own: sample_prompts in a preset."),
             "sample_max_tokens": int_field("sample_max_tokens", 1, 4096, suffix=" tok",
@@ -76,7 +76,7 @@ class HyperparametersPanel(QGroupBox):
         grid.addWidget(f["seed"].cell(), len(rows), 1)
         grid.addWidget(QLabel("Run name"), len(rows), 2)
         grid.addWidget(f["run_name"].cell(), len(rows), 3, 1, 3)
-        grid.addWidget(QLabel("Samples"), len(rows) + 1, 0)
+        grid.addWidget(QLabel("Sample prompts"), len(rows) + 1, 0)
         grid.addWidget(f["num_samples"].cell(), len(rows) + 1, 1)
         grid.addWidget(QLabel("Sample length"), len(rows) + 1, 2)
         grid.addWidget(f["sample_max_tokens"].cell(), len(rows) + 1, 3)
