@@ -197,6 +197,18 @@ class RunsSidebar(QWidget):
         self.message.setText("" if self.runs else f"No runs yet in {self.root}.")
         self._update_buttons()
 
+    def show_progress(self, step: int, total_steps: int, eval_loss: float | None = None) -> None:
+        """Live Steps / Best eval of the running run's row between scans (a scan follows the files)."""
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            if self.running is None or Path(item.data(0, Qt.UserRole)) != self.running:
+                continue
+            item.setText(3, f"{step:,}" + (f"/{total_steps:,}" if total_steps else ""))
+            if eval_loss is not None:
+                best = item.text(4)
+                if not best or eval_loss < float(best):
+                    item.setText(4, f"{eval_loss:.4f}")
+
     # ---- selection ----------------------------------------------------------------------
     def selected(self) -> list[Path]:
         return [Path(item.data(0, Qt.UserRole)) for item in self.tree.selectedItems()]

@@ -64,6 +64,21 @@ def test_sidebar_lists_filters_and_offers_resume_for_stopped_runs(qtbot, runs):
     assert not sidebar.resume_button.isEnabled()
 
 
+def test_running_row_follows_live_progress(qtbot, runs):
+    sidebar = RunsSidebar(runs)
+    qtbot.addWidget(sidebar)
+    sidebar.set_running(runs / "gamma-failed")
+    qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 3 and sidebar.summary(runs / "gamma-failed")
+                    is not None and sidebar.summary(runs / "gamma-failed").status == "running", timeout=10_000)
+    rows = {sidebar.tree.topLevelItem(i).text(0): sidebar.tree.topLevelItem(i) for i in range(3)}
+    before = rows["alpha-finished"].text(3)
+    sidebar.show_progress(7, 20)
+    sidebar.show_progress(8, 20, 0.5)
+    sidebar.show_progress(9, 20, 0.75)  # not better: the best stays
+    assert rows["gamma-failed"].text(3) == "9/20" and rows["gamma-failed"].text(4) == "0.5000"
+    assert rows["alpha-finished"].text(3) == before  # only the running run's row moves
+
+
 def test_multi_select_emits_all_runs(qtbot, runs):
     sidebar = RunsSidebar(runs)
     qtbot.addWidget(sidebar)
