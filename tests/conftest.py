@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# nothing a test writes on its own (token cache, settings) lands in the real user folders
+os.environ.setdefault("FINETUNE_STUDIO_HOME", __import__("tempfile").mkdtemp(prefix="fts-tests-home-"))
 
 import trainer_core  # noqa: E402,F401
 import pytest  # noqa: E402

@@ -32,6 +32,12 @@ def settings_dir() -> Path:
     return Path(override) / "settings" if override else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
+def cache_dir() -> Path:
+    """Re-creatable data (tokenised datasets); safe to delete at any time."""
+    override = os.environ.get("FINETUNE_STUDIO_HOME")
+    return Path(override) / "cache" if override else Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
 def ensure_user_dirs() -> list[Path]:
     """Create the runs root, settings and log folders if missing (first launch); return them.
 

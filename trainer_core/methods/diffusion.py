@@ -57,7 +57,7 @@ import numpy as np
 from trainer_core.batching import padded_length
 from trainer_core.errors import UserError
 from trainer_core.losses import token_nll
-from trainer_core.data import tokenize_sft
+from trainer_core.token_cache import cached_tokenize_sft
 from trainer_core.methods.base import Method
 from trainer_core.methods.sft import SFT_KINDS
 
@@ -188,8 +188,8 @@ class DiffusionMethod(Method):
                             f"holds {splits.kind} records. Use dpo for preference data, grpo for prompt_answer data, "
                             "or convert the data.", field="data")
         size = self.config.max_seq_length  # prompts are always marked (sft_mode decides whether they are noised)
-        train, train_stats = tokenize_sft(splits.train, self.tokenizer, splits.kind, size, mask_prompt=True)
-        valid, valid_stats = (tokenize_sft(splits.valid, self.tokenizer, splits.kind, size, mask_prompt=True)
+        train, train_stats = cached_tokenize_sft(splits.train, self.tokenizer, splits.kind, size, mask_prompt=True)
+        valid, valid_stats = (cached_tokenize_sft(splits.valid, self.tokenizer, splits.kind, size, mask_prompt=True)
                               if splits.valid else ([], None))
         if not train:
             raise UserError(f"No training example in {splits.files.get('train')} has a response token left after "

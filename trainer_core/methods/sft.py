@@ -7,7 +7,7 @@ vs adapters), which `adapters.prepare_for_training` decides from the config.
 from __future__ import annotations
 
 from trainer_core.batching import collate_sft
-from trainer_core.data import tokenize_sft
+from trainer_core.token_cache import cached_tokenize_sft
 from trainer_core.errors import UserError
 from trainer_core.losses import sft_loss
 from trainer_core.methods.base import Method
@@ -26,9 +26,9 @@ class SFTMethod(Method):
                 f"holds {splits.kind} records. Use the matching method (preference -> dpo, prompt_answer -> grpo) "
                 "or convert the data.", field="data")
         cfg = self.config
-        train, train_stats = tokenize_sft(splits.train, self.tokenizer, splits.kind, cfg.max_seq_length, cfg.mask_prompt)
-        valid, valid_stats = (tokenize_sft(splits.valid, self.tokenizer, splits.kind, cfg.max_seq_length, cfg.mask_prompt)
-                              if splits.valid else ([], None))
+        args = (self.tokenizer, splits.kind, cfg.max_seq_length, cfg.mask_prompt)
+        train, train_stats = cached_tokenize_sft(splits.train, *args)
+        valid, valid_stats = cached_tokenize_sft(splits.valid, *args) if splits.valid else ([], None)
         if not train:
             raise UserError(f"No training example in {splits.files.get('train')} has a trained token "
                             f"(0% of tokens would be trained; {train_stats.empty} empty after truncation to "
