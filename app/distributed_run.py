@@ -23,9 +23,10 @@ import re
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QTimer, Signal
 
 from app.distributed_panel import DistributedLauncher
+from app.worker import RunSignals
 from trainer_core.config import RunConfig
 from trainer_core.launch import parse_records
 
@@ -54,17 +55,7 @@ class MetricsTail:
         return parse_records(lines)
 
 
-class DistributedRun(QObject):
-    runCreated = Signal(str)
-    trainBegan = Signal(dict)
-    progress = Signal(int, int)
-    metrics = Signal(dict)
-    checkpointSaved = Signal(dict)
-    log = Signal(str)
-    pausedChanged = Signal(bool)
-    finished = Signal(dict)
-    failed = Signal(str)
-    failedField = Signal(str, str)
+class DistributedRun(RunSignals):
     runningChanged = Signal(bool)
     ranksJoined = Signal(list)
 

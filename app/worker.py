@@ -108,15 +108,9 @@ class SignalBridge(Callback):
             self.worker.log.emit("Save now: nothing new to save since the last checkpoint.")
 
 
-class TrainingWorker(QObject):
-    """Builds the run and trains it; lives on a QThread (never subclass QThread).
-
-    Signals (all plain data, emitted on the worker thread, delivered queued):
-      runCreated(str run_dir), trainBegan(dict), progress(int step, int total_steps),
-      metrics(dict), checkpointSaved(dict), log(str), pausedChanged(bool),
-      finished(dict: status, step, total_steps, run_dir, final_dir, losses),
-      failed(str message) and failedField(str field, str message) for a UserError naming a field.
-    """
+class RunSignals(QObject):
+    """The signals a run driver emits (plain data; dict keys are metrics.jsonl's): the in-process
+    TrainingWorker, the TrainingController that re-emits them, and the distributed DistributedRun."""
 
     runCreated = Signal(str)
     trainBegan = Signal(dict)
@@ -128,6 +122,17 @@ class TrainingWorker(QObject):
     finished = Signal(dict)
     failed = Signal(str)
     failedField = Signal(str, str)
+
+
+class TrainingWorker(RunSignals):
+    """Builds the run and trains it; lives on a QThread (never subclass QThread).
+
+    Signals (all plain data, emitted on the worker thread, delivered queued):
+      runCreated(str run_dir), trainBegan(dict), progress(int step, int total_steps),
+      metrics(dict), checkpointSaved(dict), log(str), pausedChanged(bool),
+      finished(dict: status, step, total_steps, run_dir, final_dir, losses),
+      failed(str message) and failedField(str field, str message) for a UserError naming a field.
+    """
 
     def __init__(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None):
         super().__init__()
@@ -187,23 +192,13 @@ class TrainingWorker(QObject):
         })
 
 
-class TrainingController(QObject):
+class TrainingController(RunSignals):
     """Owns the worker thread of the current run; the GUI talks only to this.
 
     Re-emits the worker's signals (same names) so widgets connect once.
     `running` is True from `start` until the thread has ended.
     """
 
-    runCreated = Signal(str)
-    trainBegan = Signal(dict)
-    progress = Signal(int, int)
-    metrics = Signal(dict)
-    checkpointSaved = Signal(dict)
-    log = Signal(str)
-    pausedChanged = Signal(bool)
-    finished = Signal(dict)
-    failed = Signal(str)
-    failedField = Signal(str, str)
     runningChanged = Signal(bool)
 
     SIGNALS = ("runCreated", "trainBegan", "progress", "metrics", "checkpointSaved", "log",
