@@ -10,7 +10,6 @@ lets a test pick free ports, read each rank's exit status and kill one rank.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import trainer_core  # noqa: F401  (OpenBLAS before MLX)
 import mlx.core as mx
 
 from tests.train_helpers import write_chat_data, write_jsonl
-from trainer_core import batching, distributed, runner
+from trainer_core import batching, distributed, launch, runner
 from trainer_core.callbacks import read_metrics
 from trainer_core.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
@@ -45,20 +44,10 @@ SETTINGS = ["--max-grad-norm", "1.0", "--learning-rate", "0.01", "--lr-schedule"
 # ---- launching ranks -------------------------------------------------------------------
 def free_ports(count: int) -> list[int]:
     """`count` consecutive free TCP ports on 127.0.0.1 (mlx.launch -p takes the first)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        if first + count > 65535:
-            continue
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return list(range(first, first + count))
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
+    first = launch.free_port_block(count)
+    if first is None:
+        raise RuntimeError("no free ports")
+    return list(range(first, first + count))
 
 
 def environment(**extra) -> dict:

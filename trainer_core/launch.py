@@ -112,6 +112,11 @@ def local_starting_port(hosts: list[dict]) -> int | None:
     count = sum(len(host.get("ips") or [None]) for host in hosts)
     if any(host["ssh"] != LOCAL or any(ip != LOCAL for ip in host.get("ips", [])) for host in hosts):
         return None
+    return free_port_block(count)
+
+
+def free_port_block(count: int) -> int | None:
+    """The first of `count` consecutive TCP ports free on this machine's loopback (None: none found)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind((LOCAL, 0))
