@@ -7,7 +7,7 @@ import trainer_core  # noqa: F401  (OpenBLAS before MLX)
 import mlx.core as mx
 
 from trainer_core.config import ParamGroup
-from trainer_core.optim import AdamW, clip_by_global_norm, group_multipliers
+from trainer_core.optim import AdamW, clip_factor, global_norm, group_multipliers
 
 
 def numpy_adamw(params, grads_per_step, lrs, *, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, multipliers=None):
@@ -99,6 +99,13 @@ def test_group_multipliers_last_match_wins_and_suffix_patterns():
     got = group_multipliers(names, groups)
     assert got == {"model.layers.0.self_attn.q_proj.weight": 0.1, "model.layers.1.self_attn.q_proj.weight": 0.1,
                    "model.layers.1.mlp.up_proj.weight": 2.0, "model.embed_tokens.weight": 1.0}
+
+
+def clip_by_global_norm(grads, max_norm):
+    """What the compiled step does with the two pieces (it folds the factor into the AdamW update)."""
+    norm = global_norm(grads)
+    factor = clip_factor(norm, max_norm)
+    return {k: g * factor for k, g in grads.items()}, norm
 
 
 def test_clip_by_global_norm_bounds_norm_and_returns_pre_clip_norm():

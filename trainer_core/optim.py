@@ -107,12 +107,3 @@ def global_norm(grads: dict[str, mx.array]) -> mx.array:
 def clip_factor(norm: mx.array, max_norm: float) -> mx.array | float:
     """What clipping multiplies the gradients by: min(1, max_norm / norm); 1 when max_norm is 0."""
     return mx.minimum(1.0, max_norm / (norm + 1e-6)) if max_norm else 1.0
-
-
-def clip_by_global_norm(grads: dict[str, mx.array], max_norm: float):
-    """(clipped grads, norm before clipping); max_norm 0 disables clipping."""
-    norm = global_norm(grads)
-    if not max_norm:
-        return grads, norm
-    factor = clip_factor(norm, max_norm)
-    return {k: (g * factor).astype(g.dtype) for k, g in grads.items()}, norm

@@ -11,7 +11,12 @@ import numpy as np
 import mlx.core as mx, mlx.nn as nn
 from pathlib import Path
 from trainer_core.runner import build_run
-from trainer_core.optim import AdamW, clip_by_global_norm
+from trainer_core.optim import AdamW, clip_factor, global_norm
+
+
+def clip_by_global_norm(grads, max_norm):  # the step before 7af08e7 (scaled copies of the gradients)
+    norm = global_norm(grads)
+    return ({k: (g * clip_factor(norm, max_norm)).astype(g.dtype) for k, g in grads.items()} if max_norm else grads), norm
 from trainer_core import batching
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 

@@ -10,7 +10,12 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pathlib import Path
 from trainer_core.runner import build_run
-from trainer_core.optim import AdamW, clip_by_global_norm
+from trainer_core.optim import AdamW, clip_factor, global_norm
+
+
+def clip_by_global_norm(grads, max_norm):  # the step before 7af08e7 (scaled copies of the gradients)
+    norm = global_norm(grads)
+    return ({k: (g * clip_factor(norm, max_norm)).astype(g.dtype) for k, g in grads.items()} if max_norm else grads), norm
 from mlx_lm.tuner.trainer import default_loss
 
 case = T.CASES[sys.argv[1]]; W = int(sys.argv[2]); iters = int(sys.argv[3]) if len(sys.argv) > 3 else 20
