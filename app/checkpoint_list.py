@@ -2,7 +2,7 @@
 
 `list_checkpoints(run_dir)` -> CheckpointRow per complete `checkpoints/step-*` folder, oldest first, then
 `final/`: step, time, train/eval loss at that step (metrics.jsonl, else trainer_state.json), size on disk,
-★ best (lowest eval loss), and the answers to the run's sample prompts (samples.json, else the run's
+★ best (CheckpointManager.best: lowest eval loss; GRPO: highest eval reward), and the answers to the run's sample prompts (samples.json, else the run's
 `samples` event for that step).
 """
 
@@ -63,7 +63,7 @@ def list_checkpoints(run_dir: Path) -> list[CheckpointRow]:
                                   _number(train.get(step, metrics.get("train_loss"))),
                                   _number(evals.get(step, metrics.get("eval_loss"))), size,
                                   samples=read_samples(folder) or samples.get(step)))
-    scored = [r for r in rows if r.eval_loss is not None and r.path.name != "final"]
-    if scored:
-        min(scored, key=lambda r: r.eval_loss).best = True
+    best = CheckpointManager(run_dir / "checkpoints", writer=False).best()  # the core's choice (GRPO: eval reward)
+    for row in rows:
+        row.best = row.path == best
     return rows

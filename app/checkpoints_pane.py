@@ -271,7 +271,7 @@ class CheckpointsPane(QWidget):
         if row is None or not self.confirm("Delete checkpoint?", f"Delete {checkpoint.name} ({checkpoint})?"):
             return False
         latest = [r for r in self.rows if r.path.name != "final"][-1:]
-        special = [why for why, hit in (("the best (lowest eval loss)", row.best),
+        special = [why for why, hit in (("the best (by eval loss; GRPO: by eval reward)", row.best),
                                         ("the latest, which Resume continues from", latest == [row])) if hit]
         if special and not self.confirm("Delete it anyway?", f"{checkpoint.name} is {' and '.join(special)} "
                                                              "checkpoint of this run. Delete it anyway?"):

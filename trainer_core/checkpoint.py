@@ -91,7 +91,7 @@ class CheckpointManager:
     for processes that must not touch the folder another process writes (distributed ranks > 0).
     """
 
-    def __init__(self, directory: Path, keep_last: int = 0, best_metric: str = "eval_loss", writer: bool = True):
+    def __init__(self, directory: Path, keep_last: int = 0, best_metric: str = "eval_score", writer: bool = True):
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.best_metric = best_metric
@@ -120,11 +120,14 @@ class CheckpointManager:
         return checkpoints[-1] if checkpoints else None
 
     def best(self, metric: str | None = None) -> Path | None:
-        """Checkpoint with the lowest `metric` (default eval_loss) in its trainer_state."""
+        """Checkpoint with the lowest `metric` in its trainer_state. The default, eval_score, is the eval
+        loss or, for GRPO, minus the eval reward (loop.evaluate); checkpoints written before it existed
+        fall back to their eval_loss."""
         metric = metric or self.best_metric
         scored = []
         for p in self.list():
-            value = read_state(p).get("metrics", {}).get(metric)
+            metrics = read_state(p).get("metrics", {})
+            value = metrics.get(metric, metrics.get("eval_loss") if metric == "eval_score" else None)
             if isinstance(value, (int, float)):
                 scored.append((value, p))
         return min(scored, key=lambda t: t[0])[1] if scored else None

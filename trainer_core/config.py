@@ -29,6 +29,15 @@ FINE_TUNE_TYPES = ("lora", "dora", "full")
 DEFAULT_FINE_TUNE_TYPE = {"sft": "full", "lora": "lora", "dpo": "lora", "grpo": "lora", "diffusion": "full"}
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 DATA_KINDS = ("", "text", "completions", "chat", "preference", "prompt_answer")
+# What "best checkpoint" and early stopping go by: (eval record key, "min" | "max"); default ("loss", "min").
+# GRPO's eval loss is about beta * KL (the advantages average to zero), so it goes by the eval reward.
+BEST_EVAL_METRIC = {"grpo": ("reward_mean", "max")}
+
+
+def best_eval_metric(method: str) -> tuple[str, str]:
+    return BEST_EVAL_METRIC.get(method, ("loss", "min"))
+
+
 # Fields a resumed run may change: they do not alter the maths of the steps already taken.
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "keep_last", "report_every",
                      "gradient_checkpointing", "max_bad_steps", "early_stopping_patience", "output_dir", "run_name",

@@ -33,6 +33,7 @@ from mlx.utils import tree_flatten
 from trainer_core import batching, distributed, precision
 from trainer_core.callbacks import Callback, CallbackList
 from trainer_core.checkpoint import CheckpointManager, read_state, write_checkpoint_dir
+from trainer_core.config import best_eval_metric
 from trainer_core.errors import UserError
 from trainer_core.optim import AdamW
 from trainer_core.schedules import schedule_for
@@ -95,7 +96,8 @@ class TrainingLoop:
         self.batch_in_epoch = 0
         self.bad_steps = 0
         self.evals_without_improvement = 0
-        self.metrics = {"train_loss": None, "eval_loss": None, "best_eval_loss": None}
+        self.metrics = {"train_loss": None, "eval_loss": None, "best_eval_loss": None, "eval_score": None,
+                        "best_eval_score": None}
         self._order_cache = (None, None)
         model.train()
         params = dict(tree_flatten(model.trainable_parameters()))
@@ -276,9 +278,17 @@ class TrainingLoop:
             record["perplexity"] = math.exp(min(loss, 50.0))
         record.update({k: v / total_weight for k, v in sums.items()} if total_weight else {})
         self.metrics["eval_loss"] = loss
-        best = self.metrics["best_eval_loss"]
-        if math.isfinite(loss) and (best is None or loss < best):
+        if math.isfinite(loss) and (self.metrics["best_eval_loss"] is None or loss < self.metrics["best_eval_loss"]):
             self.metrics["best_eval_loss"] = loss
+        # the best checkpoint and early stopping go by the method's metric (GRPO: the eval reward), as a score
+        # where lower is better; checkpoints keep it in trainer_state (CheckpointManager.best)
+        key, mode = best_eval_metric(self.config.method)
+        value = record.get(key)
+        score = None if value is None or not math.isfinite(value) else (value if mode == "min" else -value)
+        self.metrics["eval_score"] = score
+        best = self.metrics.get("best_eval_score")
+        if score is not None and (best is None or score < best):
+            self.metrics["best_eval_score"] = score
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
