@@ -248,8 +248,8 @@ class MainWindow(QMainWindow):
         if record.get("type") == "train":
             self.run_status.add(record)
             self.sidebar.show_progress(int(record["step"]), self.run_status.total_steps)
-        elif record.get("type") == "eval" and record.get("loss") is not None:
-            self.sidebar.show_progress(int(record["step"]), self.run_status.total_steps, float(record["loss"]))
+        elif record.get("type") == "eval":
+            self.sidebar.show_progress(int(record["step"]), self.run_status.total_steps, record)
 
     def _checkpoint_saved(self, info: dict) -> None:
         self.training.add_checkpoint(info)

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QInputDialog, QLa
 from app.reveal import reveal_in_file_manager
 from app.tasks import LatestTask
 from trainer_core.callbacks import read_metrics
+from trainer_core.config import best_eval_metric
 
 COLUMNS = ("Run", "Status", "Method", "Steps", "Best eval", "Date", "Model", "Dataset")
 STATUS_MARK = {"running": "●", "finished": "✓", "stopped": "⏹", "failed": "✕"}
@@ -39,7 +40,7 @@ class RunSummary:
     status: str
     steps: int
     total_steps: int
-    best_eval_loss: float | None
+    best_eval: float | None  # the lowest eval loss; GRPO: the highest eval reward_mean (config.best_eval_metric)
     date: float
     checkpoints: int
 
@@ -58,7 +59,8 @@ def summarize_run(run_dir: Path, running: Path | None = None) -> RunSummary:
     config = _config_fields(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     steps = max((int(r.get("step", 0)) for r in records if r.get("type") == "train"), default=0)
-    evals = [r["loss"] for r in records if r.get("type") == "eval" and isinstance(r.get("loss"), float)]
+    key, mode = best_eval_metric(str(config.get("method", "")))
+    evals = [r[key] for r in records if r.get("type") == "eval" and isinstance(r.get(key), float)]
     ends = [r for r in records if r.get("type") == "event" and r.get("event") == "train_end"]
     checkpoints = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     total = int(ends[-1].get("total_steps", 0)) if ends else int(config.get("max_steps") or 0)
@@ -71,7 +73,7 @@ def summarize_run(run_dir: Path, running: Path | None = None) -> RunSummary:
     return RunSummary(path=run_dir, name=run_dir.name, method=str(config.get("method", "?")),
                       model=Path(str(config.get("model", "?"))).name or "?",
                       dataset=Path(str(config.get("data", "?"))).name or "?", status=status, steps=steps,
-                      total_steps=total, best_eval_loss=min(evals) if evals else None,
+                      total_steps=total, best_eval=(min if mode == "min" else max)(evals) if evals else None,
                       date=(run_dir / "config.toml").stat().st_mtime if (run_dir / "config.toml").exists() else 0.0,
                       checkpoints=checkpoints)
 
@@ -183,7 +185,7 @@ class RunsSidebar(QWidget):
         for run in self.runs:
             if not matches(run, self.filter.text()):
                 continue
-            best = "" if run.best_eval_loss is None else f"{run.best_eval_loss:.4f}"
+            best = "" if run.best_eval is None else f"{run.best_eval:.4f}"
             steps = f"{run.steps:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
             item = QTreeWidgetItem([run.name, f"{STATUS_MARK.get(run.status, '')} {run.status}", run.method, steps,
                                     best, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.date)), run.model,
@@ -197,17 +199,20 @@ class RunsSidebar(QWidget):
         self.message.setText("" if self.runs else f"No runs yet in {self.root}.")
         self._update_buttons()
 
-    def show_progress(self, step: int, total_steps: int, eval_loss: float | None = None) -> None:
+    def show_progress(self, step: int, total_steps: int, eval_record: dict | None = None) -> None:
         """Live Steps / Best eval of the running run's row between scans (a scan follows the files)."""
         for i in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(i)
             if self.running is None or Path(item.data(0, Qt.UserRole)) != self.running:
                 continue
             item.setText(3, f"{step:,}" + (f"/{total_steps:,}" if total_steps else ""))
-            if eval_loss is not None:
+            run = self.summary(self.running)
+            key, mode = best_eval_metric(run.method if run else "")
+            value = (eval_record or {}).get(key)
+            if isinstance(value, (int, float)):
                 best = item.text(4)
-                if not best or eval_loss < float(best):
-                    item.setText(4, f"{eval_loss:.4f}")
+                if not best or (value < float(best) if mode == "min" else value > float(best)):
+                    item.setText(4, f"{value:.4f}")
 
     # ---- selection ----------------------------------------------------------------------
     def selected(self) -> list[Path]:

@@ -10,7 +10,7 @@ import pytest
 
 import app  # noqa: F401  (trainer_core first)
 from app.preferences import runs_root, set_runs_root
-from app.runs_sidebar import RunsSidebar, scan_runs
+from app.runs_sidebar import RunsSidebar, scan_runs, summarize_run
 from tests.test_app_checkpoints import micro_config
 from trainer_core import runner
 from trainer_core.paths import default_runs_root
@@ -42,7 +42,7 @@ def test_scan_derives_status_steps_and_best_eval(runs):
     assert {r.name: r.status for r in scan_runs(runs)}["gamma-failed"] == "failed"
     alpha = found["alpha-finished"]
     assert (alpha.steps, alpha.total_steps, alpha.method, alpha.checkpoints) == (6, 6, "lora", 3)
-    assert alpha.best_eval_loss is not None and alpha.dataset == "data"
+    assert alpha.best_eval is not None and alpha.dataset == "data"
 
 
 def test_sidebar_lists_filters_and_offers_resume_for_stopped_runs(qtbot, runs):
@@ -73,8 +73,8 @@ def test_running_row_follows_live_progress(qtbot, runs):
     rows = {sidebar.tree.topLevelItem(i).text(0): sidebar.tree.topLevelItem(i) for i in range(3)}
     before = rows["alpha-finished"].text(3)
     sidebar.show_progress(7, 20)
-    sidebar.show_progress(8, 20, 0.5)
-    sidebar.show_progress(9, 20, 0.75)  # not better: the best stays
+    sidebar.show_progress(8, 20, {"type": "eval", "loss": 0.5})
+    sidebar.show_progress(9, 20, {"type": "eval", "loss": 0.75})  # not better: the best stays
     assert rows["gamma-failed"].text(3) == "9/20" and rows["gamma-failed"].text(4) == "0.5000"
     assert rows["alpha-finished"].text(3) == before  # only the running run's row moves
 
@@ -145,3 +145,13 @@ def test_window_shows_a_history_run_and_its_checkpoints(qtbot, runs, monkeypatch
     window.checkpoints.compare()
     assert window.tabs.currentWidget() is window.compare and len(window.compare.checkpoints.answers) == 2
     window.shutdown()
+
+
+def test_grpo_runs_show_their_best_eval_reward(tmp_path):
+    run = tmp_path / "grpo-run"
+    run.mkdir()
+    (run / "config.toml").write_text('method = "grpo"\nmodel = "m"\ndata = "d"\n')
+    records = [{"type": "eval", "step": s, "loss": loss, "reward_mean": reward}
+               for s, loss, reward in ((2, 0.01, 0.25), (4, 0.002, 0.75), (6, 0.03, 0.5))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert summarize_run(run).best_eval == 0.75  # the highest reward, not the lowest loss (0.002)
