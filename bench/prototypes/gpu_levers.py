@@ -71,15 +71,19 @@ LENGTHS = mx.array([[1, a.seq]] * a.batch)
 
 
 # ---- fused LoRA (prototype): y = x (W + s (A B)^T)^T with a hand-written backward --------------------------
+def _merged(w, la, lb, scale):
+    return w + (scale * (la @ lb)).T.astype(w.dtype)
+
+
 def _fused(scale):
     @mx.custom_function
     def f(x, w, la, lb):
-        return x @ (w + (scale * (la @ lb)).T.astype(w.dtype)).T
+        return x @ _merged(w, la, lb, scale).T
 
     @f.vjp
     def f_vjp(primals, cot, out):
         x, w, la, lb = primals
-        merged = w + (scale * (la @ lb)).T.astype(w.dtype)
+        merged = _merged(w, la, lb, scale)
         x2, dy2 = x.reshape(-1, x.shape[-1]), cot.reshape(-1, cot.shape[-1])
         dla = scale * (x2.T @ (dy2 @ lb.T).astype(x.dtype))
         dlb = scale * ((x2 @ la).T @ dy2)
@@ -91,7 +95,7 @@ def _fused_fwd(scale):
     """merged weight in the forward only; the backward is the unmerged LoRA one (no merged weights kept)."""
     @mx.custom_function
     def f(x, w, la, lb):
-        return x @ (w + (scale * (la @ lb)).T.astype(w.dtype)).T
+        return x @ _merged(w, la, lb, scale).T
 
     @f.vjp
     def f_vjp(primals, cot, out):
