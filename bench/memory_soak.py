@@ -43,7 +43,7 @@ import psutil  # noqa: E402
 from tests.tiny_model import make_tiny_llama  # noqa: E402
 from tests.train_helpers import write_chat_data  # noqa: E402
 from trainer_core import runner  # noqa: E402
-from trainer_core.callbacks import Callback  # noqa: E402
+from trainer_core.training.callbacks import Callback  # noqa: E402
 from trainer_core.config import RunConfig  # noqa: E402
 
 MIB = 1024 * 1024

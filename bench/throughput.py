@@ -58,12 +58,14 @@ from mlx_lm.tuner import trainer as mlx_trainer  # noqa: E402
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 
-from trainer_core import native_blas, versions  # noqa: E402
-from trainer_core.adapters import lora_parameters, num_adapted_layers  # noqa: E402
-from trainer_core.callbacks import Callback  # noqa: E402
+from trainer_core.models import native_blas  # noqa: E402
+
+from trainer_core import versions
+from trainer_core.models.adapters import lora_parameters, num_adapted_layers  # noqa: E402
+from trainer_core.training.callbacks import Callback  # noqa: E402
 from trainer_core.config import RunConfig  # noqa: E402
 from trainer_core.data import load_dataset, tokenize_sft  # noqa: E402
-from trainer_core.models import load_model, should_dequantize  # noqa: E402
+from trainer_core.models.loading import load_model, should_dequantize  # noqa: E402
 from trainer_core.runner import build_run  # noqa: E402
 
 DEMO_DATA = ROOT / "resources" / "demo_data"

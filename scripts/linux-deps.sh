@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Linux only: install the system libraries Fine-Tune Studio needs when they are missing.
-#  - libopenblas0-pthread: fast BLAS that trainer_core/native_blas.py preloads before MLX
+#  - libopenblas0-pthread: fast BLAS that trainer_core/models/native_blas.py preloads before MLX
 #  - the X11/EGL/font libraries Qt's xcb platform plugin needs to open a window
 # Uses apt-get as root, or sudo when available; otherwise prints what to install and carries on
 # (the program still runs: slower BLAS, or offscreen only).

@@ -1,10 +1,10 @@
-"""The GUI tests' per-test app home (imported by each tests/test_app_*.py; autouse there)."""
+"""The GUI tests' per-test app home (imported by each tests/app/test_app_*.py; autouse there)."""
 
 import gc
 
 import pytest
 
-from app.tasks import cancel_all
+from app.common.tasks import cancel_all
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Kill a real `finetune` run with SIGKILL at random moments and check that nothing is lost.
 
-Used by tests/test_crash_safety.py (a few kills) and bench/crash_kills.py (many).
+Used by tests/core/training/test_crash_safety.py (a few kills) and bench/crash_kills.py (many).
 
 One *chain* is one run folder: `finetune train ...` is started as a subprocess and
 SIGKILLed at a random moment, then `finetune resume RUN_DIR` is started and killed
@@ -41,8 +41,8 @@ import mlx.core as mx
 import numpy as np
 
 from trainer_core import runner
-from trainer_core.callbacks import read_metrics
-from trainer_core.checkpoint import ADAPTER_CONFIG, OPTIMIZER, STATE, STEP_DIR, WEIGHTS, CheckpointManager
+from trainer_core.training.callbacks import read_metrics
+from trainer_core.training.checkpoint import ADAPTER_CONFIG, OPTIMIZER, STATE, STEP_DIR, WEIGHTS, CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = ("loss", "grad_norm", "learning_rate", "tokens")  # train-record fields that must match exactly

@@ -30,5 +30,5 @@ def write_chat_data(folder: Path, n_train: int = 8, n_valid: int = 4) -> Path:
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    from trainer_core.callbacks import read_metrics
+    from trainer_core.training.callbacks import read_metrics
     return [r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["type"] == "train"]

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from trainer_core import runner
 from trainer_core.config import RunConfig
+from trainer_core.training.callbacks import Callback
 
 WORDS = ["fox", "dog", "Paris", "France", "island", "purple", "sand", "seven", "lighthouses", "legs",
          "spider", "eight", "world", "small", "models", "laptop", "fun", "capital", "quick", "brown"]
@@ -79,3 +80,16 @@ def reference_loss(model, examples) -> tuple[float, int]:
                 total -= logp[pos - 1, ids[pos]]
                 count += 1
     return total, count
+
+
+class StopAfter(Callback):
+    """Asks the loop to stop once `steps` optimizer steps are done."""
+
+    def __init__(self, steps):
+        self.steps, self.seen = steps, 0
+
+    def on_step_end(self, metrics):
+        self.seen = metrics["step"]
+
+    def should_stop(self):
+        return self.seen >= self.steps

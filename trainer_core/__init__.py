@@ -4,7 +4,7 @@ Importing this package first loads the system OpenBLAS on Linux (see
 `native_blas`), so it must be imported before `mlx`.
 """
 
-from trainer_core import native_blas
+from trainer_core.models import native_blas
 
 native_blas.preload()
 

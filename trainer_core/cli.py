@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--block-length", type=int, default=32, help="diffusion: semi-autoregressive block size "
                           "(0 = one block); --top-p/--top-k are not used")
 
-    from trainer_core.export import FORMATS, GGUF_TYPES
+    from trainer_core.export.exporter import FORMATS, GGUF_TYPES
     export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF")
     export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
     export.add_argument("--format", dest="fmt", required=True, choices=FORMATS)
@@ -144,7 +144,7 @@ def run_training(args) -> int:
     """train / resume; under mlx.launch or mpirun every process runs this as one rank of a
     data-parallel run (distributed.py): rank 0 reports and writes, other ranks print only errors,
     prefixed with their rank. A lost rank exits 3 with a message, never a hang or a traceback."""
-    from trainer_core import distributed
+    from trainer_core.distributed import ranks as distributed
 
     world = distributed.init()
     try:
@@ -159,9 +159,9 @@ def run_training(args) -> int:
 
 def _train_or_resume(args, world) -> int:
     from trainer_core import runner
-    from trainer_core.callbacks import StopFlag
-    from trainer_core.launch import StopFile
-    from trainer_core.progress import TerminalProgress
+    from trainer_core.training.callbacks import StopFlag
+    from trainer_core.distributed.launch import StopFile
+    from trainer_core.training.progress import TerminalProgress
 
     stop = StopFlag()
     install_stop_handlers(stop, announce=world.rank == 0)
@@ -186,8 +186,8 @@ def _train_or_resume(args, world) -> int:
 
 
 def run_generate(args) -> int:
-    from trainer_core import diffusion_sampler
-    from trainer_core.generate import GenerationSettings, load_for_inference, stream
+    from trainer_core.generation import diffusion_sampler
+    from trainer_core.generation.generate import GenerationSettings, load_for_inference, stream
 
     if args.method == "diffusion" or (args.method is None and diffusion_sampler.is_diffusion_checkpoint(args.adapter)):
         model = diffusion_sampler.load(args.model, args.adapter)
@@ -205,7 +205,7 @@ def run_generate(args) -> int:
 
 
 def run_export(args) -> int:
-    from trainer_core.export import export
+    from trainer_core.export.exporter import export
 
     def progress(fraction: float, message: str) -> None:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)

@@ -86,7 +86,7 @@ def setup_logging(program: str, level: int = logging.INFO) -> Path:
 
 def _describe_environment() -> str:
     import trainer_core
-    from trainer_core import native_blas
+    from trainer_core.models import native_blas
 
     frozen = getattr(sys, "frozen", False)
     return (f"Fine-Tune Studio {trainer_core.__version__}, Python {platform.python_version()}, "

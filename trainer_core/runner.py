@@ -18,20 +18,22 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from trainer_core import distributed, launch, versions
-from trainer_core.adapters import prepare_for_training, trainable_count
-from trainer_core.recompute import recompute_blocks
-from trainer_core.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
-from trainer_core.checkpoint import CheckpointManager, read_state
+from trainer_core.distributed import ranks as distributed, launch
+
+from trainer_core import versions
+from trainer_core.models.adapters import prepare_for_training, trainable_count
+from trainer_core.models.recompute import recompute_blocks
+from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
+from trainer_core.training.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
 from trainer_core.data import load_dataset
 from trainer_core.errors import UserError
-from trainer_core.loop import TrainingLoop, TrainResult
+from trainer_core.training.loop import TrainingLoop, TrainResult
 from trainer_core.methods import make_method
-from trainer_core.models import load_model, read_model_info, should_dequantize
+from trainer_core.models.loading import load_model, read_model_info, should_dequantize
 from trainer_core.paths import default_runs_root
-from trainer_core.resume_checks import check_resumable, fingerprint
-from trainer_core.samples import CheckpointSamples, choose_prompts
+from trainer_core.training.resume_checks import check_resumable, fingerprint
+from trainer_core.generation.samples import CheckpointSamples, choose_prompts
 
 CONFIG_FILE = "config.toml"
 

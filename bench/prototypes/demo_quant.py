@@ -3,7 +3,7 @@ import sys, time
 import pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import trainer_core
 import mlx.core as mx, mlx.nn as nn
-from trainer_core.models import load_model
+from trainer_core.models.loading import load_model
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.tuner.trainer import default_loss
 from mlx_lm.utils import dequantize_model

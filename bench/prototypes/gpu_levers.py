@@ -13,10 +13,11 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.tuner.trainer import default_loss
-from trainer_core import losses, precision
-from trainer_core.optim import AdamW
-from trainer_core.step import CompiledSteps
-from trainer_core.recompute import recompute_blocks
+from trainer_core.training import losses
+from trainer_core.models import precision
+from trainer_core.training.optim import AdamW
+from trainer_core.training.step import CompiledSteps
+from trainer_core.models.recompute import recompute_blocks
 
 p = argparse.ArgumentParser()
 p.add_argument("--tiny", action="store_true"); p.add_argument("--steps", type=int, default=10)
@@ -44,8 +45,8 @@ def make_model(lora=True):
 
 
 def loaded_model():
-    """The model as the product loads it: saved to a folder, read back by trainer_core.models.load_model."""
-    from trainer_core.models import load_model
+    """The model as the product loads it: saved to a folder, read back by trainer_core.models.loading.load_model."""
+    from trainer_core.models.loading import load_model
     folder = pathlib.Path("/tmp/gpu-levers-model")
     if not (folder / "config.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def chunk_norm(grads, size=16):  # joined in groups of `size` arrays
     return mx.sqrt(sum(mx.sum(mx.square(p.astype(mx.float32))) for p in parts))
 
 
-from trainer_core.optim import global_norm as _global_norm  # noqa: E402
+from trainer_core.training.optim import global_norm as _global_norm  # noqa: E402
 NORMS = {None: _global_norm, "cat": cat_norm, "none": no_norm, "per": per_array_norm, "chunk": chunk_norm}
 
 
@@ -221,7 +222,7 @@ def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=F
         losses.masked_cross_entropy = old_masked_ce
     if bf16_loss:
         losses.masked_cross_entropy = bf16_masked_ce
-    import trainer_core.step as step_module
+    import trainer_core.training.step as step_module
     step_module.global_norm = NORMS[norm]
     if fused:
         fuse_lora(model, _fused_fwd if fused == "fwd" else None)

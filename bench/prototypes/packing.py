@@ -11,13 +11,13 @@ import numpy as np
 import mlx.core as mx, mlx.nn as nn
 from pathlib import Path
 from trainer_core.runner import build_run
-from trainer_core.optim import AdamW, clip_factor, global_norm
+from trainer_core.training.optim import AdamW, clip_factor, global_norm
 
 
 def clip_by_global_norm(grads, max_norm):  # the step before 7af08e7 (scaled copies of the gradients)
     norm = global_norm(grads)
     return ({k: (g * clip_factor(norm, max_norm)).astype(g.dtype) for k, g in grads.items()} if max_norm else grads), norm
-from trainer_core import batching
+from trainer_core.data import batching
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 case = T.CASES[sys.argv[1]]; ROW = int(sys.argv[2]); NSTEPS = int(sys.argv[3])
@@ -86,7 +86,7 @@ tok_b = sum(sum(len(ex[i].input_ids) for i in b) for b in order); pos_b = sum(in
 tok_p = sum(int((np.array(b["segment"]) >= 0).sum()) for b in packed); pos_p = sum(int(b["input_ids"].size) for b in packed)
 print(f"bucketed: {len(bucketed)} batches, padding {100*(1-tok_b/pos_b):.1f}%;  packed rows of {ROW}: {len(packed)} batches, padding {100*(1-tok_p/pos_p):.1f}%")
 # check: a packed row's loss equals the sum of its examples' unpacked losses
-from trainer_core.losses import sft_loss
+from trainer_core.training.losses import sft_loss
 b0 = packed[0]; seg0 = np.array(b0["segment"][0]); members = [i for i in rows[0][1]]
 ls_p = packed_loss(model, {k: v[:1] for k, v in b0.items()})[0].item()
 ls_u = sum(sft_loss(model, loop.method.collate([ex[i]]))[0].item() for i in members)

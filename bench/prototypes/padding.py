@@ -4,9 +4,9 @@ import sys, json
 import pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import trainer_core
 import numpy as np
-from trainer_core import batching
+from trainer_core.data import batching
 from trainer_core.data import load_dataset, tokenize_sft
-from trainer_core.models import load_model
+from trainer_core.models.loading import load_model
 
 def ours(lengths, pm, window, epochs=3, bs=4):
     old = batching.PAD_MULTIPLE, batching.WINDOW

@@ -3,7 +3,7 @@ import sys, argparse, statistics
 import pathlib; _ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(_ROOT)); sys.path.insert(0, str(_ROOT / "bench"))
 import throughput as T
-from trainer_core import batching
+from trainer_core.data import batching
 from pathlib import Path
 case = T.CASES[sys.argv[1]]; steps = int(sys.argv[2]); rounds = int(sys.argv[3]); mults = [int(x) for x in sys.argv[4].split(",")]
 args = argparse.Namespace(model=None, tiny_check=False, rank=8, ours_set=[], mlx_tokens="ours", seed=0)

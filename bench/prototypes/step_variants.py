@@ -10,7 +10,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from pathlib import Path
 from trainer_core.runner import build_run
-from trainer_core.optim import AdamW, clip_factor, global_norm
+from trainer_core.training.optim import AdamW, clip_factor, global_norm
 
 
 def clip_by_global_norm(grads, max_norm):  # the step before 7af08e7 (scaled copies of the gradients)

@@ -4,7 +4,9 @@
     examples, stats = tokenize_sft(splits.train, tokenizer, splits.kind, max_seq_length=2048)
 
 Every problem with the user's data is a `trainer_core.errors.UserError` naming
-the file, the line and the field, raised before anything trains.
+the file, the line and the field, raised before anything trains. Also here: length-bucketed,
+resumable batch order and collation (`batching`) and the token cache (`token_cache`).
+May import: `models` and the top-level contracts.
 """
 
 from trainer_core.data.kinds import KINDS, SFT_KINDS, detect_kind, validate_record

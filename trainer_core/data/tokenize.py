@@ -200,3 +200,17 @@ def tokenize_sft(records, tokenizer, kind: str, max_seq_length: int,
         stats.total_tokens += len(ids)
     stats.examples = len(examples)
     return examples, stats
+
+
+def build_prompt(tokenizer, messages_or_text, system: str | None = None) -> list[int]:
+    """Token ids for a chat turn (chat template + generation prompt) or plain text."""
+    if isinstance(messages_or_text, str):
+        messages = [{"role": "user", "content": messages_or_text}]
+    else:
+        messages = list(messages_or_text)
+    if system:
+        messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    text = "\n".join(m["content"] for m in messages)
+    return list(tokenizer.encode(text))

@@ -1,6 +1,9 @@
 """Training methods: each is a loss plus a batch function plugged into the shared loop.
 
-`make_method(config, tokenizer)` returns the Method for `config.method`.
+`make_method(config, tokenizer)` returns the Method for `config.method`. A method module holds its loss,
+its batch function and what only it uses: the frozen reference (`reference`), GRPO's rollouts
+(`rollout`) and rewards (`rewards`), DPO's pair tokenisation (`preference_data`).
+May import: `models`, `data`, `training` and the top-level contracts.
 """
 
 from __future__ import annotations

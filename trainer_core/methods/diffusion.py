@@ -54,10 +54,10 @@ import zlib
 import mlx.core as mx
 import numpy as np
 
-from trainer_core.batching import padded_length
+from trainer_core.data.batching import padded_length
 from trainer_core.errors import UserError
-from trainer_core.losses import token_nll
-from trainer_core.token_cache import cached_tokenize_sft
+from trainer_core.training.losses import token_nll
+from trainer_core.data.token_cache import cached_tokenize_sft
 from trainer_core.methods.base import Method
 from trainer_core.methods.sft import SFT_KINDS
 

@@ -35,9 +35,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from trainer_core.errors import UserError
-from trainer_core.losses import token_nll
+from trainer_core.training.losses import token_nll
 from trainer_core.methods.base import Method
-from trainer_core.reference import adapter_modules, reference_model
+from trainer_core.methods.reference import adapter_modules, reference_model
 from trainer_core.methods.preference_data import PreferencePair, collate_preference, tokenize_preference
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")

@@ -52,14 +52,14 @@ import numpy as np
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from trainer_core import rewards as reward_fns
-from trainer_core.batching import padded_length
+from trainer_core.methods import rewards as reward_fns
+from trainer_core.data.batching import padded_length
 from trainer_core.data import Record, TokenizeStats, render_messages, where
 from trainer_core.errors import UserError
-from trainer_core.generate import build_prompt
+from trainer_core.data.tokenize import build_prompt
 from trainer_core.methods.base import Method
-from trainer_core.reference import adapter_modules, reference_model
-from trainer_core.rollout import SamplingSettings, sample_completions, token_logprobs
+from trainer_core.methods.reference import adapter_modules, reference_model
+from trainer_core.methods.rollout import SamplingSettings, sample_completions, token_logprobs
 
 ADVANTAGE_EPS = 1e-4
 SAMPLES_FILE = "completions.jsonl"

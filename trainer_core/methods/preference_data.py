@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import mlx.core as mx
 
-from trainer_core.batching import padded_length
+from trainer_core.data.batching import padded_length
 from trainer_core.data import Record, TokenizeStats, render_messages, tokenize_sft
 
 

@@ -6,10 +6,10 @@ vs adapters), which `adapters.prepare_for_training` decides from the config.
 
 from __future__ import annotations
 
-from trainer_core.batching import collate_sft
-from trainer_core.token_cache import cached_tokenize_sft
+from trainer_core.data.batching import collate_sft
+from trainer_core.data.token_cache import cached_tokenize_sft
 from trainer_core.errors import UserError
-from trainer_core.losses import sft_loss
+from trainer_core.training.losses import sft_loss
 from trainer_core.methods.base import Method
 
 SFT_KINDS = ("text", "completions", "chat")

@@ -1,0 +1,208 @@
+"""Export a checkpoint for use outside Fine-Tune Studio (`finetune export`).
+
+    export(checkpoint, fmt, out, *, model=None, dequantize=False, gguf_type="f16",
+           progress=None) -> Path
+
+Formats (FORMATS):
+- "mlx-lm": adapters.safetensors + adapter_config.json, for `mlx_lm.generate --adapter-path`
+  and `mlx_lm.load(base, adapter_path=...)`; optimizer and trainer state are left behind.
+  A full fine-tune has no adapters, so it is written as a standalone model ("fused").
+- "fused": base + adapters merged into a standalone mlx-lm model folder (config.json,
+  model*.safetensors, tokenizer files). A quantized base stays quantized with its own
+  settings unless `dequantize`; a GGUF base gives an ordinary mlx-lm folder (the loader has
+  already put Q/K back in Hugging Face layout) with the tokenizer rebuilt from the GGUF.
+- "peft": Hugging Face PEFT adapters (export_peft.py).
+- "gguf": the fused model as one llama.cpp GGUF file, F16 or F32 (export_gguf.py).
+
+`checkpoint` is a checkpoints/step-NNNNNN or final/ folder of a run; `model` overrides the
+base recorded in its adapter_config.json. `out` must not exist or be an empty folder; it is
+written as a hidden temporary folder beside it and renamed into place at the end, so a
+failed export leaves nothing that looks finished. `progress(fraction, message)` is called
+from the calling thread as the export goes (fraction in [0, 1]).
+Raises UserError (naming the path) for a folder that is not a checkpoint, an unknown
+format or GGUF type, an `out` that exists and is not empty or cannot be written, and a
+checkpoint the format cannot hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import trainer_core  # noqa: F401  (OpenBLAS before MLX)
+from trainer_core.training.checkpoint import ADAPTER_CONFIG, WEIGHTS
+from trainer_core.errors import UserError
+
+FORMATS = ("mlx-lm", "fused", "peft", "gguf")
+GGUF_TYPES = ("f16", "f32")  # tensor type of the GGUF's matrices (norms are always F32)
+Progress = Callable[[float, str], None]
+
+# Tokenizer and generation files of a model folder, copied as they are into a fused folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "generation_config.json")
+
+
+def read_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint's adapter_config.json; UserError unless `checkpoint` is a checkpoint folder."""
+    checkpoint = Path(checkpoint)
+    config_file, weights_file = checkpoint / ADAPTER_CONFIG, checkpoint / WEIGHTS
+    if not (config_file.is_file() and weights_file.is_file()):
+        hint = (f" It looks like a run folder: pass {checkpoint / 'final'} or one of "
+                f"{checkpoint / 'checkpoints'}/step-NNNNNN." if (checkpoint / "final").is_dir() else "")
+        raise UserError(f"{checkpoint} is not a checkpoint folder (it needs {ADAPTER_CONFIG} and "
+                        f"{WEIGHTS}).{hint or ' Pass a checkpoints/step-NNNNNN or final/ folder of a run.'}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"Cannot read {config_file} ({' '.join(str(e).split())}); the checkpoint "
+                        "is damaged. Export another checkpoint of the run.") from None
+    kind = config.get("fine_tune_type", "lora") if isinstance(config, dict) else None
+    if kind not in ("lora", "dora", "full") or (kind != "full" and "lora_parameters" not in config):
+        raise UserError(f"{config_file} does not describe LoRA/DoRA adapters or full weights "
+                        "(fine_tune_type / lora_parameters missing). Export another checkpoint.")
+    return config
+
+
+def export(checkpoint, fmt: str, out, *, model: str | None = None, dequantize: bool = False,
+           gguf_type: str = "f16", progress: Progress | None = None) -> Path:
+    """Write `checkpoint` to the new folder `out` in format `fmt`; return `out`."""
+    checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+    report = progress or (lambda fraction, message: None)
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")
+    if fmt == "gguf" and gguf_type not in GGUF_TYPES:
+        raise UserError(f"Unknown GGUF type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}.")
+    report(0.0, f"Reading {checkpoint}")
+    adapter_config = read_checkpoint(checkpoint)
+    full = adapter_config.get("fine_tune_type") == "full"
+    if fmt == "peft" and full:
+        raise UserError(f"{checkpoint} holds a full fine-tune, which has no adapters for PEFT. "
+                        "Export it as 'fused' (a model folder) or 'gguf' instead.")
+    base = model or adapter_config.get("base_model")
+    if (fmt in ("fused", "gguf") or full) and not base:
+        raise UserError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass the base "
+                        "model (--model PATH) that the run trained.")
+    if fmt == "gguf":  # refuse before loading anything
+        from trainer_core.export.gguf import check_architecture
+        from trainer_core.models.loading import read_model_info
+        check_architecture(read_model_info(base).architecture, base)
+    with _atomic_folder(out) as tmp:
+        if fmt == "mlx-lm" and not full:
+            _write_adapters(checkpoint, adapter_config, tmp, base)
+        elif fmt == "peft":
+            from trainer_core.export.peft import write_peft
+            write_peft(checkpoint, adapter_config, tmp, base)
+        else:
+            report(0.1, f"Loading {base} with the checkpoint")
+            loaded = load_fused(checkpoint, base, dequantize=dequantize or fmt == "gguf")
+            report(0.5, "Writing the weights")
+            if fmt == "gguf":
+                from trainer_core.export.gguf import write_gguf
+                write_gguf(loaded, tmp / f"model-{gguf_type}.gguf", gguf_type, name=out.name)
+            else:
+                write_model_folder(loaded, tmp)
+        report(0.95, f"Moving the export into place at {out}")
+    report(1.0, f"Exported {checkpoint} as {fmt} to {out}")
+    return out
+
+
+# ---------------------------------------------------------------- formats
+
+def _write_adapters(checkpoint: Path, adapter_config: dict, folder: Path, base: str | None) -> None:
+    """mlx-lm adapter folder: the weights as they are, adapter_config.json with the base."""
+    shutil.copyfile(checkpoint / WEIGHTS, folder / WEIGHTS)
+    config = dict(adapter_config)
+    if base:
+        config["base_model"] = str(base)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def load_fused(checkpoint: Path, base: str, *, dequantize: bool = False):
+    """The base with the checkpoint applied and its adapters merged: a LoadedModel.
+
+    Quantized layers stay quantized (same group size and bits) unless `dequantize`, which
+    also dequantizes the embeddings and drops the quantization from the config.
+    """
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import dequantize_model
+
+    from trainer_core.models.adapters import is_quantized
+    from trainer_core.generation.generate import load_for_inference
+
+    loaded = load_for_inference(base, checkpoint, quantized_base="keep")
+    fused = [(name, module.fuse(dequantize=dequantize))
+             for name, module in loaded.model.named_modules() if hasattr(module, "fuse")]
+    if fused:
+        loaded.model.update_modules(tree_unflatten(fused))
+    if dequantize and is_quantized(loaded.model):
+        dequantize_model(loaded.model)
+    if not is_quantized(loaded.model):
+        loaded.config = {k: v for k, v in loaded.config.items()
+                         if k not in ("quantization", "quantization_config")}
+    return loaded
+
+
+def write_model_folder(loaded, folder: Path) -> None:
+    """An mlx-lm model folder: model*.safetensors (+ index), config.json, tokenizer files."""
+    from mlx_lm.utils import save_config, save_model
+
+    save_model(folder, loaded.model)
+    save_config(dict(loaded.config), folder / "config.json")
+    if loaded.info.is_gguf:  # the tokenizer rebuilt from the GGUF metadata
+        loaded.tokenizer.save_pretrained(str(folder))
+        return
+    source = Path(loaded.info.path)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+
+
+# ---------------------------------------------------------------- atomic output
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _atomic_folder(out: Path):
+    """Yield a temporary folder beside `out`; rename it to `out` when the block succeeds."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"The export destination {out} is a file; choose a new folder.")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"The export destination {out} is not empty; choose a new or empty folder "
+                        "(nothing is overwritten).")
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(f"Cannot write the export folder {out}: {e.strerror or e}. "
+                        "Choose a writable location.") from None
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        _fsync(tmp)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above); rename cannot replace a folder everywhere
+        tmp.rename(out)
+        _fsync(out.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"Could not write the export folder {out}{where}: {e.strerror or e}. "
+                        "Free disk space or choose another location.") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
