@@ -3,7 +3,7 @@
     finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
     finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
-    finetune export CHECKPOINT_DIR --format mlx-lm|fused|peft|gguf --out DIR [--dequantize]
+    finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf --out DIR [--gguf-type T] [--overwrite]
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
@@ -76,13 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from trainer_core.export.exporter import FORMATS, GGUF_TYPES
     export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF")
-    export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
+    export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/), or a "
+                        "model ('demo', a model folder, a .gguf) to export without fine-tuning")
     export.add_argument("--format", dest="fmt", required=True, choices=FORMATS)
     export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out folder (once the new export is complete)")
     export.add_argument("--model", default=None, help="the base model (default: the checkpoint's base)")
     export.add_argument("--dequantize", action="store_true",
                         help="fused: merge into float weights instead of keeping the base's quantization")
-    export.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, help="gguf: tensor type")
+    export.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES,
+                        help="gguf: tensor type (q4_k_m, q5_k_m, q6_k need the 'gguf' extra: llama-cpp-python)")
     return parser
 
 
@@ -211,7 +215,7 @@ def run_export(args) -> int:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
     out = export(args.checkpoint, args.fmt, args.out, model=args.model, dequantize=args.dequantize,
-                 gguf_type=args.gguf_type, progress=progress)
+                 gguf_type=args.gguf_type, overwrite=args.overwrite, progress=progress)
     print(out)
     return 0
 

@@ -1,7 +1,7 @@
 """Export a checkpoint for use outside Fine-Tune Studio (`finetune export`).
 
-    export(checkpoint, fmt, out, *, model=None, dequantize=False, gguf_type="f16",
-           progress=None) -> Path
+    export(source, fmt, out, *, model=None, dequantize=False, gguf_type="f16",
+           overwrite=False, progress=None) -> Path
 
 Formats (FORMATS):
 - "mlx-lm": adapters.safetensors + adapter_config.json, for `mlx_lm.generate --adapter-path`
@@ -12,10 +12,13 @@ Formats (FORMATS):
   settings unless `dequantize`; a GGUF base gives an ordinary mlx-lm folder (the loader has
   already put Q/K back in Hugging Face layout) with the tokenizer rebuilt from the GGUF.
 - "peft": Hugging Face PEFT adapters (export_peft.py).
-- "gguf": the fused model as one llama.cpp GGUF file, F16 or F32 (export_gguf.py).
+- "gguf": the fused model as one llama.cpp GGUF file `<name>-<TYPE>.gguf` in any of GGUF_TYPES
+  (gguf.py), named after the run (general.name) or, for a base model, after the model.
 
-`checkpoint` is a checkpoints/step-NNNNNN or final/ folder of a run; `model` overrides the
-base recorded in its adapter_config.json. `out` must not exist or be an empty folder; it is
+`source` is a checkpoints/step-NNNNNN or final/ folder of a run, or a model ("demo", a model
+folder, a .gguf file) to export as it is (fused, gguf; `model` is then ignored); `model`
+overrides the base recorded in a checkpoint's adapter_config.json. `out` must not exist or be
+an empty folder, unless `overwrite`, which replaces it once the new export is complete. It is
 written as a hidden temporary folder beside it and renamed into place at the end, so a
 failed export leaves nothing that looks finished. `progress(fraction, message)` is called
 from the calling thread as the export goes (fraction in [0, 1]).
@@ -39,7 +42,8 @@ from trainer_core.training.checkpoint import ADAPTER_CONFIG, WEIGHTS
 from trainer_core.errors import UserError
 
 FORMATS = ("mlx-lm", "fused", "peft", "gguf")
-GGUF_TYPES = ("f16", "f32")  # tensor type of the GGUF's matrices (norms are always F32)
+# tensor type of the GGUF's matrices (norms are always F32); the k-quants need the `gguf` extra
+GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 Progress = Callable[[float, str], None]
 
 # Tokenizer and generation files of a model folder, copied as they are into a fused folder.
@@ -69,15 +73,33 @@ def read_checkpoint(checkpoint: Path) -> dict:
     return config
 
 
-def export(checkpoint, fmt: str, out, *, model: str | None = None, dequantize: bool = False,
-           gguf_type: str = "f16", progress: Progress | None = None) -> Path:
-    """Write `checkpoint` to the new folder `out` in format `fmt`; return `out`."""
-    checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+def is_checkpoint_source(source: str | Path) -> bool:
+    """Whether `source` means a checkpoint (or a folder that should be one) rather than a model."""
+    path = Path(source).expanduser()
+    if str(source) == "demo" or path.suffix == ".gguf" or (path / "config.json").is_file():
+        return (path / ADAPTER_CONFIG).is_file()
+    return path.is_dir() or not path.exists()
+
+
+def run_name(checkpoint: Path) -> str:
+    """The run's name: its folder (<output-dir>/<run-name>/final or .../checkpoints/step-N)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir.name
+
+
+def export(source, fmt: str, out, *, model: str | None = None, dequantize: bool = False,
+           gguf_type: str = "f16", overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Write a checkpoint (or a base model) to the new folder `out` in format `fmt`; return `out`."""
+    out = Path(out).expanduser()
     report = progress or (lambda fraction, message: None)
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")
-    if fmt == "gguf" and gguf_type not in GGUF_TYPES:
-        raise UserError(f"Unknown GGUF type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}.")
+    if fmt == "gguf":
+        from trainer_core.export.gguf import check_gguf_type
+        check_gguf_type(gguf_type)
+    if not is_checkpoint_source(source):
+        return _export_model(str(source), fmt, out, dequantize, gguf_type, overwrite, report)
+    checkpoint = Path(source).expanduser()
     report(0.0, f"Reading {checkpoint}")
     adapter_config = read_checkpoint(checkpoint)
     full = adapter_config.get("fine_tune_type") == "full"
@@ -89,10 +111,8 @@ def export(checkpoint, fmt: str, out, *, model: str | None = None, dequantize: b
         raise UserError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass the base "
                         "model (--model PATH) that the run trained.")
     if fmt == "gguf":  # refuse before loading anything
-        from trainer_core.export.gguf import check_architecture
-        from trainer_core.models.loading import read_model_info
-        check_architecture(read_model_info(base).architecture, base)
-    with _atomic_folder(out) as tmp:
+        _check_gguf_architecture(base)
+    with _atomic_folder(out, overwrite) as tmp:
         if fmt == "mlx-lm" and not full:
             _write_adapters(checkpoint, adapter_config, tmp, base)
         elif fmt == "peft":
@@ -103,13 +123,59 @@ def export(checkpoint, fmt: str, out, *, model: str | None = None, dequantize: b
             loaded = load_fused(checkpoint, base, dequantize=dequantize or fmt == "gguf")
             report(0.5, "Writing the weights")
             if fmt == "gguf":
-                from trainer_core.export.gguf import write_gguf
-                write_gguf(loaded, tmp / f"model-{gguf_type}.gguf", gguf_type, name=out.name)
+                name = run_name(checkpoint)
+                _write_gguf(loaded, tmp, gguf_type, name, name, report)
             else:
                 write_model_folder(loaded, tmp)
         report(0.95, f"Moving the export into place at {out}")
     report(1.0, f"Exported {checkpoint} as {fmt} to {out}")
     return out
+
+
+def _export_model(spec: str, fmt: str, out: Path, dequantize: bool, gguf_type: str,
+                  overwrite: bool, report: Progress) -> Path:
+    """A base model without a checkpoint, as a fused folder or a GGUF."""
+    from trainer_core.models.loading import load_model
+
+    if fmt not in ("fused", "gguf"):
+        raise UserError(f"{spec} is a model, not a checkpoint: it has no adapters to export as "
+                        f"{fmt!r}. Export it as 'fused' or 'gguf', or pass a checkpoint folder.")
+    if fmt == "gguf":
+        _check_gguf_architecture(spec)
+    with _atomic_folder(out, overwrite) as tmp:
+        report(0.1, f"Loading {spec}")
+        loaded = load_model(spec, dequantize=dequantize or fmt == "gguf")
+        report(0.5, "Writing the weights")
+        if fmt == "gguf":
+            _write_gguf(loaded, tmp, gguf_type, None, None, report)
+        else:
+            write_model_folder(loaded, tmp)
+        report(0.95, f"Moving the export into place at {out}")
+    report(1.0, f"Exported {spec} as {fmt} to {out}")
+    return out
+
+
+def _check_gguf_architecture(base: str) -> None:
+    from trainer_core.export.gguf_arch import architecture
+    from trainer_core.models.loading import read_model_info
+    architecture(read_model_info(base).architecture, base)
+
+
+def gguf_file_name(name: str, gguf_type: str) -> str:
+    """`<name>-<TYPE>.gguf` (llama.cpp's habit), with the name made safe for a file name."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "model"
+    return f"{safe}-{gguf_type.upper()}.gguf"
+
+
+def _write_gguf(loaded, folder: Path, gguf_type: str, name: str | None, finetune: str | None,
+                report: Progress) -> Path:
+    from trainer_core.export.gguf import general_metadata, write_gguf
+
+    file_name = gguf_file_name(general_metadata(loaded, name, finetune).name, gguf_type)
+    path = folder / file_name
+    write_gguf(loaded, path, gguf_type, name=name, finetune=finetune,
+               progress=lambda f, m: report(0.5 + 0.45 * f, m))
+    return path
 
 
 # ---------------------------------------------------------------- formats
@@ -174,14 +240,19 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def _atomic_folder(out: Path):
-    """Yield a temporary folder beside `out`; rename it to `out` when the block succeeds."""
+def _atomic_folder(out: Path, overwrite: bool = False):
+    """Yield a temporary folder beside `out`; rename it to `out` when the block succeeds.
+
+    With `overwrite`, a non-empty `out` is moved aside only once the new folder is complete,
+    and deleted after the rename.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"The export destination {out} is a file; choose a new folder.")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"The export destination {out} is not empty; choose a new or empty folder "
-                        "(nothing is overwritten).")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"The export destination {out} is not empty; choose a new or empty folder, "
+                        "or pass --overwrite to replace it.")
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
+    old = out.parent / f".old-{tmp.name}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -194,12 +265,15 @@ def _atomic_folder(out: Path):
             if path.is_file():
                 _fsync(path)
         _fsync(tmp)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); rename cannot replace a folder everywhere
+        if out.is_dir():  # rename cannot replace a folder everywhere
+            out.rename(old)
         tmp.rename(out)
         _fsync(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not out.exists():
+            old.rename(out)  # the replaced export comes back
         where = f" ({e.filename})" if e.filename else ""
         raise UserError(f"Could not write the export folder {out}{where}: {e.strerror or e}. "
                         "Free disk space or choose another location.") from None

@@ -1,222 +1,166 @@
-"""GGUF export: a fused float llama-family model written as one llama.cpp GGUF file.
+"""GGUF export: a fused float model as one llama.cpp GGUF file, written with the `gguf` package.
 
-The inverse of gguf.py's loader. Tensors take llama.cpp's names and layout: matrices in
-F16 or F32 (`TENSOR_TYPES`), norms and biases in F32, and the Q/K rows of each head
-permuted back to llama.cpp's interleaved rope pairs (convert_hf_to_gguf.py's
-`LlamaModel.permute`). Metadata: the `llama.*` hyper-parameters, the byte-level BPE
-tokenizer (tokens, types, merges, special ids, pre-tokenizer name) and the chat template.
-`mx.save_gguf` writes the file: it types metadata from mx arrays (uint32, int32, float32,
-bool), strings and string lists, which is all llama.cpp's llama loader reads.
+    check_gguf_type(gguf_type)                     UserError before anything is loaded
+    write_gguf(loaded, path, gguf_type, *, name, finetune, progress)
 
-Only what both llama.cpp and our loader take is exported: model_type llama/mistral, no rope
-scaling other than linear, a byte-level BPE tokenizer (SentencePiece-style tokenizers are
-refused: convert the fused folder with llama.cpp's convert_hf_to_gguf.py instead).
+Types (GGUF_TYPES): f32, f16, bf16, q8_0, q5_1 and q4_0 are made here by `gguf.quants` (pure
+Python, llama.cpp's reference rounding); q4_k_m, q5_k_m and q6_k by llama.cpp's own quantiser
+(`llama_model_quantize` from the optional llama-cpp-python, the `gguf` extra) from an f16 file
+written first. Norms, biases and other vectors stay F32. For q4_0/q5_1 the output matrix (the
+embedding when it is tied) is Q8_0, as llama.cpp keeps it above the rest (it uses Q6_K there).
+A matrix whose rows are not whole blocks of its type is refused, naming it.
+
+Metadata: general.* (name, basename, finetune, size label, licence, base model, ...: the `gguf`
+package's Metadata heuristics over the base folder's README/config, or the base GGUF's own
+general.* keys), general.file_type and general.quantization_version, the architecture's
+hyper-parameters (gguf_arch.py) and the tokenizer (gguf_vocab.py).
 """
 
 from __future__ import annotations
 
-import json
-import warnings
+import ctypes
+import os
 from pathlib import Path
+from typing import Callable
 
-import trainer_core  # noqa: F401  (OpenBLAS before MLX)
-import mlx.core as mx
-from mlx.utils import tree_flatten
+import numpy as np
 
-from trainer_core.models import gguf
+import gguf
+from gguf import GGMLQuantizationType as Q, LlamaFileType as F
+
 from trainer_core.errors import UserError
+from trainer_core.export.gguf_arch import architecture, check_rope_scaling, gguf_tensors, \
+    write_hyperparameters
+from trainer_core.export.gguf_vocab import write_tokenizer
 
-# export.GGUF_TYPES name -> (dtype of the matrices, general.file_type: llama.cpp's LLAMA_FTYPE_*)
-TENSOR_TYPES = {"f16": (mx.float16, 1), "f32": (mx.float32, 0)}
-# Descriptive general.* keys carried over from a GGUF base (its license above all).
-CARRIED_GENERAL_KEYS = ("general.license", "general.organization", "general.basename",
-                        "general.size_label", "general.languages")
-# llama.cpp token types
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
-
-_BLOCK_TO_GGUF = {mlx: name for name, mlx in gguf._BLOCK_NAMES.items()}
-_TOP_TO_GGUF = {mlx: name for name, mlx in gguf._TOP_NAMES.items()}
-
-
-def gguf_tensor_name(name: str) -> str:
-    """mlx-lm parameter name -> llama.cpp tensor name (ValueError if a llama has none)."""
-    module, _, suffix = name.rpartition(".")
-    parts = module.split(".", 3)
-    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _BLOCK_TO_GGUF:
-        return f"blk.{parts[2]}.{_BLOCK_TO_GGUF[parts[3]]}.{suffix}"
-    if module in _TOP_TO_GGUF:
-        return f"{_TOP_TO_GGUF[module]}.{suffix}"
-    raise ValueError(f"{name!r} has no llama.cpp tensor name")
+# name -> (tensor type of the matrices, general.file_type)
+PYTHON_TYPES = {"f16": (Q.F16, F.MOSTLY_F16), "bf16": (Q.BF16, F.MOSTLY_BF16), "f32": (Q.F32, F.ALL_F32),
+                "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0), "q5_1": (Q.Q5_1, F.MOSTLY_Q5_1), "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0)}
+LLAMA_CPP_TYPES = {"q4_k_m": F.MOSTLY_Q4_K_M, "q5_k_m": F.MOSTLY_Q5_K_M, "q6_k": F.MOSTLY_Q6_K}
+GGUF_TYPES = (*PYTHON_TYPES, *LLAMA_CPP_TYPES)
+EXTRA_HINT = ("pip install 'fine-tune-studio[gguf]' (llama-cpp-python; it builds llama.cpp from source, "
+              "about 7 minutes on 2 cores the first time)")
+# The base GGUF's general.* keys that still describe the export (the Metadata fields of the same name).
+CARRIED_GENERAL = ("name", "basename", "finetune", "size_label", "license", "license_name",
+                   "license_link", "organization", "author", "version", "url", "repo_url", "tags",
+                   "languages")
+Progress = Callable[[float, str], None]
 
 
-def permute_qk(x: mx.array, n_heads: int) -> mx.array:
-    """HF rotate-half rows -> llama.cpp's interleaved pairs (inverse of gguf.unpermute_qk)."""
-    rows = x.shape[0]
-    return x.reshape(n_heads, 2, rows // n_heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+def llama_cpp():
+    """The llama_cpp module, or None when the optional llama-cpp-python is not installed."""
+    try:
+        import llama_cpp as module
+    except ImportError:
+        return None
+    return module
 
 
-def check_architecture(model_type: str, source: str) -> None:
-    """UserError unless llama.cpp's llama architecture (and our loader) can hold `model_type`."""
-    if model_type not in ("llama", "mistral"):
-        raise UserError(f"The model {source} is a {model_type!r} model; GGUF export supports "
-                        "llama-family models (Llama, SmolLM, Mistral, TinyLlama). Export 'fused' "
-                        "and convert that folder with llama.cpp's convert_hf_to_gguf.py.")
+def check_gguf_type(gguf_type: str) -> None:
+    if gguf_type not in GGUF_TYPES:
+        raise UserError(f"Unknown GGUF type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}.")
+    if gguf_type in LLAMA_CPP_TYPES and llama_cpp() is None:
+        raise UserError(f"GGUF type {gguf_type} is made by llama.cpp's quantiser, which is not "
+                        f"installed: {EXTRA_HINT}. Or choose {', '.join(PYTHON_TYPES)}.")
 
 
-def check_rope_scaling(config: dict, source: str) -> None:
-    scaling = config.get("rope_scaling") or {}
-    kind = scaling.get("type", scaling.get("rope_type"))
-    if scaling and kind not in ("linear", "default"):
-        raise UserError(f"The model {source} uses {kind!r} rope scaling, which this GGUF export "
-                        "does not write. Export 'fused' and convert that folder with llama.cpp's "
-                        "convert_hf_to_gguf.py.")
+def tensor_type(name: str, shape: tuple, qtype: Q, tied: bool) -> Q:
+    """The type one tensor is stored in when the file's matrices are `qtype`."""
+    if len(shape) < 2 or qtype == Q.F32:
+        return Q.F32
+    if qtype in (Q.Q4_0, Q.Q5_1) and (name == "output.weight" or (tied and name == "token_embd.weight")):
+        qtype = Q.Q8_0
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if shape[-1] % block:
+        raise UserError(f"The tensor {name} has rows of {shape[-1]} values, not a multiple of the "
+                        f"{block}-value blocks of {qtype.name}; choose f16, bf16 or f32.")
+    return qtype
 
 
-def _u32(v) -> mx.array:
-    return mx.array(int(v), dtype=mx.uint32)
+def _nbytes(shape: tuple, qtype: Q) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
 
 
-def _f32(v) -> mx.array:
-    return mx.array(float(v), dtype=mx.float32)
+def general_metadata(loaded, name: str | None, finetune: str | None) -> gguf.Metadata:
+    """general.* of the export: the base's, renamed for a fine-tune (which names its base)."""
+    info = loaded.info
+    if info.is_gguf:
+        fields = gguf.GGUFReader(info.path).fields
+        meta = gguf.Metadata()
+        for attr in CARRIED_GENERAL:
+            field = fields.get(getattr(gguf.Keys.General, attr.upper()))
+            if field is not None:
+                setattr(meta, attr, field.contents())
+    else:
+        meta = gguf.Metadata.load(model_path=Path(info.path), total_params=info.num_parameters)
+    base_name = meta.name or info.name
+    meta.basename = meta.basename or base_name
+    if finetune:
+        meta.base_models = [{k: v for k, v in (("name", base_name), ("organization", meta.organization),
+                                                ("repo_url", meta.repo_url)) if v}]
+        meta.finetune = finetune
+    meta.name = name or base_name
+    return meta
 
 
-def model_metadata(config: dict, name: str, file_type: int) -> dict:
-    """general.* and llama.* keys for an HF-style llama config."""
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    md = {
-        "general.architecture": "llama", "general.type": "model", "general.name": name,
-        "general.file_type": _u32(file_type),
-        "llama.context_length": _u32(config.get("max_position_embeddings", 2048)),
-        "llama.embedding_length": _u32(config["hidden_size"]),
-        "llama.block_count": _u32(config["num_hidden_layers"]),
-        "llama.feed_forward_length": _u32(config["intermediate_size"]),
-        "llama.attention.head_count": _u32(heads),
-        "llama.attention.head_count_kv": _u32(config.get("num_key_value_heads") or heads),
-        "llama.attention.layer_norm_rms_epsilon": _f32(config.get("rms_norm_eps", 1e-5)),
-        "llama.rope.freq_base": _f32(config.get("rope_theta", 10000.0)),
-        "llama.rope.dimension_count": _u32(head_dim),
-        "llama.vocab_size": _u32(config["vocab_size"]),
-    }
-    if head_dim != config["hidden_size"] // heads:
-        md["llama.attention.key_length"] = md["llama.attention.value_length"] = _u32(head_dim)
-    scaling = config.get("rope_scaling") or {}
-    if scaling.get("type", scaling.get("rope_type")) == "linear":
-        md["llama.rope.scaling.type"] = "linear"
-        md["llama.rope.scaling.factor"] = _f32(scaling["factor"])
-    return md
+def write_gguf(loaded, path: Path, gguf_type: str = "f16", *, name: str | None = None,
+               finetune: str | None = None, progress: Progress | None = None) -> None:
+    """Write a fused, float LoadedModel as the GGUF file `path` (see the module docstring).
 
-
-def _pre_tokenizer_name(spec: dict | None) -> str:
-    """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre_tokenizer (see gguf.py)."""
-    if spec and spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
-        return "gpt2"
-    parts = (spec or {}).get("pretokenizers") or []
-    kinds = [p.get("type") for p in parts]
-    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"] and parts[0].get("pattern", {}).get("Regex") == gguf._LLAMA3_REGEX:
-        return "llama-bpe"
-    warnings.warn("The tokenizer's pre-tokenizer is not one llama.cpp is known to name here; "
-                  "the GGUF says 'default', which may split some text differently.", stacklevel=3)
-    return "default"
-
-
-def _is_byte_level(spec: dict) -> bool:
-    decoder = spec.get("decoder") or {}
-    decoders = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
-    return spec.get("model", {}).get("type") == "BPE" and any(
-        d.get("type") == "ByteLevel" for d in decoders)
-
-
-def tokenizer_metadata(tokenizer, vocab_rows: int, source: str, gguf_source: dict | None = None) -> dict:
-    """tokenizer.* keys for an HF byte-level BPE tokenizer, padded to the embedding's rows.
-
-    `gguf_source`: the base's own GGUF metadata, whose pre-tokenizer name is kept.
+    `name`: general.name (default: the base's name); `finetune`: the run's name when the
+    weights are a fine-tune. `progress(fraction, message)` is called per tensor.
     """
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)  # TokenizerWrapper -> HF tokenizer
-    spec = json.loads(hf.backend_tokenizer.to_str())
-    if not _is_byte_level(spec):
-        raise UserError(f"The tokenizer of {source} is not a byte-level BPE tokenizer (it is "
-                        f"{spec.get('model', {}).get('type')!r}, e.g. SentencePiece-style), which this "
-                        "GGUF export cannot describe. Export 'fused' and convert that folder with "
-                        "llama.cpp's convert_hf_to_gguf.py.")
-    by_id = {i: t for t, i in spec["model"]["vocab"].items()}
-    types = {}
-    for added in spec.get("added_tokens", []):
-        by_id[added["id"]] = added["content"]
-        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    if by_id and max(by_id) >= vocab_rows:
-        raise UserError(f"The tokenizer of {source} has token id {max(by_id)} but the model's "
-                        f"embedding has only {vocab_rows} rows; the model and tokenizer do not match.")
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_rows)]
-    token_types = [types.get(i, NORMAL if i in by_id else UNUSED) for i in range(vocab_rows)]
-    pre = (gguf_source or {}).get("tokenizer.ggml.pre") or _pre_tokenizer_name(spec.get("pre_tokenizer"))
-    pre_spec = spec.get("pre_tokenizer") or {}
-    byte_level = [p for p in pre_spec.get("pretokenizers", [pre_spec]) if p.get("type") == "ByteLevel"]
-    md = {
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": mx.array(token_types, dtype=mx.int32),
-        "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m)
-                                  for m in spec["model"].get("merges", [])],
-        "tokenizer.ggml.add_space_prefix": mx.array(
-            bool(byte_level and byte_level[0].get("add_prefix_space", False))),
-    }
-    for key, token_id in (("bos", hf.bos_token_id), ("eos", hf.eos_token_id),
-                          ("unknown", hf.unk_token_id), ("padding", hf.pad_token_id)):
-        if token_id is not None:
-            md[f"tokenizer.ggml.{key}_token_id"] = _u32(token_id)
-    probe = hf.encode("a")
-    md["tokenizer.ggml.add_bos_token"] = mx.array(bool(
-        hf.bos_token_id is not None and probe[:1] == [hf.bos_token_id]))
-    md["tokenizer.ggml.add_eos_token"] = mx.array(bool(
-        hf.eos_token_id is not None and len(probe) > 1 and probe[-1] == hf.eos_token_id))
-    if isinstance(getattr(hf, "chat_template", None), str):
-        md["tokenizer.chat_template"] = hf.chat_template
-    return md
-
-
-def gguf_tensors(model, config: dict, dtype) -> dict:
-    """llama.cpp name -> array: matrices in `dtype`, vectors in float32, Q/K permuted."""
-    heads = {"self_attn.q_proj": config["num_attention_heads"],
-             "self_attn.k_proj": config.get("num_key_value_heads") or config["num_attention_heads"]}
-    permute = not config.get("rope_traditional", False)  # traditional rope: already interleaved
-    tensors = {}
-    for name, value in tree_flatten(model.parameters()):
-        if not mx.issubdtype(value.dtype, mx.floating):
-            raise UserError(f"The weight {name} is not a float array ({value.dtype}); the model "
-                            "must be fused with dequantize before GGUF export.")
-        module = name.rpartition(".")[0]
-        n_heads = next((n for key, n in heads.items() if module.endswith(key)), None)
-        if permute and n_heads:
-            value = permute_qk(value, n_heads)
-        try:
-            gguf_name = gguf_tensor_name(name)
-        except ValueError as e:
-            raise UserError(f"The model {config.get('model_type')} holds {e}, so it is not a plain "
-                            "llama model; export 'fused' instead.") from None
-        tensors[gguf_name] = value.astype(dtype if value.ndim >= 2 else mx.float32)
-    return tensors
-
-
-def _carried_general(base_md: dict) -> dict:
-    """CARRIED_GENERAL_KEYS of a base GGUF that hold text (or a non-empty list of text)."""
-    def is_text(v):
-        return isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
-    return {k: base_md[k] for k in CARRIED_GENERAL_KEYS if is_text(base_md.get(k))}
-
-
-def write_gguf(loaded, path: Path, gguf_type: str = "f16", *, name: str = "model") -> None:
-    """Write a fused, float LoadedModel (llama family) as the GGUF file `path`."""
-    dtype, file_type = TENSOR_TYPES[gguf_type]
+    check_gguf_type(gguf_type)
+    if gguf_type in LLAMA_CPP_TYPES:
+        f16 = path.with_name(path.stem + ".f16-source.gguf")
+        write_gguf(loaded, f16, "f16", name=name, finetune=finetune,
+                   progress=lambda f, m: (progress or (lambda *_: None))(0.7 * f, m))
+        _llama_cpp_quantize(f16, path, LLAMA_CPP_TYPES[gguf_type], progress)
+        return
+    report = progress or (lambda fraction, message: None)
     config, source = loaded.config, loaded.info.path
-    check_architecture(config.get("model_type"), source)
-    check_rope_scaling(config, source)
-    tensors = gguf_tensors(loaded.model, config, dtype)
-    rows = tensors["token_embd.weight"].shape[0]
-    base_md = gguf.read_header(source).metadata if loaded.info.is_gguf else None
-    metadata = {**model_metadata({**config, "vocab_size": rows}, name, file_type),
-                **_carried_general(base_md or {}),
-                **tokenizer_metadata(loaded.tokenizer, rows, source, base_md)}
-    mx.save_gguf(str(path), tensors, metadata)
+    arch = architecture(config.get("model_type"), source)
+    check_rope_scaling(arch, config, source)
+    qtype, file_type = PYTHON_TYPES[gguf_type]
+    tensors = gguf_tensors(loaded.model, arch, config)
+    shapes = dict((n, s) for n, s, _ in tensors)
+    rows = shapes["token_embd.weight"][0]
+    tied = "output.weight" not in shapes
+    types = [tensor_type(n, s, qtype, tied) for n, s, _ in tensors]
+
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
+    writer.add_type(gguf.GGUFType.MODEL)
+    general_metadata(loaded, name, finetune).set_gguf_meta_model(writer)
+    write_hyperparameters(writer, arch, config, rows)
+    writer.add_file_type(int(file_type))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    write_tokenizer(writer, loaded, rows)
+    for (n, shape, _), t in zip(tensors, types):
+        writer.add_tensor_info(n, shape, np.dtype(np.float32), _nbytes(shape, t), raw_dtype=t)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, ((n, _, make), t) in enumerate(zip(tensors, types)):
+            report(i / len(tensors), f"Writing {n} as {t.name} ({i + 1}/{len(tensors)})")
+            writer.write_tensor_data(gguf.quants.quantize(make(), t))
+    finally:
+        writer.close()
+    report(1.0, f"Wrote {path.name}")
+
+
+def _llama_cpp_quantize(source: Path, path: Path, file_type: F, progress: Progress | None) -> None:
+    """llama.cpp's own k-quant mixes (Q4_K_M, ...) from the f16 file `source`, which is removed."""
+    module = llama_cpp()
+    (progress or (lambda *_: None))(0.7, f"Quantising to {file_type.name} with llama.cpp")
+    params = module.llama_model_quantize_default_params()
+    params.ftype = int(file_type)
+    params.nthread = os.cpu_count() or 1
+    code = module.llama_model_quantize(str(source).encode(), str(path).encode(), ctypes.byref(params))
+    source.unlink()
+    if code != 0:
+        raise UserError(f"llama.cpp's quantiser failed ({code}) turning {source.name} into "
+                        f"{file_type.name}; choose q8_0 or f16, or update llama-cpp-python.")
+    if progress:
+        progress(1.0, f"Wrote {path.name}")

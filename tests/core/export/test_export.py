@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 import gguf  # the PyPI package (test extra): llama.cpp's own GGUF reader
 from gguf import GGMLQuantizationType as Q
 
-from tests.core.models.test_gguf import TEXTS, llama_cpp_permute, write_gguf
+from tests.core.models.test_gguf import TEXTS
+from tests.gguf_files import llama_cpp_permute, write_gguf
 from trainer_core import cli, runner
 from trainer_core.export import exporter as export_module
 from trainer_core.config import LoraConfig, RunConfig
@@ -56,7 +57,7 @@ class Trained:
             "save_every": 0, "eval_every": 0, "lr_schedule": "constant", "learning_rate": 5e-2, "sample_max_tokens": 4,
             "lora": LoraConfig(rank=4, num_layers=1), **fields})
         run = runner.build_run(config)
-        run.loop.train()
+        run.train()
         self.base = str(model_dir)
         self.checkpoint = run.run_dir / "final"
         self.model = run.loop.model
@@ -191,7 +192,7 @@ def test_gguf_reads_back_with_the_trained_logits(runs, tmp_path, name, gguf_type
     run = runs[name]
     out = export(run.checkpoint, "gguf", tmp_path / "gguf", gguf_type=gguf_type)
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f"model-{gguf_type}.gguf"]
+    assert files == [f"{run.checkpoint.parent.name}-{gguf_type.upper()}.gguf"]  # named after the run
     lm = load_model(str(out / files[0]))
     assert lm.info.quantization == "none"
     assert max_diff(lm.model(IDS), run.logits) < tolerance
@@ -205,7 +206,7 @@ def test_gguf_has_llama_cpp_layout_and_types(runs, tmp_path, tiny_model_dir):
     """Checked with llama.cpp's own gguf-py reader, not with our loader."""
     run = runs["lora"]
     out = export(run.checkpoint, "gguf", tmp_path / "gguf", gguf_type="f16")
-    reader = gguf.GGUFReader(str(out / "model-f16.gguf"))
+    reader = gguf.GGUFReader(str(out / "lora-F16.gguf"))
     fields = reader.fields
 
     def kind(key):
@@ -245,7 +246,7 @@ def test_gguf_has_llama_cpp_layout_and_types(runs, tmp_path, tiny_model_dir):
 
 def test_gguf_from_a_gguf_base_keeps_its_tokenizer_metadata(runs, tiny_gguf, tmp_path):
     out = export(runs["gguf"].checkpoint, "gguf", tmp_path / "gguf", gguf_type="f32")
-    ours = gguf.GGUFReader(str(out / "model-f32.gguf")).fields
+    ours = gguf.GGUFReader(str(out / "gguf-lora-F32.gguf")).fields
     base = gguf.GGUFReader(str(tiny_gguf)).fields
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
                 "tokenizer.ggml.pre", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
@@ -350,11 +351,11 @@ def test_errors_name_the_path(runs, tmp_path):
         export(checkpoint, "mlx-lm", tmp_path / "file" / "out")
     with pytest.raises(UserError, match="full fine-tune, which has no adapters for PEFT"):
         export(runs["full"].checkpoint, "peft", tmp_path / "out")
-    other = tmp_path / "qwen"  # any architecture llama.cpp's llama loader does not take
+    other = tmp_path / "starcoder"  # an architecture mlx-lm builds but GGUF export does not write
     shutil.copytree(runs["lora"].base, other)
     (other / "config.json").write_text(json.dumps(
-        {**json.loads((other / "config.json").read_text()), "model_type": "qwen2"}))
-    with pytest.raises(UserError, match=f"{other} is a 'qwen2' model; GGUF export supports llama"):
+        {**json.loads((other / "config.json").read_text()), "model_type": "starcoder2"}))
+    with pytest.raises(UserError, match=f"{other} is a 'starcoder2' model; GGUF export supports llama"):
         export(checkpoint, "gguf", tmp_path / "out", model=str(other))
     assert not (tmp_path / "out").exists()
 
@@ -381,7 +382,7 @@ def test_progress_is_reported_in_order(runs, tmp_path):
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(isinstance(m, str) and m for _, m in seen)
-    assert (tmp_path / "out" / "model-f16.gguf").is_file()
+    assert (tmp_path / "out" / "lora-F16.gguf").is_file()
 
 
 def run_cli(*args):
@@ -404,7 +405,7 @@ def test_cli_export(runs, tmp_path, capsys):
     assert "quantization" not in json.loads((tmp_path / "c" / "config.json").read_text())
     assert cli.main(["export", str(runs["lora"].checkpoint), "--format", "gguf", "--gguf-type", "f32",
                      "--out", str(tmp_path / "d")]) == 0
-    assert (tmp_path / "d" / "model-f32.gguf").is_file()
+    assert (tmp_path / "d" / "lora-F32.gguf").is_file()
     assert cli.main(["export", str(runs["lora"].checkpoint), "--format", "peft",
                      "--out", str(tmp_path / "a")]) == 2
     assert "is not empty" in capsys.readouterr().err
