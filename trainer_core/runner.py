@@ -26,7 +26,7 @@ from trainer_core.models.recompute import recompute_blocks
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.training.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
-from trainer_core.data import load_dataset
+from trainer_core.data import load_run_data
 from trainer_core.errors import UserError
 from trainer_core.training.loop import TrainingLoop, TrainResult
 from trainer_core.methods import make_method
@@ -86,8 +86,8 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
     config.validate()
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
-    splits = _split_validation(load_dataset(config.data, config.data_kind or None), config)
-    log.on_log(f"Data {config.data}: {splits.kind}, {len(splits.train)} train / {len(splits.valid)} valid records")
+    splits = _split_validation(load_run_data(config), config)
+    log.on_log(f"Data {config.data}: {splits.format}, {len(splits.train)} train / {len(splits.valid)} valid records")
     full = config.resolved_fine_tune_type == "full"
     dequantize = should_dequantize(config.quantized_base, full)
     loaded = load_model(config.model, dequantize=dequantize)
@@ -104,6 +104,11 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         recompute_blocks(loaded.model)
     method = make_method(config, loaded.tokenizer)
     train_examples, valid_examples, stats = method.prepare(splits)
+    for split, split_stats in stats.items():  # grpo leaves long prompts out itself, against its own limit
+        note = split_stats.long_rows_note(config.max_seq_length, config.long_rows) \
+            if split_stats and config.method != "grpo" else ""
+        if note:
+            log.on_log(f"Data ({split}): {note}")
     log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "
                f"{len(train_examples)} train / {len(valid_examples)} valid examples")
     writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
@@ -115,7 +120,7 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         if writer and (run_dir / CONFIG_FILE).exists():
             raise UserError(f"Run folder {run_dir} already holds a run. Choose another --run-name, or continue it "
                             f"with `finetune resume {run_dir}`.", field="run_name")
-    run_fingerprint = fingerprint(config, splits.files)
+    run_fingerprint = fingerprint(config, splits.fingerprint_files())
     if world_size > 1:
         _join(log, config, run_dir, run_fingerprint, len(train_examples), len(valid_examples), world_size)
     fresh = writer and not run_dir.exists()

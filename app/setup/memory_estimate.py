@@ -3,8 +3,9 @@
 An estimate from metadata only (ModelInfo and the dataset's longest example),
 meant to warn before a run that cannot fit, not to predict the peak exactly:
 
-  weights      parameters x bytes per weight (quantized: bits/8 plus group scales;
-               full fine-tuning trains float32 weights)
+  weights      parameters x bytes per weight (quantized: bits/8 plus group scales); full fine-tuning
+               of a (16-bit) model: float32 masters + the 16-bit copy it computes with, or 16-bit
+               weights alone with [precision] master_weights = stochastic_rounding / none
   adapters     LoRA: rank x (in + out) for each adapted linear, float32
   gradients + optimizer   trainable x 4 bytes x 3 (gradient, AdamW m and v)
   activations  batch x tokens x hidden x layers x ACTIVATION_BYTES (gradient checkpointing:
@@ -18,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 
+FULL_FINETUNING_BYTES = {"fp32": 4.0 + 2.0, "stochastic_rounding": 2.0, "none": 2.0}  # by master_weights
 ACTIVATION_BYTES = 64  # per token, per hidden unit, per layer, kept for the backward pass (float32, ~16 tensors)
 LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -62,6 +64,7 @@ def estimate(info, config, longest_tokens: int | None = None) -> MemoryEstimate:
     full = kind == "full"
     weights = info.num_parameters * bytes_per_weight(info.quantization, full)
     if full:
+        weights = info.num_parameters * FULL_FINETUNING_BYTES.get(config.precision.master_weights, 4.0)
         trainable = info.num_parameters
         adapters = 0.0
     else:

@@ -97,6 +97,13 @@ class MethodPanel(QGroupBox):
             "eps": float_field("diffusion.eps", placeholder="1e-3"),
             "sft_mode": bool_field("diffusion.sft_mode", "Never mask the prompt (SFT mode)"),
         }
+        self.precision = {
+            "master_weights": choice_field("precision.master_weights", [
+                ("fp32", "float32 master weights"), ("stochastic_rounding", "stochastic rounding (half the memory)"),
+                ("none", "none (small updates are lost)")],
+                tooltip="How full fine-tuning updates a bf16/fp16 model: float32 masters (standard mixed precision), "
+                        "16-bit weights rounded stochastically, or rounded to nearest."),
+        }
         targets_menu = QPushButton()
         targets_menu.setText("Presets")
         menu = QMenu(targets_menu)
@@ -127,13 +134,16 @@ class MethodPanel(QGroupBox):
         self.diffusion_box = self._section("Diffusion", _grid([
             [("mask schedule", d["schedule"]), ("eps", d["eps"])], [("", d["sft_mode"])]]))
 
+        self.full_box = self._section("Full fine-tuning", _grid([
+            [("16-bit updates", self.precision["master_weights"])]]))
+
         self.availability = QLabel("")
         self.availability.setObjectName("fieldMessage")
         self.availability.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(holder)
         layout.addLayout(_grid([[("Trains", self.fine_tune_type)]]))
-        for box in (self.lora_box, self.dpo_box, self.grpo_box, self.diffusion_box):
+        for box in (self.lora_box, self.full_box, self.dpo_box, self.grpo_box, self.diffusion_box):
             layout.addWidget(box)
         layout.addWidget(self.availability)
         layout.addStretch(1)
@@ -156,7 +166,7 @@ class MethodPanel(QGroupBox):
     @property
     def fields(self) -> list[BoundField]:
         return [self.method, self.fine_tune_type, *self.lora.values(), *self.dpo.values(), *self.grpo.values(),
-                *self.diffusion.values()]
+                *self.diffusion.values(), *self.precision.values()]
 
     def _method(self) -> str:
         return METHODS[max(0, self.buttons.checkedId())]
@@ -177,6 +187,7 @@ class MethodPanel(QGroupBox):
         default = DEFAULT_FINE_TUNE_TYPE[method]
         self.fine_tune_type.editor.setItemText(0, f"method default ({TYPE_LABELS[default]})")
         self.lora_box.setVisible(self.resolved_type() in ("lora", "dora"))
+        self.full_box.setVisible(self.resolved_type() == "full")
         self.dpo_box.setVisible(method == "dpo")
         self.grpo_box.setVisible(method == "grpo")
         self.diffusion_box.setVisible(method == "diffusion")

@@ -268,7 +268,10 @@ def test_memory_estimate_and_warning(qtbot, pane, monkeypatch):
     lora = memory_estimate.estimate(info, RunConfig(method="lora"), 100)
     full = memory_estimate.estimate(info, RunConfig(method="sft"), 100)
     assert full.total > lora.total and lora.adapters > 0 and full.adapters == 0
-    assert full.weights == info.num_parameters * 4  # full fine-tuning trains float32 weights
+    assert full.weights == info.num_parameters * 6  # full fine-tuning: float32 masters + the 16-bit compute copy
+    rounded = RunConfig(method="sft")
+    rounded.precision.master_weights = "stochastic_rounding"
+    assert memory_estimate.estimate(info, rounded, 100).weights == info.num_parameters * 2
     assert full.optimizer == info.num_parameters * 12
     bigger = memory_estimate.estimate(info, RunConfig(method="lora", batch_size=8), 100)
     assert bigger.activations == pytest.approx(2 * memory_estimate.estimate(

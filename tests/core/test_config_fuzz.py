@@ -19,8 +19,8 @@ from trainer_core.errors import UserError
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                          HealthCheck.too_slow])
 DEFAULTS = RunConfig().to_dict()
-SECTIONS = sorted(k for k, v in DEFAULTS.items() if isinstance(v, dict))
-TOP = sorted(k for k, v in DEFAULTS.items() if not isinstance(v, dict))
+SECTIONS = sorted(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(getattr(RunConfig(), f.name)))
+TOP = sorted(k for k in DEFAULTS if k not in SECTIONS)  # data_columns is a dict-valued field, not a section
 DOTTED = TOP + [f"{s}.{k}" for s in SECTIONS for k in DEFAULTS[s]] + ["param_groups.0.pattern"]
 
 NAMES = st.sampled_from(TOP) | st.text(max_size=6)
@@ -65,6 +65,9 @@ def typed(name):
     if isinstance(default, str):
         return st.sampled_from(["lora", "sft", "dpo", "grpo", "diffusion", "full", "dora", "linear", "cosine",
                                 "keep", "auto", "chat", "sigmoid", "ipo", "grpo", "dr_grpo", ""]) | st.text(max_size=8)
+    if isinstance(default, dict):
+        return st.dictionaries(st.sampled_from(["prompt", "completion", "answer", "x"]), st.text(max_size=6) | VALUES,
+                               max_size=3)
     return st.lists(SCALARS, max_size=3) | st.lists(st.text(max_size=8), max_size=3) | st.text(max_size=12)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import tomli_w
 
 from trainer_core.config import toml_io
-from trainer_core.config.sections import DiffusionConfig, DPOConfig, GRPOConfig, LoraConfig, ParamGroup
+from trainer_core.config.sections import (DiffusionConfig, DPOConfig, GRPOConfig, LoraConfig, ParamGroup,
+                                          PrecisionConfig)
 from trainer_core.errors import UserError
 
 METHODS = ("sft", "lora", "dpo", "grpo", "diffusion")
@@ -26,6 +27,10 @@ FINE_TUNE_TYPES = ("lora", "dora", "full")
 DEFAULT_FINE_TUNE_TYPE = {"sft": "full", "lora": "lora", "dpo": "lora", "grpo": "lora", "diffusion": "full"}
 SCHEDULES = ("constant", "linear", "cosine", "polynomial")
 DATA_KINDS = ("", "text", "completions", "chat", "preference", "prompt_answer")
+# Record formats mapped onto the kinds (data/formats.py); "" = detect from the first record.
+DATA_FORMATS = ("native", "alpaca", "sharegpt", "preference_messages", "preference_transcript", "columns")
+DATA_COLUMN_FIELDS = ("prompt", "completion", "answer", "system", "messages", "chosen", "rejected", "text")
+LONG_ROWS = ("truncate", "drop")
 # What "best checkpoint" and early stopping go by: (eval record key, "min" | "max"); default ("loss", "min").
 # GRPO's eval loss is about beta * KL (the advantages average to zero), so it goes by the eval reward.
 BEST_EVAL_METRIC = {"grpo": ("reward_mean", "max")}
@@ -47,11 +52,15 @@ class RunConfig:
     model: str = "demo"  # a model folder, a .gguf file, or "demo"
     data: str = ""  # a data file or a folder with train/valid/test
     data_kind: str = ""  # force the data kind; empty = detect
+    data_format: str = ""  # force the record format (DATA_FORMATS); empty = detect
+    data_columns: dict[str, str] = field(default_factory=dict)  # field -> column, e.g. {prompt = "question"}
+    last_turn_only: bool = False  # multi-turn chats: train only the last assistant reply (default: every reply)
+    long_rows: str = "truncate"  # rows longer than max_seq_length: truncate | drop
     output_dir: str = ""  # runs root; empty = the platform default
     run_name: str = ""  # run folder name; empty = method-model-date
     fine_tune_type: str = ""  # lora | dora | full; empty = the method's default
     quantized_base: str = "auto"  # keep | dequantize | auto (= dequantize where MLX runs on the CPU, keep on a GPU)
-    mixed_precision: bool = True  # 16-bit model: compute float32 adapters in 16 bits (float32 master weights and optimizer)
+    mixed_precision: bool = True  # 16-bit model: compute float32 trainable weights (adapters, full FT's masters) in 16 bits
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, ~1/3 slower
     max_steps: int = 0  # optimizer steps; 0 = use epochs
     epochs: int = 1  # passes over the training data when max_steps = 0
@@ -105,6 +114,7 @@ class RunConfig:
                 p[name] = message
 
         for name, value in toml_io.leaves(self):  # NaN/Inf pass every comparison below (inf >= 0)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
             if isinstance(value, float):
                 need(math.isfinite(value), name, f"{name} must be a finite number (got {value}).")
         need(0 <= self.seed < 2**63, "seed", "seed must be a whole number from 0 to 2**63 - 1.")
@@ -118,6 +128,12 @@ class RunConfig:
         need(bool(str(self.model).strip()), "model", "model is empty: choose a model folder, a .gguf file or 'demo'.")
         need(bool(str(self.data).strip()), "data", "data is empty: choose a data file or a folder holding train.jsonl.")
         need(self.data_kind in DATA_KINDS, "data_kind", f"data_kind must be empty (detect) or one of {', '.join(DATA_KINDS[1:])}.")
+        need(self.data_format in ("",) + DATA_FORMATS, "data_format",
+             f"data_format must be empty (detect) or one of {', '.join(DATA_FORMATS)}.")
+        need(all(k in DATA_COLUMN_FIELDS and isinstance(v, str) and v for k, v in self.data_columns.items()),
+             "data_columns", f"data_columns maps fields ({', '.join(DATA_COLUMN_FIELDS)}) to column names, "
+             'e.g. {prompt = "question", completion = "answer"}.')
+        need(self.long_rows in LONG_ROWS, "long_rows", "long_rows must be truncate or drop.")
         need(self.max_steps >= 0, "max_steps", "max_steps must be 0 (use epochs) or a positive number of steps.")
         need(self.epochs >= 1 or self.max_steps > 0, "epochs", "epochs must be at least 1 (or set max_steps).")
         need(self.batch_size >= 1, "batch_size", "batch_size must be at least 1.")
@@ -147,7 +163,7 @@ class RunConfig:
         for i, group in enumerate(self.param_groups):
             need(bool(group.pattern), f"param_groups.{i}.pattern", "a param group needs a pattern such as 'layers.0.*'.")
             need(group.lr_multiplier >= 0, f"param_groups.{i}.lr_multiplier", "lr_multiplier must be 0 or more.")
-        for section in (self.lora, self.dpo, self.grpo, self.diffusion):
+        for section in (self.lora, self.dpo, self.grpo, self.diffusion, self.precision):
             section.check(self, need)
         return p
 

@@ -1,4 +1,4 @@
-"""The sections of RunConfig: `[lora]`, `[dpo]`, `[grpo]`, `[diffusion]` and `[[param_groups]]`.
+"""The sections of RunConfig: `[lora]`, `[dpo]`, `[grpo]`, `[diffusion]`, `[precision]` and `[[param_groups]]`.
 
 Each method section validates itself (`check`), so a section's fields, defaults and rules sit
 together; `RunConfig.problems()` asks every section. They live in config/ rather than beside their
@@ -102,6 +102,21 @@ class DiffusionConfig:
         need(self.schedule in ("linear", "cosine", "polynomial"), "diffusion.schedule", "diffusion.schedule must be linear, cosine or polynomial.")
         need(0 < self.eps < 1, "diffusion.eps", "diffusion.eps must be in (0, 1).")
         need(self.schedule_power > 0, "diffusion.schedule_power", "diffusion.schedule_power must be positive.")
+
+
+MASTER_WEIGHTS = ("fp32", "stochastic_rounding", "none")
+
+
+@dataclass
+class PrecisionConfig:
+    """How full fine-tuning updates a 16-bit (bf16/fp16) model; float32 models and adapters are unaffected.
+    (The top-level `mixed_precision` decides whether float32 trainable weights compute in 16 bits.)"""
+    master_weights: str = "fp32"  # fp32: float32 master copy updated, model computes in 16 bits | stochastic_rounding: 16-bit weights, unbiased rounding | none: round to nearest (small updates are lost)
+
+    def check(self, run, need) -> None:
+        """Report each invalid field through need(ok, "precision.<field>", message); `run`: the RunConfig."""
+        need(self.master_weights in MASTER_WEIGHTS, "precision.master_weights",
+             "precision.master_weights must be fp32, stochastic_rounding or none.")
 
 
 @dataclass

@@ -43,6 +43,7 @@ def apply_assignments(data: dict[str, Any], assignments: list[str]) -> dict[str,
     for item in assignments:
         key, sep, raw = item.partition("=")
         key = key.strip()
+        key = data_alias(key)
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set lora.rank=16.")
         try:
@@ -55,9 +56,36 @@ def apply_assignments(data: dict[str, Any], assignments: list[str]) -> dict[str,
             if not isinstance(target.get(part), dict):
                 raise UserError(f"--set {item!r}: {key} is not a config field (sections: lora, dpo, grpo, diffusion).", field=key)
             target = target[part]
-        if leaf not in target:
+        if leaf not in target and parents != ["data_columns"]:
             raise UserError(f"--set {item!r}: {key} is not a config field.", field=key)
         target[leaf] = value
+    return data
+
+
+# DESIGN.md spells the data settings as a [data] table (columns, format, kind), but `data` has always been
+# the top-level data path, which config.toml files hold; so the fields are data_columns / data_format /
+# data_kind, and the [data] spelling is accepted as an alias (`--set data.columns.prompt=question`, or a
+# [data] table with `path`).
+DATA_TABLE = {"path": "data", "columns": "data_columns", "format": "data_format", "kind": "data_kind"}
+
+
+def data_alias(key: str) -> str:
+    """'data.columns.prompt' -> 'data_columns.prompt', 'data.format' -> 'data_format'; others unchanged."""
+    head, _, rest = key.partition(".")
+    if head != "data" or not rest:
+        return key
+    name, _, tail = rest.partition(".")
+    return DATA_TABLE.get(name, key) + (f".{tail}" if tail and name in DATA_TABLE else "")
+
+
+def unfold_data_table(data: dict[str, Any]) -> dict[str, Any]:
+    """A [data] table (path/columns/format/kind) as the top-level data fields."""
+    table = data.get("data")
+    if not isinstance(table, dict):
+        return data
+    data = {k: v for k, v in data.items() if k != "data"}
+    for name, value in table.items():
+        data[DATA_TABLE.get(name, f"data.{name}")] = value
     return data
 
 
@@ -79,6 +107,8 @@ def build(cls, data: Any, source: str, prefix: str):
     """Build dataclass `cls` from a dict, checking names and types with clear messages."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: [{prefix.rstrip('.')}] must be a table of settings.", field=prefix.rstrip("."))
+    if not prefix:
+        data = unfold_data_table(data)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -120,10 +150,14 @@ def coerce(value: Any, default: Any, source: str, name: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
     elif isinstance(default, list):
         if isinstance(value, list):
             return list(value)
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
-    expected = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list"}.get(kind, kind.__name__)
+    expected = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list",
+                dict: "a table of names to texts"}.get(kind, kind.__name__)
     raise UserError(f"{source}: {name} must be {expected} (got {value!r}).", field=name)

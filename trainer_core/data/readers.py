@@ -1,4 +1,4 @@
-"""Read dataset files into `Record`s: .jsonl, .json, .csv, .parquet.
+"""Read dataset files into `Record`s: .jsonl, .json, .csv, .tsv, .parquet.
 
 Contract: `read_records(path)` returns every non-blank record of one file in
 order, each a dict with its 1-based line (row for parquet). It raises
@@ -7,7 +7,8 @@ BOM is accepted), invalid JSON, a value that is not an object, a CSV row
 with the wrong number of cells, and an empty file. It does not check fields;
 that is `kinds.validate_record`'s job.
 
-CSV: the header row names the fields; `messages` and `tools` cells hold JSON,
+A .json file holds an array of objects, `{"data": [...]}` (as some exports write it), or JSON
+lines. CSV / TSV: the header row names the fields, cells may hold quoted newlines; `messages` and `tools` cells hold JSON,
 a `prompt` cell holding a JSON list is a messages list; empty `answer`/`tools`
 cells count as absent. Parquet needs pyarrow (optional dependency).
 """
@@ -23,9 +24,10 @@ from pathlib import Path
 from trainer_core.errors import UserError
 from trainer_core.data.records import Record, where
 
-EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 EXAMPLE = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}'
 _WS = re.compile(r"[ \t\n\r]*")
+_DATA_KEY = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"data"[ \t\n\r]*:[ \t\n\r]*(?=\[)')
 _JSON_CELLS = ("messages", "tools")
 _OPTIONAL_CELLS = ("answer", "tools")
 csv.field_size_limit(2**31 - 1)
@@ -46,10 +48,12 @@ def read_records(path: str | Path) -> list[Record]:
         except OSError as e:
             raise UserError(f"{path}: cannot read the file ({e.strerror or e}).") from None
         text = _decode(raw, path)
-        if suffix == ".csv":
-            records = _read_csv(text, str(path))
+        if suffix in (".csv", ".tsv"):
+            records = _read_csv(text, str(path), "\t" if suffix == ".tsv" else ",")
         elif suffix == ".json" and text.lstrip(" \t\r\n").startswith("["):
             records = _read_json_array(text, str(path))
+        elif suffix == ".json" and _DATA_KEY.match(text):
+            records = _read_json_array(text, str(path), _DATA_KEY.match(text).end(), closing="}")
         else:
             records = _read_jsonl(text, str(path))
     if not records:
@@ -119,10 +123,11 @@ def _read_jsonl(text: str, source: str) -> list[Record]:
     return records
 
 
-def _read_json_array(text: str, source: str) -> list[Record]:
+def _read_json_array(text: str, source: str, start: int = 0, closing: str = "") -> list[Record]:
+    """The objects of the array at `start`; then only `closing` (the end of {"data": [...]}) may follow."""
     dec = json.JSONDecoder()
     records: list[Record] = []
-    i = _WS.match(text).end() + 1  # past '['
+    i = _WS.match(text, start).end() + 1  # past '['
     line, seen = 1, 0
     i = _WS.match(text, i).end()
     if text.startswith("]", i):
@@ -149,6 +154,9 @@ def _read_json_array(text: str, source: str) -> list[Record]:
             else:
                 raise UserError(f"{where(source, text.count(chr(10), 0, i) + 1)}: invalid JSON "
                                 "(expected ',' or ']' in the array).")
+    if closing:
+        i = _WS.match(text, i).end()
+        i += text.startswith(closing, i)
     if _WS.match(text, i).end() != len(text):
         raise UserError(f"{where(source, text.count(chr(10), 0, i) + 1)}: invalid JSON "
                         "(extra data after the closing ']').")
@@ -180,8 +188,8 @@ def _cells(row: dict, loc: str) -> dict:
     return out
 
 
-def _read_csv(text: str, source: str) -> list[Record]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _read_csv(text: str, source: str, delimiter: str = ",") -> list[Record]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header, records, end = None, [], 0
     try:
         for row in reader:

@@ -23,7 +23,7 @@ class Record:
 class DatasetSplits:
     """The validated records of one dataset, all of one `kind`.
 
-    `files` maps each split that exists ("train", "valid", "test") to its path;
+    `files` maps each split that exists ("train", "valid", "test") to its (first) file;
     a missing split is an empty list.
     """
 
@@ -32,6 +32,15 @@ class DatasetSplits:
     valid: list[Record] = field(default_factory=list)
     test: list[Record] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    format: str = "native"  # how the records were mapped onto `kind` (formats.Format.describe())
+    shards: dict[str, list[str]] = field(default_factory=dict)  # every file of each split, in order
+
+    def fingerprint_files(self) -> dict[str, str]:
+        """split -> file, with a split's further shards as "train#2", ... (what a resume compares)."""
+        out = dict(self.files)
+        for split, paths in self.shards.items():
+            out.update({f"{split}#{i}": p for i, p in enumerate(paths[1:], 2)})
+        return out
 
 
 def where(source: str, line: int) -> str:

@@ -2,8 +2,8 @@
 
 `tokenize_sft` runs at ~4,000 chat records a second on a 2-core CPU (bench/RESULTS.md): 25 s per
 100k records at the start of every run and every resume. The result depends only on the records,
-the tokenizer (vocabulary, special tokens, chat template), the data kind, max_seq_length and
-mask_prompt, so it is stored under the hash of exactly those in `paths.cache_dir()/tokens/`: a
+the tokenizer (vocabulary, special tokens, chat template), the data kind, max_seq_length,
+mask_prompt, last_turn_only and drop_long, so it is stored under the hash of exactly those in `paths.cache_dir()/tokens/`: a
 resumed run, or a new run with other hyperparameters on the same data and model, reads it back
 instead: 20,000 demo chat records took 5.1 s to tokenise and 0.44 s to read back (mostly hashing the records and the
 vocabulary), with identical examples and stats.
@@ -31,7 +31,7 @@ from trainer_core import paths
 from trainer_core.data import Example, TokenizeStats, tokenize_sft
 from trainer_core.data.records import Record
 
-VERSION = 1  # bump when tokenize_sft's output for the same inputs changes
+VERSION = 2  # bump when tokenize_sft's output for the same inputs changes
 MAX_FILES = 16
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ def tokenizer_identity(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(records, tokenizer_id: str, kind: str, max_seq_length: int, mask_prompt: bool) -> str:
-    h = hashlib.sha256(f"v{VERSION};{tokenizer_id};{kind};{max_seq_length};{mask_prompt};".encode())
+def cache_key(records, tokenizer_id: str, kind: str, max_seq_length: int, mask_prompt: bool,
+              last_turn_only: bool = False, drop_long: bool = False) -> str:
+    h = hashlib.sha256(f"v{VERSION};{tokenizer_id};{kind};{max_seq_length};{mask_prompt};{last_turn_only};"
+                       f"{drop_long};".encode())
     for rec in records:
         data, source, line = (rec.data, rec.source, rec.line) if isinstance(rec, Record) else (rec, "", 0)
         h.update(json.dumps(data, sort_keys=True, ensure_ascii=False).encode())
@@ -91,21 +93,22 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def cached_tokenize_sft(records, tokenizer, kind: str, max_seq_length: int,
-                        mask_prompt: bool = True) -> tuple[list[Example], TokenizeStats]:
+def cached_tokenize_sft(records, tokenizer, kind: str, max_seq_length: int, mask_prompt: bool = True, *,
+                        last_turn_only: bool = False, drop_long: bool = False) -> tuple[list[Example], TokenizeStats]:
     """`tokenize_sft` with the on-disk cache; the same (examples, stats) either way."""
     records = list(records)
+    options = {"last_turn_only": last_turn_only, "drop_long": drop_long}
     try:
-        key = cache_key(records, tokenizer_identity(tokenizer), kind, max_seq_length, mask_prompt)
+        key = cache_key(records, tokenizer_identity(tokenizer), kind, max_seq_length, mask_prompt, **options)
     except (TypeError, ValueError):  # records or tokenizer we can't hash: no cache
-        return tokenize_sft(records, tokenizer, kind, max_seq_length, mask_prompt)
+        return tokenize_sft(records, tokenizer, kind, max_seq_length, mask_prompt, **options)
     folder = paths.cache_dir() / "tokens"
     path = folder / f"{key[:32]}.npz"
     hit = _load(path) if path.is_file() else None
     if hit is not None:
         os.utime(path)  # most recently used
         return hit
-    examples, stats = tokenize_sft(records, tokenizer, kind, max_seq_length, mask_prompt)
+    examples, stats = tokenize_sft(records, tokenizer, kind, max_seq_length, mask_prompt, **options)
     try:
         _save(path, examples, stats)
         _prune(folder)

@@ -14,9 +14,11 @@ Contract of `tokenize_sft(records, tokenizer, kind, max_seq_length, mask_prompt)
   "reply<|im_end|>", not the newline after it). A template without that
   prefix property is a UserError. Tokens after the last assistant turn are
   dropped and the sequence always ends with EOS. An assistant message that
-  opens the conversation is context, not a target.
-- Sequences longer than `max_seq_length` are cut (stats.truncated); records
-  left with no trained token, or empty text, are dropped (stats.empty).
+  opens the conversation is context, not a target. With `last_turn_only`
+  only the last assistant message is trained (the earlier ones are context).
+- Sequences longer than `max_seq_length` are counted (stats.truncated) and cut,
+  or left out with `drop_long`; records left with no trained token, or empty
+  text, are dropped (stats.empty).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class TokenizeStats:
 
     records: int = 0
     examples: int = 0
-    truncated: int = 0
+    truncated: int = 0  # records longer than max_seq_length: cut, or left out with drop_long
     empty: int = 0
     trained_tokens: int = 0
     total_tokens: int = 0
@@ -53,6 +55,14 @@ class TokenizeStats:
     @property
     def trained_fraction(self) -> float:
         return self.trained_tokens / self.total_tokens if self.total_tokens else 0.0
+
+    def long_rows_note(self, max_seq_length: int, long_rows: str = "truncate") -> str:
+        """'3 of 120 records are longer than max_seq_length = 512 tokens: truncated (...)', or ''."""
+        if not self.truncated:
+            return ""
+        what = ("left out (long_rows = drop)" if long_rows == "drop"
+                else "truncated (long_rows = drop leaves them out; or raise max_seq_length)")
+        return f"{self.truncated:,} of {self.records:,} records are longer than max_seq_length = {max_seq_length} tokens: {what}"
 
 
 def render_messages(data: dict, kind: str | None = None) -> list[dict] | None:
@@ -103,7 +113,7 @@ class _Chat:
             raise UserError(f"{loc}: the model's chat template failed on this record "
                             f"({type(e).__name__}: {e}).") from None
 
-    def tokens(self, messages, tools, loc: str, mask_prompt: bool):
+    def tokens(self, messages, tools, loc: str, mask_prompt: bool, last_turn_only: bool = False):
         full = self.render(messages, tools, loc)
         if not mask_prompt:
             ends = [k + 1 for k, t in enumerate(full) if t in self.eos_ids]
@@ -130,6 +140,8 @@ class _Chat:
             spans.append((len(head), end))
         if not spans:
             return full, [False] * len(full)
+        if last_turn_only:
+            spans = spans[-1:]
         ids = full[:spans[-1][1]]
         mask = [False] * len(ids)
         for start, end in spans:
@@ -152,8 +164,8 @@ def _plain(tok, prompt: str, completion: str, mask_prompt: bool):
     return ids, mask
 
 
-def tokenize_sft(records, tokenizer, kind: str, max_seq_length: int,
-                 mask_prompt: bool = True) -> tuple[list[Example], TokenizeStats]:
+def tokenize_sft(records, tokenizer, kind: str, max_seq_length: int, mask_prompt: bool = True, *,
+                 last_turn_only: bool = False, drop_long: bool = False) -> tuple[list[Example], TokenizeStats]:
     """Tokenise `records` (Records or plain dicts) of an SFT `kind`; see the module doc."""
     if kind not in SFT_KINDS:
         raise UserError(f"{kind} data can't be used for supervised fine-tuning; it needs "
@@ -184,12 +196,14 @@ def tokenize_sft(records, tokenizer, kind: str, max_seq_length: int,
             ids, mask = _plain(tokenizer, data["prompt"], data["completion"], mask_prompt)
         else:
             ids, mask = chat.tokens(render_messages(data, kind), data.get("tools"), loc,
-                                    mask_prompt)
+                                    mask_prompt, last_turn_only)
         if mask:
             mask[0] = False
         if len(ids) > max_seq_length:
-            ids, mask = ids[:max_seq_length], mask[:max_seq_length]
             stats.truncated += 1
+            if drop_long:
+                continue
+            ids, mask = ids[:max_seq_length], mask[:max_seq_length]
         trained = sum(mask)
         if not trained:
             stats.empty += 1

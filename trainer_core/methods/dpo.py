@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from trainer_core.errors import UserError
 from trainer_core.training.losses import token_nll
 from trainer_core.methods.base import Method
-from trainer_core.methods.reference import adapter_modules, reference_model
+from trainer_core.methods.reference import adapter_modules, frozen_base, reference_model
 from trainer_core.methods.preference_data import PreferencePair, collate_preference, tokenize_preference
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -107,8 +106,9 @@ class DPOMethod(Method):
                 f"{splits.files.get('train')} holds {splits.kind} records. Use sft/lora for "
                 f"{splits.kind} data or convert it to preference pairs.", field="data")
         cfg = self.config
-        train, train_stats = tokenize_preference(splits.train, self.tokenizer, cfg.max_seq_length, "train")
-        valid, valid_stats = (tokenize_preference(splits.valid, self.tokenizer, cfg.max_seq_length, "valid")
+        drop = cfg.long_rows == "drop"
+        train, train_stats = tokenize_preference(splits.train, self.tokenizer, cfg.max_seq_length, "train", drop)
+        valid, valid_stats = (tokenize_preference(splits.valid, self.tokenizer, cfg.max_seq_length, "valid", drop)
                               if splits.valid else ([], None))
         if not train:
             raise UserError(f"No preference pair in {splits.files.get('train')} keeps a response token after "
@@ -121,7 +121,7 @@ class DPOMethod(Method):
         """Keep the reference (base weights for full fine-tuning) and, with precompute_reference,
         load or compute the cached reference log-probs of both splits."""
         super().bind(model, run_dir)
-        self.frozen = None if adapter_modules(model) else dict(tree_flatten(model.parameters()))
+        self.frozen = None if adapter_modules(model) else frozen_base(model, self.config)
         if self.config.dpo.precompute_reference:
             self.cache = self._load_or_compute_cache()
             self.frozen = None  # every reference log-prob is cached: no weights to keep

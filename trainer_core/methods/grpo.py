@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from trainer_core.methods import rewards as reward_fns
 from trainer_core.data.batching import padded_length
@@ -58,7 +57,7 @@ from trainer_core.data import Record, TokenizeStats, render_messages, where
 from trainer_core.errors import UserError
 from trainer_core.data.tokenize import build_prompt
 from trainer_core.methods.base import Method
-from trainer_core.methods.reference import adapter_modules, reference_model
+from trainer_core.methods.reference import adapter_modules, frozen_base, reference_model
 from trainer_core.methods.rollout import SamplingSettings, sample_completions, token_logprobs
 
 ADVANTAGE_EPS = 1e-4
@@ -143,7 +142,7 @@ class GRPOMethod(Method):
     def bind(self, model, run_dir=None) -> None:
         super().bind(model, run_dir)
         if self.config.grpo.beta and not adapter_modules(model):
-            self.frozen = dict(tree_flatten(model.parameters()))  # immutable arrays: the base, as it is now
+            self.frozen = frozen_base(model, self.config)
 
     # ---- data -----------------------------------------------------------------------
     def prepare(self, splits):

@@ -74,8 +74,8 @@ def response_record(rec: Record, response: str) -> tuple[Record, str]:
     return Record(data, rec.source, rec.line), kind
 
 
-def tokenize_preference(records, tokenizer, max_seq_length: int,
-                        split: str = "train") -> tuple[list[PreferencePair], TokenizeStats]:
+def tokenize_preference(records, tokenizer, max_seq_length: int, split: str = "train",
+                        drop_long: bool = False) -> tuple[list[PreferencePair], TokenizeStats]:
     """Tokenise preference `records` (Records or dicts) into pairs; see the module doc."""
     pairs: list[PreferencePair] = []
     stats = TokenizeStats()
@@ -90,8 +90,8 @@ def tokenize_preference(records, tokenizer, max_seq_length: int,
             truncated = truncated or side_stats.truncated > 0
             sides.append(examples[0] if examples else None)
         stats.truncated += truncated
-        if None in sides:
-            stats.empty += 1
+        if None in sides or (truncated and drop_long):
+            stats.empty += None in sides
             continue
         chosen, rejected = sides
         pair = PreferencePair(chosen.input_ids, last_turn_only(chosen.target_mask),

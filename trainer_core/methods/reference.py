@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
+
+from trainer_core.models import precision
 
 
 def adapter_modules(model) -> list[tuple[str, object]]:
     """(name, module) of every LoRA/DoRA adapter layer (mlx-lm's: they wrap `.linear` or `.embedding`)."""
     return [(name, module) for name, module in model.named_modules()
             if "lora_a" in module and ("linear" in module or "embedding" in module)]
+
+
+def frozen_base(model, config) -> dict:
+    """Full fine-tuning's reference: the base weights as they are now (immutable arrays: a frozen copy), as
+    the policy's forward sees them (float32 masters of a 16-bit model: in its dtype), so both compute alike."""
+    dtype = precision.compute_dtype(model, config.mixed_precision)
+    return precision.as_computed(dict(tree_flatten(model.parameters())), dtype)
 
 
 @contextmanager

@@ -27,8 +27,9 @@ class SFTMethod(Method):
                 "or convert the data.", field="data")
         cfg = self.config
         args = (self.tokenizer, splits.kind, cfg.max_seq_length, cfg.mask_prompt)
-        train, train_stats = cached_tokenize_sft(splits.train, *args)
-        valid, valid_stats = cached_tokenize_sft(splits.valid, *args) if splits.valid else ([], None)
+        options = {"last_turn_only": cfg.last_turn_only, "drop_long": cfg.long_rows == "drop"}
+        train, train_stats = cached_tokenize_sft(splits.train, *args, **options)
+        valid, valid_stats = cached_tokenize_sft(splits.valid, *args, **options) if splits.valid else ([], None)
         if not train:
             raise UserError(f"No training example in {splits.files.get('train')} has a trained token "
                             f"(0% of tokens would be trained; {train_stats.empty} empty after truncation to "

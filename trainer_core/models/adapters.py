@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from trainer_core.errors import UserError
+from trainer_core.models.precision import keep_master_weights
 
 LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
 
@@ -61,7 +62,8 @@ def num_adapted_layers(config, model) -> int:
 def prepare_for_training(model, config) -> dict:
     """Freeze/unfreeze `model` for `config`'s fine-tune type; return the adapter_config dict.
 
-    full: every float parameter trains (a quantized base is refused: load it dequantized).
+    full: every float parameter trains (a quantized base is refused: load it dequantized); a 16-bit model
+    gets float32 master weights with `[precision] master_weights = "fp32"` (precision.py).
     lora/dora: the base is frozen and adapters are added to the last `num_layers` blocks.
     """
     kind = config.resolved_fine_tune_type
@@ -70,7 +72,8 @@ def prepare_for_training(model, config) -> dict:
             raise UserError("Full fine-tuning needs float weights but this model is quantized; "
                             "use LoRA (QLoRA) or load a float model.", field="fine_tune_type")
         model.unfreeze()
-        return {"fine_tune_type": "full", "num_layers": len(model.layers)}
+        return {"fine_tune_type": "full", "num_layers": len(model.layers),
+                **keep_master_weights(model, config.precision.master_weights)}
     params = lora_parameters(config, model)
     num_layers = num_adapted_layers(config, model)
     model.freeze()

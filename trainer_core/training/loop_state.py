@@ -1,8 +1,8 @@
 """What a checkpoint holds of a TrainingLoop, and putting it back: the loop's collaborator for
 exact resume.
 
-A checkpoint is weights (adapters, or every parameter for full fine-tuning), the optimizer's
-moments, the arrays of a GRPO reuse cycle still in progress (`cycle.<micro>.<key>`), and
+A checkpoint is weights (adapters, or every parameter for full fine-tuning, in the model's dtype), the
+optimizer's moments, the float32 master weights of a 16-bit model (`master.<name>`, models/precision.py), the arrays of a GRPO reuse cycle still in progress (`cycle.<micro>.<key>`), and
 trainer_state.json: step, epoch, position in the epoch's batch order, counters, metrics, the
 config and the model/data fingerprint. The RNG and the schedule are pure functions of
 (seed, step), so nothing else is needed for 10 steps + resume to equal 20 uninterrupted steps.
@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 
 from trainer_core import versions
 from trainer_core.errors import UserError
+from trainer_core.models.precision import model_dtype
 from trainer_core.training.checkpoint import read_state
 
 
@@ -35,13 +36,17 @@ def checkpoint_parts(loop) -> dict:
 def _weights(loop) -> dict:
     params = loop.model.trainable_parameters() if loop.adapter_config["fine_tune_type"] != "full" \
         else loop.model.parameters()
-    return dict(tree_flatten(params))
+    dtype = model_dtype(loop.model)  # float32 masters are saved in the model's own dtype (and kept below)
+    return {k: v.astype(dtype) if dtype is not None and v.dtype == mx.float32 else v
+            for k, v in tree_flatten(params)}
 
 
 def _optimizer_arrays(loop) -> dict:
     state = loop.steps.optimizer_state
     arrays = {"t": state["t"], **{f"m.{k}": v for k, v in state["m"].items()},
               **{f"v.{k}": v for k, v in state["v"].items()}}
+    if model_dtype(loop.model) is not None:
+        arrays.update({f"master.{k}": v for k, v in tree_flatten(loop.model.trainable_parameters())})
     if loop.step % loop.passes:  # the next steps reuse this cycle's batches
         arrays.update({f"cycle.{i}.{k}": v for i, batch in enumerate(loop.cycle[1]) for k, v in batch.items()})
     return arrays
@@ -68,8 +73,13 @@ def restore(loop, checkpoint) -> None:
         raise UserError(f"{checkpoint} was written by a run with {state.get('world_size', 1)} processes; "
                         f"resume it with the same number (now {loop.world_size}).")
     weights = mx.load(str(checkpoint / "adapters.safetensors"))
+    if model_dtype(loop.model) is not None:  # a model with float32 masters stays float32 (checkpoints before masters)
+        weights = {k: v.astype(mx.float32) if v.dtype == model_dtype(loop.model) else v for k, v in weights.items()}
     loop.model.load_weights(list(weights.items()), strict=False)
     arrays = mx.load(str(checkpoint / "optimizer.safetensors"))
+    masters = [(k[len("master."):], v) for k, v in arrays.items() if k.startswith("master.")]
+    if masters:  # the float32 masters, not their 16-bit rounding in adapters.safetensors
+        loop.model.load_weights(masters, strict=False)
     loop.steps.optimizer_state = {
         "t": arrays["t"],
         "m": {k: arrays[f"m.{k}"] for k in loop.optimizer.state["m"]},

@@ -10,6 +10,8 @@ Update for parameter p with gradient g at update number t (1-based), rate lr:
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     p = p (1 - lr * wd) - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 (as torch.optim.AdamW), with lr multiplied by the parameter's group multiplier.
+The new p is computed in float32 and cast to the parameter's dtype: rounded to nearest, or, with
+`stochastic_rounding`, stochastically for 16-bit parameters (models/precision.py says why).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import fnmatch
 
 import mlx.core as mx
+
+from trainer_core.models.precision import LOW_PRECISION, stochastic_round
 
 
 def group_multipliers(names, param_groups) -> dict[str, float]:
@@ -31,8 +35,9 @@ def group_multipliers(names, param_groups) -> dict[str, float]:
 
 class AdamW:
     def __init__(self, params: dict[str, mx.array], *, beta1=0.9, beta2=0.999, eps=1e-8,
-                 weight_decay=0.0, param_groups=()):
+                 weight_decay=0.0, param_groups=(), stochastic_rounding=False):
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.stochastic_rounding = stochastic_rounding
         self.multipliers = group_multipliers(list(params), param_groups)
         self.decays = {name: p.ndim >= 2 for name, p in params.items()}
         self.state = self.initial_state(params)
@@ -84,7 +89,10 @@ class AdamW:
             if self.weight_decay and self.decays[name]:
                 p32 = p32 * (1 - lr * self.weight_decay)
             p32 = p32 - lr * (m / correction1) / (mx.sqrt(v / correction2) + self.eps)
-            new_params[name] = p32.astype(p.dtype)
+            if self.stochastic_rounding and p.dtype in LOW_PRECISION:
+                new_params[name] = stochastic_round(p32, p.dtype)
+            else:
+                new_params[name] = p32.astype(p.dtype)
         return new_params, {"t": t, "m": new_m, "v": new_v}
 
 

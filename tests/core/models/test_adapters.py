@@ -84,7 +84,7 @@ def test_block_linear_names(tiny):
 def test_prepare_full_trains_everything(tiny):
     total = sum(v.size for _, v in nn.utils.tree_flatten(tiny.parameters()))
     adapter_config = prepare_for_training(tiny, RunConfig(method="sft", data="d"))
-    assert adapter_config == {"fine_tune_type": "full", "num_layers": 2}
+    assert adapter_config == {"fine_tune_type": "full", "num_layers": 2, "dtype": "float32", "master_weights": "none"}
     assert trainable_count(tiny) == total
 
 
