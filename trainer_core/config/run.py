@@ -95,6 +95,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     # ---- derived -------------------------------------------------------------
     @property
@@ -114,7 +115,6 @@ class RunConfig:
                 p[name] = message
 
         for name, value in toml_io.leaves(self):  # NaN/Inf pass every comparison below (inf >= 0)
-    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
             if isinstance(value, float):
                 need(math.isfinite(value), name, f"{name} must be a finite number (got {value}).")
         need(0 <= self.seed < 2**63, "seed", "seed must be a whole number from 0 to 2**63 - 1.")
