@@ -83,6 +83,9 @@ class MethodPanel(QGroupBox):
             "beta": float_field("dpo.beta", placeholder="0.1"),
             "loss_type": choice_field("dpo.loss_type", [(t, t) for t in ("sigmoid", "ipo", "hinge")]),
             "label_smoothing": float_field("dpo.label_smoothing", placeholder="0.0"),
+            "disable_dropout": bool_field("dpo.disable_dropout", "No dropout in the policy",
+                                          tooltip="As TRL: the reference has no dropout, so the policy has none "
+                                                  "either and the implicit rewards start at 0."),
         }
         self.grpo = {
             "group_size": int_field("grpo.group_size", 1, 256),
@@ -124,7 +127,7 @@ class MethodPanel(QGroupBox):
         self.lora_box.layout().addLayout(_grid([[("targets", targets_row)]]))
         self.dpo_box = self._section("DPO", _grid([
             [("beta", self.dpo["beta"]), ("loss", self.dpo["loss_type"]),
-             ("label smoothing", self.dpo["label_smoothing"])]]))
+             ("label smoothing", self.dpo["label_smoothing"])], [("", self.dpo["disable_dropout"])]]))
         g = self.grpo
         self.grpo_box = self._section("GRPO", _grid([
             [("group size", g["group_size"]), ("KL beta", g["beta"]), ("epsilon", g["epsilon"])],

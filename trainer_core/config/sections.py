@@ -37,6 +37,7 @@ class DPOConfig:
     loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0  # conservative DPO (sigmoid only)
     precompute_reference: bool = False  # cache reference log-probs once in the run directory
+    disable_dropout: bool = True  # no dropout in the policy (as TRL): the reference has none, so rewards start at 0
 
     def check(self, run, need) -> None:
         """Report each invalid field through need(ok, "dpo.<field>", message); `run`: the RunConfig."""

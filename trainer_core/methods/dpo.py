@@ -2,7 +2,9 @@
 
 For each pair the policy's and the reference's log-probabilities of both
 responses are summed over the response tokens (preference_data.py decides
-which tokens those are, exactly as SFT does). With
+which tokens those are, exactly as SFT does); for `ipo` they are averaged over
+them (the IPO paper's and TRL's choice: β keeps its meaning whatever the
+response lengths, and long answers do not dominate). With
     h = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
 the per-pair losses are (`[dpo] loss_type`):
     sigmoid  -(1 - ls) * log σ(β h) - ls * log σ(-β h)    DPO (Rafailov et al. 2023);
@@ -12,6 +14,9 @@ the per-pair losses are (`[dpo] loss_type`):
     hinge    max(0, 1 - β h)                              SLiC-style hinge
 Rewards are β (logp - ref) per response. The loss returns sums over pairs and
 weight = number of pairs, so the loop's per-step averages are per pair.
+
+Dropout: the reference runs without dropout, so by default (`disable_dropout`, as TRL) the policy's
+dropout layers (LoRA's `lora.dropout`) are turned off too; otherwise the implicit rewards are noise.
 
 Reference model (never a second model object):
 - LoRA / DoRA: the same model with its adapter layers swapped out for the
@@ -32,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
 
 from trainer_core.errors import UserError
 from trainer_core.training.losses import token_nll
@@ -73,6 +80,13 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
 def log_sigmoid(x: mx.array) -> mx.array:
     """log σ(x), stable for large |x|."""
     return -mx.logaddexp(0.0, -x)
+
+
+def disable_dropout(model) -> None:
+    """Replace every dropout layer (LoRA's included) by a no-op one, as TRL's `disable_dropout_in_model`."""
+    layers = [(name, nn.Dropout(0.0)) for name, module in model.named_modules() if isinstance(module, nn.Dropout)]
+    if layers:
+        model.update_modules(tree_unflatten(layers))
 
 
 def fingerprint(model_name: str, pairs: dict[str, list[PreferencePair]]) -> str:
@@ -118,9 +132,12 @@ class DPOMethod(Method):
         return train, valid, {"train": train_stats, "valid": valid_stats}
 
     def bind(self, model, run_dir=None) -> None:
-        """Keep the reference (base weights for full fine-tuning) and, with precompute_reference,
+        """Turn the policy's dropout off (`disable_dropout`), keep the reference (base weights for full
+        fine-tuning) and, with precompute_reference,
         load or compute the cached reference log-probs of both splits."""
         super().bind(model, run_dir)
+        if self.config.dpo.disable_dropout:
+            disable_dropout(model)
         self.frozen = None if adapter_modules(model) else frozen_base(model, self.config)
         if self.config.dpo.precompute_reference:
             self.cache = self._load_or_compute_cache()
@@ -184,9 +201,14 @@ class DPOMethod(Method):
         dpo = self.config.dpo
         logps = sequence_logps(model, batch["input_ids"], batch["target_mask"])
         pairs = batch["reference_chosen"].shape[0]
+        reference_chosen, reference_rejected = batch["reference_chosen"], batch["reference_rejected"]
+        if dpo.loss_type == "ipo":  # IPO (and TRL's ipo) use the per-token average log-probability
+            tokens = mx.maximum(batch["target_mask"][:, 1:].astype(mx.float32).sum(axis=-1), 1.0)
+            logps = logps / tokens
+            reference_chosen, reference_rejected = reference_chosen / tokens[:pairs], reference_rejected / tokens[pairs:]
         chosen, rejected = logps[:pairs], logps[pairs:]
         losses, rewards_chosen, rewards_rejected = dpo_loss(
-            chosen, rejected, batch["reference_chosen"], batch["reference_rejected"],
+            chosen, rejected, reference_chosen, reference_rejected,
             beta=dpo.beta, loss_type=dpo.loss_type, label_smoothing=dpo.label_smoothing)
         metrics = {
             "rewards_chosen": rewards_chosen.sum(),

@@ -131,6 +131,7 @@ def expected(setup):
         seqs = [expected_sequence(setup["tokenizer"], PAIRS[i], PAIRS[i][side]) for i in range(4)]
         out["policy"][side] = np.array([numpy_logp(setup["model"], ids, pos) for ids, pos in seqs])
         out["reference"][side] = np.array([numpy_logp(setup["base"], ids, pos) for ids, pos in seqs])
+        out.setdefault("tokens", {})[side] = np.array([len(pos) for _, pos in seqs])
     return out
 
 
@@ -183,6 +184,10 @@ def test_loss_and_metrics_equal_published_formulas(setup, expected, loss_type, l
         method.config.dpo.loss_type, method.config.dpo.label_smoothing, method.config.dpo.beta = "sigmoid", 0.0, 0.1
     pc, pr = expected["policy"]["chosen"], expected["policy"]["rejected"]
     rc, rr = expected["reference"]["chosen"], expected["reference"]["rejected"]
+    if loss_type == "ipo":  # IPO (Azar et al.; TRL) averages the log-probs over each response's tokens
+        nc, nr = expected["tokens"]["chosen"], expected["tokens"]["rejected"]
+        assert len(set(nc) | set(nr)) > 2  # responses of different lengths: a sum would differ
+        pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
     want = numpy_dpo(pc, pr, rc, rr, beta, loss_type, label_smoothing)
     assert weight.item() == 4
     assert loss_sum.item() / 4 == pytest.approx(want.mean(), rel=1e-4, abs=1e-5)
@@ -302,3 +307,29 @@ def test_cli_trains_dpo_on_the_demo_set(tiny_model_dir, tmp_path):
     train = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
     assert len(train) == 2 and "reward_accuracy" in train[-1]
     assert (run / REFERENCE_FILE).is_file() and (run / "final" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_policy_dropout_is_off_by_default(tiny_model_dir, setup, disable_dropout):
+    """As TRL's disable_dropout: with lora.dropout 0.1 the training-mode policy is deterministic, so its
+    log-probs (and at step 0 its implicit rewards) compare with the dropout-free reference, not noise."""
+    config = dpo_config(tiny_model_dir, setup["data"])
+    config.lora.dropout, config.dpo.disable_dropout = 0.1, disable_dropout
+    loaded = load_model(str(tiny_model_dir))
+    prepare_for_training(loaded.model, config)
+    mx.random.seed(1)
+    for _, module in adapter_modules(loaded.model):  # a policy that has moved away from the reference
+        module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
+    method = DPOMethod(config, loaded.tokenizer)
+    pairs, _, _ = method.prepare(load_dataset(setup["data"]))
+    method.bind(loaded.model)
+    batch = method.collate(pairs[:4])
+    loaded.model.eval()
+    without_dropout = np.array(sequence_logps(loaded.model, batch["input_ids"], batch["target_mask"]))
+    loaded.model.train()
+    training = [np.array(sequence_logps(loaded.model, batch["input_ids"], batch["target_mask"])) for _ in range(2)]
+    if disable_dropout:
+        np.testing.assert_allclose(training[0], without_dropout, rtol=1e-6)
+        np.testing.assert_array_equal(training[0], training[1])
+    else:
+        assert np.abs(training[0] - training[1]).max() > 1e-3
