@@ -2,7 +2,7 @@
 """Memory over a long run: does anything grow step over step beyond MLX's buffer cache?
 
 Trains a small random Llama (tests/tiny_model.py) for `--steps` optimizer steps through the
-product path (`runner.build_run(...).loop.train()`: metrics.jsonl, log.txt, checkpoints every
+product path (`runner.build_run(...).train()`: metrics.jsonl, log.txt, checkpoints every
 `--save-every`, evaluation every `--eval-every`) and records after every step:
 
 - rss: the process's resident set size (psutil), everything (Python heap, MLX buffers, libs);
@@ -92,7 +92,7 @@ def main() -> int:
                        learning_rate=1e-3, save_every=args.save_every, eval_every=args.eval_every, keep_last=2)
     sampler = Sampler()
     started = time.perf_counter()
-    result = runner.build_run(config, [sampler]).loop.train()
+    result = runner.build_run(config, [sampler]).train()
     wall = time.perf_counter() - started
     rows = [r for r in sampler.rows if r["step"] > args.warmup]
     steps = np.array([r["step"] for r in rows], dtype=float)

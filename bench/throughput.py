@@ -9,7 +9,7 @@ freshly loaded model with freshly added adapters:
 - mlx-lm: `mlx_lm.tuner.trainer.train` with its own `iterate_batches` and
   `default_loss`, `mlx.optimizers.Adam`, adapters from `linear_to_lora_layers`,
   the dataset wrapped in `CacheDataset` exactly as `mlx_lm.lora` does.
-- ours: `trainer_core.runner.build_run(config).loop.train()`, the product path
+- ours: `trainer_core.runner.build_run(config).train()`, the product path
   (metrics.jsonl + log.txt written every step, default clipping and NaN guard).
 
 Both use the same rank / scale / layers / keys, batch size, max_seq_length
@@ -250,7 +250,7 @@ def run_ours(config: RunConfig, workdir: Path, tag: str, warmup: int, steps: int
     run = build_run(config, callbacks=[timer])
     fresh_memory()
     with contextlib.redirect_stdout(sys.stderr):
-        run.loop.train()
+        run.train()
     peak = mx.get_peak_memory()
     measured = timer.steps[warmup:]
     out = summarise(measured, timer.steps[warmup - 1], peak, "ours",

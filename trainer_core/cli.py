@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--checkpoint", default=None, metavar="CHECKPOINT_DIR",
                         help="resume from this checkpoint of the run (default: its latest)")
 
+    resume.add_argument("--allow-model-change", action="store_true",
+                        help="continue even though the base model's files changed (recorded as an event)")
     generate = sub.add_parser("generate", help="generate text with a model and optional checkpoint")
     generate.add_argument("--model", default=None, help="model folder, .gguf or 'demo' (default: the checkpoint's base)")
     generate.add_argument("--adapter", default=None, help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
@@ -106,7 +108,7 @@ def config_from_args(args) -> RunConfig:
 def install_stop_handlers(stop, announce: bool = True) -> None:
     """First Ctrl-C / SIGTERM: stop at the next step (checkpoint first); second Ctrl-C: abort."""
     def handler(signum, frame):
-        if stop.requested:
+        if stop.requested or not stop.training:  # a second request, or nothing to checkpoint yet
             raise KeyboardInterrupt
         stop.request()
         if announce:
@@ -174,18 +176,26 @@ def _train_or_resume(args, world) -> int:
     callbacks = [TerminalProgress(), stop] if world.rank == 0 else [stop]
     callbacks.append(StopFile())  # the GUI launcher's Stop (launch.py)
     ranks = {"world_size": world.size, "rank": world.rank}
-    if args.command == "train":
-        result = runner.train(config_from_args(args), callbacks, **ranks)
-        run_dir_hint = ""
-    else:
-        result = runner.resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
-                               checkpoint=args.checkpoint, **ranks)
-        run_dir_hint = args.run_dir
+    how = f"mlx.launch (the same {world.size} processes) -- finetune resume" if world.distributed else "finetune resume"
+    run = None
+    try:
+        if args.command == "train":
+            run = runner.build_run(config_from_args(args), callbacks, **ranks)
+        else:
+            run = runner.prepare_resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
+                                        checkpoint=args.checkpoint, allow_model_change=args.allow_model_change,
+                                        **ranks)
+        result = run.train()
+    except KeyboardInterrupt:
+        if run is None or not stop.training:
+            print("Stopped before training began: nothing was trained or written to resume.", file=sys.stderr)
+        else:
+            print(f"Aborted. The last complete checkpoint is intact; continue with `{how} {run.run_dir}`.",
+                  file=sys.stderr)
+        return 130
     if result.status == "stopped" and world.rank == 0:
-        where = run_dir_hint or "the run folder"
-        how = f"mlx.launch (the same {world.size} processes) -- finetune resume" if world.distributed else \
-            "finetune resume"
-        print(f"Stopped at step {result.step}/{result.total_steps}; continue with `{how} {where}`.", file=sys.stderr)
+        print(f"Stopped at step {result.step}/{result.total_steps}; continue with `{how} {run.run_dir}`.",
+              file=sys.stderr)
     return 0
 
 
@@ -234,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("Aborted. The last complete checkpoint is intact; continue with `finetune resume RUN_DIR`.",
-              file=sys.stderr)
+        print("Aborted.", file=sys.stderr)
         return 130
 
 

@@ -9,10 +9,11 @@ without a traceback and exits non-zero; the GUI shows it inline.
 class UserError(Exception):
     """A problem with the user's input (data, model, config), not a bug."""
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, reason: str = "error"):
         super().__init__(message)
         self.message = message
         self.field = field  # dotted RunConfig field name when the fault is a config value
+        self.reason = reason  # why a run ended when this error ends it: error | nan | disk_full | out_of_memory
 
     def __str__(self) -> str:
         return self.message

@@ -13,39 +13,63 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 
-from trainer_core.distributed import ranks as distributed, launch
-
 from trainer_core import versions
-from trainer_core.models.adapters import prepare_for_training, trainable_count
-from trainer_core.models.recompute import recompute_blocks
-from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
-from trainer_core.training.checkpoint import CheckpointManager, read_state
 from trainer_core.config import RunConfig
 from trainer_core.data import load_run_data
+from trainer_core.distributed import launch, ranks as distributed
 from trainer_core.errors import UserError
-from trainer_core.training.loop import TrainingLoop, TrainResult
-from trainer_core.methods import make_method
-from trainer_core.models.loading import load_model, read_model_info, should_dequantize
-from trainer_core.paths import default_runs_root
-from trainer_core.training.resume_checks import check_resumable, fingerprint
 from trainer_core.generation.samples import CheckpointSamples, choose_prompts
+from trainer_core.methods import make_method
+from trainer_core.models.adapters import prepare_for_training, trainable_count
+from trainer_core.models.loading import load_model, read_model_info, should_dequantize
+from trainer_core.models.recompute import recompute_blocks
+from trainer_core.paths import default_runs_root
+from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
+from trainer_core.training.checkpoint import CheckpointManager, read_state
+from trainer_core.training.loop import TrainingLoop, TrainResult
+from trainer_core.training.resume_checks import check_resumable, fingerprint
+from trainer_core.training.run_lock import RunLock
 
 CONFIG_FILE = "config.toml"
 
 
 @dataclass
 class Run:
-    """Everything built for one run, ready for `loop.train()`."""
+    """Everything built for one run, ready for `train()`."""
     config: RunConfig
     run_dir: Path
     loop: TrainingLoop
     model_name: str
     data_stats: dict
+    lock: RunLock | None = None  # held by the process that trains the run (rank 0)
+    fresh: bool = False  # this process created the run folder
+    changes: dict = field(default_factory=dict)  # resume: settings changed since the checkpoint (honoured)
+
+    def train(self) -> TrainResult:
+        """Train, then release the run folder. A new run that fails before its first step leaves no folder
+        behind (nothing in it to resume); any other ending is recorded as a `stopped` event."""
+        try:
+            return self.loop.train()
+        except BaseException:
+            if self.fresh and self.loop.step == 0 and not _has_checkpoints(self.run_dir):
+                self.release()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("step-*"))
 
 
 class _Remember(Callback):
@@ -81,13 +105,31 @@ def _split_validation(splits, config: RunConfig):
 
 
 def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, world_size: int = 1,
-              rank: int = 0) -> Run:
-    """Validate, load data and model, prepare adapters, create the run folder, build the loop."""
+              rank: int = 0, resume_from: tuple[Path, dict] | None = None, allow_model_change: bool = False) -> Run:
+    """Validate, load data and model, prepare adapters, create the run folder, build the loop.
+
+    `run_dir` (a resume) is locked first; `resume_from` = (checkpoint, its trainer_state): the run is checked
+    against it (model, data, reward file, settings) before any model is loaded or user code imported."""
     config.validate()
+    writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
+    lock = RunLock(run_dir).acquire() if run_dir is not None and writer else None
+    try:
+        return _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock) -> Run:
+    writer = rank == 0
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
     splits = _split_validation(load_run_data(config), config)
     log.on_log(f"Data {config.data}: {splits.format}, {len(splits.train)} train / {len(splits.valid)} valid records")
+    run_fingerprint = fingerprint(config, splits.fingerprint_files())
+    changes = check_resumable(resume_from[0], resume_from[1], config, run_fingerprint,
+                              allow_model_change=allow_model_change) if resume_from else {}
     full = config.resolved_fine_tune_type == "full"
     dequantize = should_dequantize(config.quantized_base, full)
     loaded = load_model(config.model, dequantize=dequantize)
@@ -111,7 +153,6 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
             log.on_log(f"Data ({split}): {note}")
     log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "
                f"{len(train_examples)} train / {len(valid_examples)} valid examples")
-    writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
     if run_dir is None:
         name = config.run_name or default_run_name(config, loaded.info.name)
         if world_size > 1:
@@ -120,13 +161,14 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         if writer and (run_dir / CONFIG_FILE).exists():
             raise UserError(f"Run folder {run_dir} already holds a run. Choose another --run-name, or continue it "
                             f"with `finetune resume {run_dir}`.", field="run_name")
-    run_fingerprint = fingerprint(config, splits.fingerprint_files())
     if world_size > 1:
         _join(log, config, run_dir, run_fingerprint, len(train_examples), len(valid_examples), world_size)
     fresh = writer and not run_dir.exists()
     try:
         if writer:
             run_dir.mkdir(parents=True, exist_ok=True)
+            if lock is None:
+                lock = RunLock(run_dir).acquire()
             config.save(run_dir / CONFIG_FILE)
             if world_size > 1:
                 launch.record_launch(run_dir, world_size)  # launch.json: how to start these processes again
@@ -140,8 +182,8 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
         log.on_log(f"{len(prompts)} sample prompt(s) are answered at every checkpoint ({config.sample_max_tokens} "
                    "tokens, greedy; samples.json in each checkpoint)")
     for line in early_log.lines:  # what was said before the run folder existed
-        for writer in own:
-            writer.on_log(line)
+        for own_writer in own:
+            own_writer.on_log(line)
     try:
         loop = TrainingLoop(config=config, model=loaded.model, method=method, train_examples=train_examples,
                             valid_examples=valid_examples, adapter_config=adapter_config,
@@ -153,11 +195,12 @@ def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, w
                             fingerprint=run_fingerprint)
     except UserError:  # bad input found late (e.g. too few examples for one step): leave no run folder
         if fresh:
+            lock.release()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if samples is not None:
         samples.report = loop.callbacks.on_event
-    return Run(config, run_dir, loop, loaded.info.name, stats)
+    return Run(config, run_dir, loop, loaded.info.name, stats, lock=lock, fresh=fresh, changes=changes)
 
 
 def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train: int, n_valid: int,
@@ -176,8 +219,7 @@ def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train:
 
 def train(config: RunConfig, callbacks: list[Callback] | tuple = (), **world) -> TrainResult:
     """Run a new training run to the end (or until a callback asks to stop)."""
-    run = build_run(config, callbacks, **world)
-    return run.loop.train()
+    return build_run(config, callbacks, **world).train()
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -188,41 +230,63 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 
 def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), checkpoint: Path | None = None,
-                   **world) -> Run:
+                   allow_model_change: bool = False, **world) -> Run:
     """Rebuild a run from its folder and restore its latest (or the given) checkpoint.
 
     A run stopped before its first checkpoint (killed while loading, say) starts
     again from step 0 in the same folder. Either way a `resumed` event at the
     restored step opens the new records in metrics.jsonl (see `read_metrics`).
+    Settings that may change on resume (config.RESUMABLE_CHANGES: max_steps, epochs,
+    intervals, samples...) are taken from the run's config.toml as it is now.
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if max_steps is not None:
         config.max_steps = max_steps
-    checkpoint = Path(checkpoint) if checkpoint else \
+    checkpoint = _checked_checkpoint(Path(checkpoint), run_dir, config) if checkpoint else \
         CheckpointManager(run_dir / "checkpoints", writer=world.get("rank", 0) == 0).latest()
     if checkpoint is None and (run_dir / "final").exists():
         raise UserError(f"{run_dir} has no complete checkpoint to resume from; start it again with `finetune train`.")
     if world.get("world_size", 1) > 1:
         distributed.agree({"checkpoint to resume from": checkpoint.name if checkpoint else None})
-    run = build_run(config, callbacks, run_dir=run_dir, **world)
-    changes = {}
-    if checkpoint is not None:
-        state = read_state(checkpoint)
-        changes = check_resumable(checkpoint, state, config, run.loop.fingerprint)
-        run.loop.restore(checkpoint)
-        if max_steps is None:
-            run.loop.set_total_steps(state["total_steps"])
-    run.loop.callbacks.on_event({"step": run.loop.step, "event": "resumed",
-                                 "checkpoint": str(checkpoint) if checkpoint else None})
-    for field, (before, after) in changes.items():
-        run.loop.callbacks.on_event({"step": run.loop.step, "event": "config_changed", "field": field,
-                                     "before": before, "after": after})
-    run.loop.callbacks.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}"
-                              if checkpoint else f"No checkpoint in {run_dir} yet: starting the run again from step 0")
+    state = read_state(checkpoint) if checkpoint is not None else None
+    run = build_run(config, callbacks, run_dir=run_dir, resume_from=(checkpoint, state) if state else None,
+                    allow_model_change=allow_model_change, **world)
+    try:
+        if state is not None:
+            run.loop.restore(checkpoint)
+            if max_steps is None and not {"max_steps", "epochs"} & set(run.changes):
+                run.loop.set_total_steps(state["total_steps"])  # e.g. an earlier `resume --max-steps`
+    except BaseException:
+        run.release()
+        raise
+    events = run.loop.callbacks
+    events.on_event({"step": run.loop.step, "event": "resumed", "checkpoint": str(checkpoint) if checkpoint else None})
+    for name, (before, after) in run.changes.items():
+        kind = "model_changed" if name == "model" else "config_changed"  # model: --allow-model-change
+        events.on_event({"step": run.loop.step, "event": kind, "field": name, "before": before, "after": after})
+    events.on_log(f"Resumed from {checkpoint} at step {run.loop.step} of {run.loop.total_steps}"
+                  if checkpoint else f"No checkpoint in {run_dir} yet: starting the run again from step 0")
     return run
+
+
+def _checked_checkpoint(checkpoint: Path, run_dir: Path, config: RunConfig) -> Path:
+    """A `--checkpoint` that exists, is complete, and belongs to this run (same method, model and data)."""
+    if not (checkpoint / "trainer_state.json").is_file():
+        what = "does not exist" if not checkpoint.exists() else "is not a complete checkpoint (no trainer_state.json)"
+        raise UserError(f"The checkpoint {checkpoint} {what}. Pass a step-NNNNNN folder from "
+                        f"{run_dir / 'checkpoints'}, or leave --checkpoint out to use the latest.", field="checkpoint")
+    saved = read_state(checkpoint).get("config") or {}
+    differ = [k for k in ("method", "model", "data") if k in saved and saved[k] != getattr(config, k)]
+    if differ:
+        theirs = ", ".join(f"{k} {saved[k]!r}" for k in differ)
+        ours = ", ".join(f"{k} {getattr(config, k)!r}" for k in differ)
+        raise UserError(f"The checkpoint {checkpoint} belongs to another run ({theirs}), not to {run_dir} ({ours}). "
+                        f"Resume that checkpoint's own run folder, or pick a checkpoint of this run.",
+                        field="checkpoint")
+    return checkpoint
 
 
 def resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), **kwargs) -> TrainResult:
     """Continue a stopped run exactly where its latest checkpoint left off."""
-    return prepare_resume(run_dir, max_steps=max_steps, callbacks=callbacks, **kwargs).loop.train()
+    return prepare_resume(run_dir, max_steps=max_steps, callbacks=callbacks, **kwargs).train()

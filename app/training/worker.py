@@ -173,7 +173,7 @@ class TrainingWorker(RunSignals):
             if self.requests.stop:
                 run.loop.request_stop()
             self.runCreated.emit(run_dir)
-            result = run.loop.train()
+            result = run.train()
         except UserError as e:
             if e.field:
                 self.failedField.emit(e.field, e.message)

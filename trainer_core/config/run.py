@@ -36,6 +36,25 @@ LONG_ROWS = ("truncate", "drop")
 BEST_EVAL_METRIC = {"grpo": ("reward_mean", "max")}
 
 
+# Upper bounds of whole-number settings (a typo such as 1e30 is refused, not run); others: 2**53.
+INT_LIMITS = {
+    "max_steps": 10_000_000, "epochs": 10_000, "batch_size": 65_536, "gradient_accumulation_steps": 65_536,
+    "warmup_steps": 10_000_000, "max_seq_length": 1_048_576, "save_every": 10_000_000, "eval_every": 10_000_000,
+    "eval_batches": 10_000_000, "keep_last": 100_000, "report_every": 10_000_000, "max_bad_steps": 1_000_000,
+    "early_stopping_patience": 1_000_000, "num_samples": 1_000, "lora.rank": 4_096, "lora.num_layers": 10_000,
+    "grpo.group_size": 1_024, "grpo.num_iterations": 1_000, "grpo.max_completion_length": 131_072,
+    "grpo.generation_batch_size": 65_536, "grpo.sample_every": 10_000_000,
+}
+
+
+def _one_path_component(name: str) -> bool:
+    """Empty (a generated name) or a single folder name that stays inside the runs root."""
+    if not name:
+        return True
+    return (name not in (".", "..") and "/" not in name and "\\" not in name and len(name.encode()) <= 255
+            and not any(ord(c) < 32 or ord(c) == 127 for c in name))
+
+
 def best_eval_metric(method: str) -> tuple[str, str]:
     return BEST_EVAL_METRIC.get(method, ("loss", "min"))
 
@@ -117,6 +136,11 @@ class RunConfig:
         for name, value in toml_io.leaves(self):  # NaN/Inf pass every comparison below (inf >= 0)
             if isinstance(value, float):
                 need(math.isfinite(value), name, f"{name} must be a finite number (got {value}).")
+            elif isinstance(value, int) and not isinstance(value, bool) and name != "seed":
+                limit = INT_LIMITS.get(name, 2**53)
+                need(value <= limit, name, f"{name} must be at most {limit:,} (got {value:,}).")
+        need(_one_path_component(self.run_name), "run_name",
+             f"run_name must be one folder name: no / or \\, not . or .., no control characters (got {self.run_name!r}).")
         need(0 <= self.seed < 2**63, "seed", "seed must be a whole number from 0 to 2**63 - 1.")
         need(self.method in METHODS, "method", f"method must be one of {', '.join(METHODS)} (got {self.method!r}).")
         need(self.fine_tune_type in ("",) + FINE_TUNE_TYPES, "fine_tune_type",
@@ -141,7 +165,8 @@ class RunConfig:
         need(0 <= self.learning_rate < 1, "learning_rate", "learning_rate must be between 0 and 1 (e.g. 2e-4).")
         need(self.lr_schedule in SCHEDULES, "lr_schedule", f"lr_schedule must be one of {', '.join(SCHEDULES)}.")
         need(self.warmup_steps >= 0, "warmup_steps", "warmup_steps must be 0 or more.")
-        need(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
+        need(0 <= self.min_learning_rate and (not 0 <= self.learning_rate < 1 or self.min_learning_rate
+                                              <= self.learning_rate), "min_learning_rate",
              "min_learning_rate must be between 0 and learning_rate.")
         need(self.polynomial_power > 0, "polynomial_power", "polynomial_power must be positive.")
         need(self.max_grad_norm >= 0, "max_grad_norm", "max_grad_norm must be 0 (off) or positive.")

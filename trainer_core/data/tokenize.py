@@ -225,6 +225,10 @@ def build_prompt(tokenizer, messages_or_text, system: str | None = None) -> list
     if system:
         messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
     if getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        try:
+            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        except Exception as e:  # jinja's sandbox (SecurityError), raise_exception() in templates, ...
+            raise UserError(f"The model's chat template failed on this prompt ({type(e).__name__}: {e}). Use a model "
+                            "or checkpoint whose tokenizer_config.json has a working chat_template.") from None
     text = "\n".join(m["content"] for m in messages)
     return list(tokenizer.encode(text))

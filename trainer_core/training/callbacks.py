@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from trainer_core.errors import UserError
+from trainer_core.training import run_end
 
 
 class Callback:
@@ -61,6 +62,10 @@ for _name in HOOKS:
     setattr(CallbackList, _name, _fan_out(_name))
 
 
+def _disk_reason(error: OSError) -> str:
+    return "disk_full" if error.errno in (28, 122) else "error"  # ENOSPC, EDQUOT
+
+
 def _clean(value):
     """JSON-safe: NaN/Inf become null so every line parses everywhere."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -95,7 +100,7 @@ class MetricsWriter(Callback):
             self.file.flush()
         except OSError as e:
             raise UserError(f"Could not write {self.path}: {e.strerror or e}. Free disk space or choose a "
-                            "writable output folder, then resume the run.") from None
+                            "writable output folder, then resume the run.", reason=_disk_reason(e)) from None
 
     def on_step_end(self, metrics):
         self._write("train", metrics)
@@ -108,6 +113,9 @@ class MetricsWriter(Callback):
 
     def on_event(self, info):
         self._write("event", info)
+        if info.get("event") == "stopped" and self.file:  # the run's last record
+            self.file.close()
+            self.file = None
 
     def on_train_end(self, info):
         self._write("event", {"event": "train_end", **info})
@@ -148,6 +156,8 @@ def event_text(info: dict) -> str:
     if info.get("event") == "samples":
         answers = "; ".join(f"{s.get('prompt')!r} -> {s.get('answer')!r}" for s in info.get("samples") or ())
         return f"samples at step {info.get('step')}: {answers}"
+    if info.get("event") == "stopped":
+        return run_end.describe(info)
     return f"event: {info}"
 
 
@@ -164,7 +174,7 @@ class LogWriter(Callback):
                 f.write(f"{stamp} {message}\n")
         except OSError as e:
             raise UserError(f"Could not write {self.path}: {e.strerror or e}. Free disk space or choose a "
-                            "writable output folder, then resume the run.") from None
+                            "writable output folder, then resume the run.", reason=_disk_reason(e)) from None
 
     def on_evaluate(self, metrics):
         self.on_log(f"eval step {metrics['step']}: loss {metrics.get('loss', float('nan')):.4f}")
@@ -177,10 +187,15 @@ class LogWriter(Callback):
 
 
 class StopFlag(Callback):
-    """A stop request another thread can set; honoured at the next step boundary."""
+    """A stop request another thread can set; honoured at the next step boundary.
+    `training` tells whether the loop has begun (before that, there is nothing to checkpoint)."""
 
     def __init__(self):
         self.requested = False
+        self.training = False
+
+    def on_train_begin(self, info) -> None:
+        self.training = True
 
     def request(self) -> None:
         self.requested = True

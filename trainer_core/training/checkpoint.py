@@ -42,6 +42,16 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _disk_is_full(error: BaseException, folder: Path) -> bool:
+    """mlx says only "[write] Unable to write": ask the file system when the errno does not tell."""
+    if getattr(error, "errno", None) in (28, 122) or "No space" in str(error):  # ENOSPC, EDQUOT
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 16 * 1024 * 1024
+    except OSError:
+        return False
+
+
 def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
                          optimizer: dict | None, state: dict) -> Path:
     """Write a complete checkpoint folder at `target` atomically (replacing one there)."""
@@ -51,13 +61,19 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
     for leftover in [*parent.glob(f".tmp-{target.name}-*"), *parent.glob(f".old-{target.name}-*")]:
         shutil.rmtree(leftover, ignore_errors=True)  # from a crashed earlier write of this target (final/)
     tmp = parent / f".tmp-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
+    writing = target  # the file being written, named in the message when a write fails
     try:  # mlx reports a failed write (disk full, unwritable folder) as RuntimeError, Python as OSError
         tmp.mkdir()
+        writing = target / WEIGHTS
         mx.save_safetensors(str(tmp / WEIGHTS), weights, metadata={"format": "mlx"})
         if optimizer is not None:
+            writing = target / OPTIMIZER
             mx.save_safetensors(str(tmp / OPTIMIZER), optimizer)
+        writing = target / ADAPTER_CONFIG
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+        writing = target / STATE
         (tmp / STATE).write_text(json.dumps(state, indent=2))
+        writing = target
         for f in tmp.iterdir():
             _fsync_path(f)
         _fsync_path(tmp)
@@ -71,9 +87,10 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
         _fsync_path(parent)
     except (OSError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"Could not write checkpoint {target}: {getattr(e, 'strerror', None) or e}. "
+        raise UserError(f"Could not write {writing} (checkpoint {target.name}): {getattr(e, 'strerror', None) or e}. "
                         "Free disk space or choose a writable output folder, then resume the run; "
-                        "earlier checkpoints are intact.") from None
+                        "earlier checkpoints are intact.",
+                        reason="disk_full" if _disk_is_full(e, parent) else "error") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,7 +32,7 @@ from trainer_core.config import best_eval_metric
 from trainer_core.data import batching
 from trainer_core.errors import UserError
 from trainer_core.models import precision
-from trainer_core.training import collectives
+from trainer_core.training import collectives, run_end
 from trainer_core.training.callbacks import Callback, CallbackList
 from trainer_core.training import loop_state
 from trainer_core.training.checkpoint import CheckpointManager, write_checkpoint_dir
@@ -73,6 +73,7 @@ class TrainingLoop:
         self.callbacks = CallbackList(callbacks)
         self.world_size, self.rank = world_size, rank
         self.stop_requested = False
+        self.early_stop_message = ""  # why the run finished early, for its `stopped` event
         self.fingerprint = fingerprint or {}  # model + data identity, checked on resume
         method.bind(model, run_dir)
         self.adapter_config = {**adapter_config, **method.checkpoint_info()}
@@ -142,7 +143,26 @@ class TrainingLoop:
         self.stop_requested = True
 
     def train(self) -> TrainResult:
-        """Train to total_steps (or a stop); raises collectives.RankFailure when another rank is lost."""
+        """Train to total_steps (or a stop); raises collectives.RankFailure when another rank is lost.
+        Every ending, an exception included, is reported as a `stopped` event (run_end.py)."""
+        try:
+            result = self._train_reporting_lost_ranks()
+        except BaseException as e:
+            self._report_end(run_end.reason_for(e), run_end.message_for(e))
+            raise
+        early = self.early_stop_message
+        self._report_end("finished" if result.status == "finished" else "user",
+                         early or ("" if result.status == "finished" else f"Stopped at step {result.step} of "
+                                   f"{result.total_steps}; resume continues from the last checkpoint."))
+        return result
+
+    def _report_end(self, reason: str, message: str) -> None:
+        try:  # best effort: the disk may be the reason
+            self.callbacks.on_event(run_end.stopped_event(self.step, reason, message))
+        except Exception:  # noqa: BLE001  (the original ending is what the user must see)
+            pass
+
+    def _train_reporting_lost_ranks(self) -> TrainResult:
         try:
             return self._train()
         except (RuntimeError, collectives.RankFailure) as e:  # the latter from collectives.collective
@@ -178,7 +198,9 @@ class TrainingLoop:
             if patience and self.evals_without_improvement >= patience:
                 self.callbacks.on_event({"step": self.step, "event": "early_stop",
                                          "best_eval_loss": self.metrics["best_eval_loss"]})
-                self.callbacks.on_log(f"Early stopping at step {self.step}: no better eval loss in {patience} evaluations")
+                self.early_stop_message = (f"Early stopping at step {self.step}: no better eval loss in "
+                                                 f"{patience} evaluations")
+                self.callbacks.on_log(self.early_stop_message)
                 break
             self._train_step()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.valid_examples:
@@ -227,7 +249,7 @@ class TrainingLoop:
             if self.bad_steps >= cfg.max_bad_steps:
                 raise UserError(f"Training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN/Inf "
                                 "loss or gradient (updates were skipped, no NaN was saved). Lower learning_rate, "
-                                "enable max_grad_norm, or check the data.")
+                                "enable max_grad_norm, or check the data.", reason="nan")
         else:
             self.bad_steps = 0
             self.metrics["train_loss"] = loss

@@ -177,7 +177,7 @@ def test_a_rank_other_than_zero_writes_nothing(tiny_model_dir, tmp_path):
                        max_steps=2, batch_size=2, save_every=1, eval_every=0)
     run = runner.build_run(config, world_size=2, rank=1)
     assert run.loop.checkpoints is None and run.loop.final_dir is None
-    result = run.loop.train()
+    result = run.train()
     assert result.status == "finished" and result.final_dir is None
     assert not (tmp_path / "runs").exists()
 

@@ -258,7 +258,7 @@ def test_checkpoint_reloads_with_its_mask_token(request, tmp_path, fine_tune_typ
     run = runner.build_run(diffusion_config(tiny_model_dir, data.parent, tmp_path / "runs", max_steps=3,
                                             learning_rate=1e-2, fine_tune_type=fine_tune_type,
                                             quantized_base="keep"))
-    result = run.loop.train()
+    result = run.train()
     config = json.loads((Path(result.final_dir) / "adapter_config.json").read_text())
     assert config["diffusion"]["added_mask_token"] and config["fine_tune_type"] == fine_tune_type
     mask = config["diffusion"]["mask_token_id"]

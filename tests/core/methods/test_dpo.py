@@ -220,7 +220,7 @@ def test_reference_stays_the_base_model_while_training(tiny_model_dir, tmp_path,
     run = runner.build_run(dpo_config(tiny_model_dir, setup["data"], tmp_path, max_steps=3,
                                       fine_tune_type=fine_tune_type,
                                       learning_rate=1e-3 if fine_tune_type == "full" else 2e-2))
-    run.loop.train()
+    run.train()
     method, pairs = run.loop.method, run.loop.train_examples[:4]
     batch = method.collate(pairs)
     np.testing.assert_allclose(np.array(batch["reference_chosen"]), expected["reference"]["chosen"], rtol=1e-5, atol=1e-4)

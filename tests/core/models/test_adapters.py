@@ -36,7 +36,7 @@ def test_checkpoint_loads_in_mlx_lm_with_the_same_logits(request, tmp_path, fine
     model_dir = request.getfixturevalue(model_fixture)
     run = build(model_dir, tmp_path, method=method, fine_tune_type=fine_tune_type, max_steps=3, save_every=2,
                 learning_rate=2e-2, quantized_base="keep", lora=LoraConfig(rank=4, alpha=8.0, num_layers=1 if model_fixture == "tiny_quant_model_dir" else -1))
-    run.loop.train()
+    run.train()
     model = run.loop.model
     model.eval()
     ours = logits_of(model, load_model(str(model_dir)).tokenizer)

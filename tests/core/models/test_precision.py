@@ -76,7 +76,7 @@ def test_mixed_precision_gradients_match_float32_adapters(bf16_model_dir):
 
 def test_bf16_lora_run_trains_with_float32_masters(bf16_model_dir, tmp_path):
     run = build(bf16_model_dir, tmp_path, method="lora", max_steps=6, learning_rate=5e-3)
-    run.loop.train()
+    run.train()
     assert all(v.dtype == mx.float32 for _, v in tree_flatten(run.loop.model.trainable_parameters()))
     assert all(v.dtype == mx.float32 for _, v in tree_flatten(run.loop.steps.optimizer_state["m"]))
     losses = [r["loss"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r["type"] == "train"]
@@ -106,7 +106,7 @@ def test_gradient_checkpointing_run_matches_plain_run(tiny_model_dir, tmp_path):
         run = build(tiny_model_dir, tmp_path / str(on), method="lora", max_steps=3, gradient_checkpointing=on,
                     learning_rate=1e-2)
         assert type(run.loop.model.layers[0]).__name__.startswith("Recomputed") == on
-        run.loop.train()
+        run.train()
         results.append(flat_params(run.loop.model, trainable=True))
     for k in results[0]:
         np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-4, atol=1e-6)

@@ -102,6 +102,7 @@ def test_killed_before_the_first_checkpoint_resumes_from_step_zero(tiny_model_di
     runner.train(whole)
     config = make_config(tiny_model_dir, data, tmp_path / "runs", run_name="killed", method="lora", max_steps=4)
     run = runner.build_run(config)  # the run folder and config.toml exist; then the process died
+    run.release()  # (as its exit would: the OS drops the run lock)
     with open(run.run_dir / "metrics.jsonl", "a") as f:  # a record of a step that will be redone
         f.write(json.dumps({"type": "train", "step": 1, "loss": 99.0}) + "\n")
     result = runner.resume(run.run_dir)

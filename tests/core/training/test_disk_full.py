@@ -162,10 +162,12 @@ class FillAfter(Callback):
 
 
 def test_disk_fills_up_mid_run(tiny_model_dir, data, reference, small_disk):
-    with pytest.raises(UserError, match="Could not write checkpoint .*step-000003") as err:
+    with pytest.raises(UserError, match="Could not write .*step-000003/adapters.safetensors") as err:
         runner.train(config(tiny_model_dir, data, small_disk, "run"), [FillAfter(small_disk, 2)])
-    assert "Free disk space" in str(err.value)
+    assert "Free disk space" in str(err.value) and err.value.reason == "disk_full"
     run_dir = small_disk / "run"
+    ended = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "stopped"]
+    assert [(r["reason"], r["step"]) for r in ended] == [("disk_full", 3)]
     assert_intact(run_dir, [1, 2])
     (small_disk / "filler").unlink()
     assert_resumes_to(run_dir, reference)
@@ -179,7 +181,7 @@ def test_cli_on_a_full_disk_exits_2_and_resumes(tiny_model_dir, data, reference,
             "--set", "keep_last=0"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and "error: Could not write checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr and "error: Could not write" in done.stderr
     run_dir = small_disk / "run"
     assert not list((run_dir / "checkpoints").iterdir())  # nothing half-written
     (small_disk / "filler").unlink()

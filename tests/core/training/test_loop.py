@@ -98,7 +98,7 @@ def test_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path, method):
 def test_accumulating_loop_consumes_k_micro_batches_per_step(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, batch_size=2, gradient_accumulation_steps=2, max_steps=0, epochs=1)
     assert (run.loop.micro_per_epoch, run.loop.steps_per_epoch, run.loop.total_steps) == (8, 4, 4)
-    run.loop.train()
+    run.train()
     train = [r for r in read_metrics(run.run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     # every example was seen exactly once: the trained tokens add up to the dataset's
@@ -179,7 +179,7 @@ def test_nan_step_is_skipped_and_recorded(tiny_model_dir, tmp_path):
     poison = Poison(at=1)
     run = build(tiny_model_dir, tmp_path, callbacks=[poison], max_steps=4, learning_rate=1e-2)
     poison.loop = run.loop
-    result = run.loop.train()
+    result = run.train()
     seen = poison.seen
     assert result.status == "finished" and result.step == 4
     # the bad step changed nothing: weights (NaN included, nothing else touched) and optimizer moments
@@ -208,7 +208,7 @@ def test_consecutive_bad_steps_stop_training(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, callbacks=[poison], max_steps=10, max_bad_steps=3)
     poison.loop = run.loop
     with pytest.raises(UserError, match="3 consecutive"):
-        run.loop.train()
+        run.train()
     assert run.loop.step == 3
     assert not (run.run_dir / "final").exists()
 
@@ -219,7 +219,7 @@ def test_overfitting_a_tiny_set_lowers_the_loss(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, n_train=4, max_steps=30, learning_rate=3e-3)
     examples = run.loop.train_examples
     start_sum, count = reference_loss(run.loop.model, examples)
-    result = run.loop.train()
+    result = run.train()
     end_sum, _ = reference_loss(run.loop.model, examples)
     assert end_sum / count < 0.5 * start_sum / count
     assert result.last_train_loss < 0.6 * start_sum / count
@@ -234,7 +234,7 @@ def test_metrics_records(tiny_model_dir, tmp_path):
     peak = 1e-3
     run = build(tiny_model_dir, tmp_path, n_valid=5, batch_size=2, gradient_accumulation_steps=2, max_steps=4,
                 lr_schedule="cosine", warmup_steps=1, learning_rate=peak, eval_every=2, save_every=2)
-    result = run.loop.train()
+    result = run.train()
     records = read_metrics(run.run_dir / "metrics.jsonl")
     lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(records)  # every line parses
@@ -259,15 +259,16 @@ def test_metrics_records(tiny_model_dir, tmp_path):
     checkpoints = [r for r in records if r["type"] == "checkpoint"]
     assert [r["step"] for r in checkpoints] == [2, 4]
     assert all((run.run_dir / "checkpoints" / f"step-{s:06d}").is_dir() for s in (2, 4))
-    assert records[-1]["type"] == "event" and records[-1]["event"] == "train_end"
-    assert records[-1]["status"] == "finished"
+    assert records[-2]["type"] == "event" and records[-2]["event"] == "train_end"
+    assert (records[-1]["event"], records[-1]["reason"]) == ("stopped", "finished")  # DESIGN.md: the last record
+    assert records[-2]["status"] == "finished"
     assert (run.run_dir / "log.txt").read_text().strip()
     assert runner.load_run_config(run.run_dir) == run.config
 
 
 def test_report_every_thins_train_records(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, max_steps=5, report_every=2)
-    run.loop.train()
+    run.train()
     steps = [r["step"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert steps == [2, 4, 5]  # the last step is always reported
 
@@ -291,7 +292,7 @@ def test_stop_request_ends_with_a_checkpoint(tiny_model_dir, tmp_path, via_loop)
     stop = StopAfter(2, via_loop)
     run = build(tiny_model_dir, tmp_path, callbacks=[stop], max_steps=6)
     stop.loop = run.loop
-    result = run.loop.train()
+    result = run.train()
     assert result.status == "stopped" and result.step == 2 and result.final_dir is None
     checkpoint = run.run_dir / "checkpoints" / "step-000002"
     assert read_state(checkpoint)["step"] == 2
@@ -300,12 +301,13 @@ def test_stop_request_ends_with_a_checkpoint(tiny_model_dir, tmp_path, via_loop)
     assert not (run.run_dir / "final").exists()
     records = read_metrics(run.run_dir / "metrics.jsonl")
     assert max(r["step"] for r in records if r["type"] == "train") == 2
-    assert records[-1]["event"] == "train_end" and records[-1]["status"] == "stopped"
+    assert records[-2]["event"] == "train_end" and records[-2]["status"] == "stopped"
+    assert (records[-1]["event"], records[-1]["reason"]) == ("stopped", "user")
 
 
 def test_final_written_at_the_end(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, max_steps=3, learning_rate=1e-2)
-    result = run.loop.train()
+    result = run.train()
     final = run.run_dir / "final"
     assert result.status == "finished" and result.final_dir == str(final)
     assert sorted(p.name for p in final.iterdir()) == [
@@ -340,7 +342,7 @@ def test_qlora_trains_adapters_and_keeps_the_base_quantized(tiny_quant_model_dir
     assert trainable and all(k.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for k in trainable)
     base_before = {k: v for k, v in flat_params(model).items() if k not in trainable}
     assert any(v.dtype == np.uint32 for v in base_before.values())
-    result = run.loop.train()
+    result = run.train()
     assert result.status == "finished" and math.isfinite(result.last_train_loss)
     after = flat_params(model)
     for k, v in base_before.items():
@@ -359,7 +361,7 @@ def test_dora_trains(tiny_model_dir, tmp_path):
     before = flat_params(model)
     trainable = set(flat_params(model, trainable=True))
     assert {k.rsplit(".", 1)[-1] for k in trainable} == {"lora_a", "lora_b", "m"}
-    result = run.loop.train()
+    result = run.train()
     assert math.isfinite(result.last_train_loss)
     after = flat_params(model)
     for k, v in before.items():
@@ -379,7 +381,7 @@ def test_num_layers_and_targets_restrict_adapters(tiny_model_dir, tmp_path):
     expected = {f"model.{k}.{p}" for k in adapted for p in ("lora_a", "lora_b")}
     assert set(flat_params(model, trainable=True)) == expected
     assert model.layers[1].self_attn.q_proj.lora_a.shape == (64, 4)
-    run.loop.train()
+    run.train()
     assert set(mx.load(str(run.run_dir / "final" / "adapters.safetensors"))) == expected
     config = json.loads((run.run_dir / "final" / "adapter_config.json").read_text())
     assert config["num_layers"] == 1
@@ -391,7 +393,7 @@ def test_param_group_multiplier_zero_freezes_matching_params(tiny_model_dir, tmp
     run = build(tiny_model_dir, tmp_path, max_steps=3, learning_rate=1e-2, weight_decay=0.1,
                 param_groups=[ParamGroup("layers.0.*", 0.0), ParamGroup("lm_head.*", 0.5)])
     before = flat_params(run.loop.model)
-    run.loop.train()
+    run.train()
     after = flat_params(run.loop.model)
     frozen = [k for k in before if k.startswith("model.layers.0.")]
     assert len(frozen) == 9  # 7 linears + 2 norms

@@ -51,7 +51,7 @@ def test_bad_loss_skips_the_update_and_the_next_checkpoint_is_the_last_good_one(
                 gradient_accumulation_steps=accumulation, learning_rate=1e-2, keep_last=0)
     inject(run.loop, {2: factor})
     order = run.loop._epoch_order(0)
-    assert run.loop.train().status == "finished"
+    assert run.train().status == "finished"
     records = read_metrics(run.run_dir / "metrics.jsonl")
     bad = [r for r in records if r["type"] == "event" and r.get("event") == "bad_step"]
     assert len(bad) == 1 and bad[0]["step"] == 3
@@ -71,7 +71,7 @@ def test_bad_loss_skips_the_update_and_the_next_checkpoint_is_the_last_good_one(
 def test_only_consecutive_bad_steps_stop(tiny_model_dir, tmp_path):
     run = build(tiny_model_dir, tmp_path, method="lora", max_steps=8, batch_size=2, max_bad_steps=3)
     inject(run.loop, {1: math.nan, 2: math.nan, 4: math.inf, 5: math.nan})
-    assert run.loop.train().status == "finished"
+    assert run.train().status == "finished"
     bad = [r["step"] for r in read_metrics(run.run_dir / "metrics.jsonl") if r.get("event") == "bad_step"]
     assert bad == [2, 3, 5, 6]
 
@@ -79,12 +79,12 @@ def test_only_consecutive_bad_steps_stop(tiny_model_dir, tmp_path):
 def test_k_consecutive_bad_steps_stop_clearly_and_the_run_resumes(tiny_model_dir, tmp_path):
     whole = build(tiny_model_dir, tmp_path / "whole", method="lora", max_steps=8, batch_size=2, save_every=1,
                   keep_last=0)
-    whole.loop.train()
+    whole.train()
     run = build(tiny_model_dir, tmp_path / "bad", method="lora", max_steps=8, batch_size=2, save_every=1,
                 keep_last=0, max_bad_steps=3)
     inject(run.loop, {3: math.nan, 4: math.nan, 5: math.nan})  # e.g. a bad stretch of data
     with pytest.raises(UserError) as err:
-        run.loop.train()
+        run.train()
     message = str(err.value)
     assert "stopped at step 6" in message and "3 consecutive" in message and "no NaN was saved" in message
     folder = run.run_dir / "checkpoints"
@@ -105,7 +105,7 @@ def test_gradient_norm_explosion_is_recorded_unclipped(tiny_model_dir, tmp_path)
     run = build(tiny_model_dir, tmp_path, method="lora", max_steps=6, batch_size=2, max_grad_norm=1.0,
                 learning_rate=1e-3)
     inject(run.loop, {3: 1e4})
-    assert run.loop.train().status == "finished"
+    assert run.train().status == "finished"
     train = {r["step"]: r for r in read_metrics(run.run_dir / "metrics.jsonl") if r["type"] == "train"}
     norms = [train[s]["grad_norm"] for s in (1, 2, 3, 5, 6)]
     assert train[4]["grad_norm"] > 1000 * max(norms)  # the spike is visible, not clipped away
