@@ -3,7 +3,8 @@
     finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
     finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
-    finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf --out DIR [--gguf-type T] [--overwrite]
+    finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf|ollama|lmstudio [--out DIR]
+                    [--gguf-type T] [--system TEXT] [--overwrite]
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
@@ -77,11 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(0 = one block); --top-p/--top-k are not used")
 
     from trainer_core.export.exporter import FORMATS, GGUF_TYPES
-    export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF")
+    export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF "
+                            "(alone, for Ollama or in LM Studio's models folder)")
     export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/), or a "
                         "model ('demo', a model folder, a .gguf) to export without fine-tuning")
     export.add_argument("--format", dest="fmt", required=True, choices=FORMATS)
-    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument("--out", default=None, help="a new (or empty) folder to write (lmstudio: the models "
+                        "folder to place it in, default LM Studio's)")
+    export.add_argument("--system", default=None, help="ollama: the Modelfile's SYSTEM prompt")
     export.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out folder (once the new export is complete)")
     export.add_argument("--model", default=None, help="the base model (default: the checkpoint's base)")
@@ -225,7 +229,7 @@ def run_export(args) -> int:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
     out = export(args.checkpoint, args.fmt, args.out, model=args.model, dequantize=args.dequantize,
-                 gguf_type=args.gguf_type, overwrite=args.overwrite, progress=progress)
+                 gguf_type=args.gguf_type, overwrite=args.overwrite, system=args.system, progress=progress)
     print(out)
     return 0
 

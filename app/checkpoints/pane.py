@@ -31,7 +31,9 @@ from app.common.tasks import LatestTask, run_task
 
 COLUMNS = ("Step", "Saved", "Train loss", "Eval loss", "Size", "Best")
 EXPORT_FORMATS = (("mlx-lm", "mlx-lm adapters"), ("fused", "Fused model (mlx-lm folder)"),
-                  ("peft", "Hugging Face PEFT"), ("gguf", "GGUF (llama.cpp, F16)"))
+                  ("peft", "Hugging Face PEFT"), ("gguf", "GGUF (llama.cpp, F16)"),
+                  ("ollama", "Send to Ollama (GGUF Q8_0 + Modelfile)"), ("lmstudio", "Send to LM Studio (GGUF Q8_0)"))
+APP_GGUF_TYPE = "q8_0"  # what Ollama / LM Studio get: near-lossless at half the size of F16
 
 
 def _item(text: str, align=Qt.AlignRight | Qt.AlignVCenter) -> QTableWidgetItem:
@@ -62,6 +64,7 @@ class CheckpointsPane(QWidget):
         self.choose_export_folder = self._choose_folder
         self._list_task = LatestTask()
         self._export_task = None
+        self._export_summary = ""  # the last progress message of the running export
         self.destroyed.connect(self._list_task.cancel)  # no late answer for a deleted widget
         self._watcher = QFileSystemWatcher(self)
         self._watcher.directoryChanged.connect(lambda _: self._reload_timer.start())
@@ -287,13 +290,16 @@ class CheckpointsPane(QWidget):
         checkpoint = self.current()
         if checkpoint is None or self._export_task is not None:
             return False
-        out = out or self.choose_export_folder(checkpoint, fmt)
-        if not out:
-            return False
+        if fmt != "lmstudio":  # LM Studio's own models folder unless a folder is given
+            out = out or self.choose_export_folder(checkpoint, fmt)
+            if not out:
+                return False
+        gguf_type = APP_GGUF_TYPE if fmt in ("ollama", "lmstudio") else "f16"
         from trainer_core.export.exporter import export
 
         def job(task):
-            return str(export(checkpoint, fmt, out, progress=lambda f, m: task.report(f"{f:.3f}|{m}")))
+            return str(export(checkpoint, fmt, out, gguf_type=gguf_type,
+                              progress=lambda f, m: task.report(f"{f:.3f}|{m}")))
 
         self.progress.setValue(0)
         self.progress.setVisible(True)
@@ -307,11 +313,14 @@ class CheckpointsPane(QWidget):
         fraction, message = text.split("|", 1)
         self.progress.setValue(int(float(fraction) * 100))
         self.message.setText(message)
+        if float(fraction) >= 1.0:  # the export's own last word (for Ollama: the create output or command)
+            self._export_summary = message
 
     def _export_done(self, out: str) -> None:
         self._export_task = None
         self.progress.setVisible(False)
-        self.message.setText(f"Exported to {out}")
+        self.message.setText(self._export_summary or f"Exported to {out}")
+        self._export_summary = ""
         self._update_buttons()
         self.exported.emit(out)
 

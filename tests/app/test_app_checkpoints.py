@@ -122,3 +122,21 @@ def test_resume_from_here_continues_the_run_from_that_checkpoint(qtbot, run_copy
     qtbot.waitUntil(lambda: not controller.running, timeout=TIMEOUT)
     assert steps == [5, 6]
     assert blocker.args[0]["status"] == "finished"
+
+
+def test_send_to_ollama_and_lm_studio(qtbot, run_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    pane = CheckpointsPane()
+    qtbot.addWidget(pane)
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.set_run(run_copy)
+    pane.table.selectRow(0)
+    with qtbot.waitSignal(pane.exported, timeout=TIMEOUT) as blocker:
+        assert pane.export("ollama", tmp_path / "ollama")
+    assert (tmp_path / "ollama" / "Modelfile").is_file()
+    assert "ollama create" in pane.message.text()  # the command to run, since ollama is not on PATH
+    with qtbot.waitSignal(pane.exported, timeout=TIMEOUT) as blocker:
+        assert pane.export("lmstudio", tmp_path / "models")
+    placed = Path(blocker.args[0])
+    assert placed.parent == tmp_path / "models" / "fine-tune-studio"
+    assert [p.suffix for p in placed.iterdir()] == [".gguf"] and placed.name.endswith("-GGUF")

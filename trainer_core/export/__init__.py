@@ -1,5 +1,7 @@
 """Export: a checkpoint in the formats other tools read.
 
-The dispatcher with the mlx-lm and fused formats (`exporter`), Hugging Face PEFT (`peft`) and GGUF
-(`gguf`). May import: `models`, `data`, `training`, `methods`, `generation` and the top-level contracts.
+The dispatcher with the mlx-lm and fused formats (`exporter`), Hugging Face PEFT (`peft`), GGUF
+(`gguf`, with `gguf_arch` per architecture and `gguf_vocab` for the tokenizer) and where a GGUF is
+sent to be used, Ollama and LM Studio (`destinations`). May import: `models`, `data`, `training`,
+`methods`, `generation` and the top-level contracts.
 """

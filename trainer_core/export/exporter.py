@@ -14,6 +14,11 @@ Formats (FORMATS):
 - "peft": Hugging Face PEFT adapters (export_peft.py).
 - "gguf": the fused model as one llama.cpp GGUF file `<name>-<TYPE>.gguf` in any of GGUF_TYPES
   (gguf.py), named after the run (general.name) or, for a base model, after the model.
+- "ollama": the GGUF and a Modelfile (FROM, PARAMETER stop, SYSTEM when `system`); then
+  `ollama create <name> -f Modelfile` runs when ollama is on PATH, else the last progress
+  message says the command to run (destinations.py).
+- "lmstudio": the GGUF placed as <out>/fine-tune-studio/<name>-GGUF/<file>.gguf, `out`
+  defaulting to LM Studio's models folder, so it appears in LM Studio's list.
 
 `source` is a checkpoints/step-NNNNNN or final/ folder of a run, or a model ("demo", a model
 folder, a .gguf file) to export as it is (fused, gguf; `model` is then ignored); `model`
@@ -41,7 +46,8 @@ import trainer_core  # noqa: F401  (OpenBLAS before MLX)
 from trainer_core.training.checkpoint import ADAPTER_CONFIG, WEIGHTS
 from trainer_core.errors import UserError
 
-FORMATS = ("mlx-lm", "fused", "peft", "gguf")
+FORMATS = ("mlx-lm", "fused", "peft", "gguf", "ollama", "lmstudio")
+GGUF_FORMATS = ("gguf", "ollama", "lmstudio")  # a GGUF file, alone or placed for an app
 # tensor type of the GGUF's matrices (norms are always F32); the k-quants need the `gguf` extra
 GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 Progress = Callable[[float, str], None]
@@ -87,18 +93,21 @@ def run_name(checkpoint: Path) -> str:
     return run_dir.name
 
 
-def export(source, fmt: str, out, *, model: str | None = None, dequantize: bool = False,
-           gguf_type: str = "f16", overwrite: bool = False, progress: Progress | None = None) -> Path:
-    """Write a checkpoint (or a base model) to the new folder `out` in format `fmt`; return `out`."""
-    out = Path(out).expanduser()
+def export(source, fmt: str, out=None, *, model: str | None = None, dequantize: bool = False,
+           gguf_type: str = "f16", overwrite: bool = False, system: str | None = None,
+           progress: Progress | None = None) -> Path:
+    """Write a checkpoint (or a base model) to the new folder `out` in format `fmt`; return
+    the folder written (for lmstudio: <out or LM Studio's models folder>/<publisher>/<model>)."""
     report = progress or (lambda fraction, message: None)
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}.")
-    if fmt == "gguf":
+    if fmt in GGUF_FORMATS:
         from trainer_core.export.gguf import check_gguf_type
         check_gguf_type(gguf_type)
+    if out is None and fmt != "lmstudio":
+        raise UserError(f"Choose the folder to export {fmt!r} into (--out DIR).")
     if not is_checkpoint_source(source):
-        return _export_model(str(source), fmt, out, dequantize, gguf_type, overwrite, report)
+        return _export_model(str(source), fmt, out, dequantize, gguf_type, overwrite, system, report)
     checkpoint = Path(source).expanduser()
     report(0.0, f"Reading {checkpoint}")
     adapter_config = read_checkpoint(checkpoint)
@@ -107,11 +116,13 @@ def export(source, fmt: str, out, *, model: str | None = None, dequantize: bool 
         raise UserError(f"{checkpoint} holds a full fine-tune, which has no adapters for PEFT. "
                         "Export it as 'fused' (a model folder) or 'gguf' instead.")
     base = model or adapter_config.get("base_model")
-    if (fmt in ("fused", "gguf") or full) and not base:
+    if (fmt not in ("mlx-lm", "peft") or full) and not base:
         raise UserError(f"{checkpoint / ADAPTER_CONFIG} names no base model; pass the base "
                         "model (--model PATH) that the run trained.")
-    if fmt == "gguf":  # refuse before loading anything
+    if fmt in GGUF_FORMATS:  # refuse before loading anything
         _check_gguf_architecture(base)
+    label = run_name(checkpoint)
+    out = _destination(fmt, out, label)
     with _atomic_folder(out, overwrite) as tmp:
         if fmt == "mlx-lm" and not full:
             _write_adapters(checkpoint, adapter_config, tmp, base)
@@ -120,38 +131,53 @@ def export(source, fmt: str, out, *, model: str | None = None, dequantize: bool 
             write_peft(checkpoint, adapter_config, tmp, base)
         else:
             report(0.1, f"Loading {base} with the checkpoint")
-            loaded = load_fused(checkpoint, base, dequantize=dequantize or fmt == "gguf")
+            loaded = load_fused(checkpoint, base, dequantize=dequantize or fmt in GGUF_FORMATS)
             report(0.5, "Writing the weights")
-            if fmt == "gguf":
-                name = run_name(checkpoint)
-                _write_gguf(loaded, tmp, gguf_type, name, name, report)
+            if fmt in GGUF_FORMATS:
+                _write_gguf(loaded, tmp, fmt, gguf_type, label, label, system, report)
             else:
                 write_model_folder(loaded, tmp)
         report(0.95, f"Moving the export into place at {out}")
-    report(1.0, f"Exported {checkpoint} as {fmt} to {out}")
-    return out
+    return _finish(fmt, out, label, report, f"Exported {checkpoint} as {fmt} to {out}")
 
 
-def _export_model(spec: str, fmt: str, out: Path, dequantize: bool, gguf_type: str,
-                  overwrite: bool, report: Progress) -> Path:
-    """A base model without a checkpoint, as a fused folder or a GGUF."""
-    from trainer_core.models.loading import load_model
+def _export_model(spec: str, fmt: str, out, dequantize: bool, gguf_type: str, overwrite: bool,
+                  system: str | None, report: Progress) -> Path:
+    """A base model without a checkpoint, as a fused folder or a GGUF (alone or for an app)."""
+    from trainer_core.models.loading import load_model, read_model_info
 
-    if fmt not in ("fused", "gguf"):
+    if fmt in ("mlx-lm", "peft"):
         raise UserError(f"{spec} is a model, not a checkpoint: it has no adapters to export as "
                         f"{fmt!r}. Export it as 'fused' or 'gguf', or pass a checkpoint folder.")
-    if fmt == "gguf":
+    label = read_model_info(spec).name
+    if fmt in GGUF_FORMATS:
         _check_gguf_architecture(spec)
+    out = _destination(fmt, out, label)
     with _atomic_folder(out, overwrite) as tmp:
         report(0.1, f"Loading {spec}")
-        loaded = load_model(spec, dequantize=dequantize or fmt == "gguf")
+        loaded = load_model(spec, dequantize=dequantize or fmt in GGUF_FORMATS)
         report(0.5, "Writing the weights")
-        if fmt == "gguf":
-            _write_gguf(loaded, tmp, gguf_type, None, None, report)
+        if fmt in GGUF_FORMATS:
+            _write_gguf(loaded, tmp, fmt, gguf_type, None, None, system, report)
         else:
             write_model_folder(loaded, tmp)
         report(0.95, f"Moving the export into place at {out}")
-    report(1.0, f"Exported {spec} as {fmt} to {out}")
+    return _finish(fmt, out, label, report, f"Exported {spec} as {fmt} to {out}")
+
+
+def _destination(fmt: str, out, label: str) -> Path:
+    if fmt == "lmstudio":
+        from trainer_core.export.destinations import lmstudio_folder, lmstudio_models_dir
+        return lmstudio_folder(Path(out).expanduser() if out else lmstudio_models_dir(), label)
+    return Path(out).expanduser()
+
+
+def _finish(fmt: str, out: Path, label: str, report: Progress, done: str) -> Path:
+    """The last progress message; for ollama, `ollama create` runs (or is shown) first."""
+    if fmt == "ollama":
+        from trainer_core.export.destinations import ollama_create, ollama_name
+        done = f"{done}. {ollama_create(ollama_name(label), out)}"
+    report(1.0, done)
     return out
 
 
@@ -167,14 +193,18 @@ def gguf_file_name(name: str, gguf_type: str) -> str:
     return f"{safe}-{gguf_type.upper()}.gguf"
 
 
-def _write_gguf(loaded, folder: Path, gguf_type: str, name: str | None, finetune: str | None,
-                report: Progress) -> Path:
+def _write_gguf(loaded, folder: Path, fmt: str, gguf_type: str, name: str | None,
+                finetune: str | None, system: str | None, report: Progress) -> Path:
+    """The GGUF file in `folder`; for ollama also its Modelfile."""
     from trainer_core.export.gguf import general_metadata, write_gguf
 
-    file_name = gguf_file_name(general_metadata(loaded, name, finetune).name, gguf_type)
-    path = folder / file_name
+    path = folder / gguf_file_name(general_metadata(loaded, name, finetune).name, gguf_type)
     write_gguf(loaded, path, gguf_type, name=name, finetune=finetune,
                progress=lambda f, m: report(0.5 + 0.45 * f, m))
+    if fmt == "ollama":
+        from trainer_core.export.destinations import modelfile, stop_tokens
+        (folder / "Modelfile").write_text(modelfile(path.name, stop_tokens(loaded.tokenizer), system),
+                                          encoding="utf-8")
     return path
 
 
