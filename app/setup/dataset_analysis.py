@@ -57,6 +57,18 @@ class AnalysisRequest:
     data_kind: str  # "" = detect
     max_seq_length: int
     mask_prompt: bool
+    data_format: str = ""  # "" = detect
+    data_columns: dict = field(default_factory=dict)
+    last_turn_only: bool = False
+    long_rows: str = "truncate"
+    method: str = ""
+
+    @classmethod
+    def of(cls, config) -> "AnalysisRequest":
+        """What the analysis of a RunConfig's data depends on."""
+        return cls(config.model, config.data, config.data_kind, config.max_seq_length, config.mask_prompt,
+                   config.data_format, dict(config.data_columns), config.last_turn_only, config.long_rows,
+                   config.method)
 
 
 @dataclass
@@ -75,6 +87,7 @@ class DatasetSummary:
     files: dict[str, str]
     stats: TokenizeStats | None  # train split; None for preference / prompt_answer data
     preview: list[PreviewRow] = field(default_factory=list)
+    format: str = "native"  # how the records map onto `kind` (DatasetSplits.format)
 
     @property
     def train_examples(self) -> int:
@@ -122,9 +135,11 @@ def analyze(request: AnalysisRequest, task=None) -> DatasetSummary | None:
             task.report(text)
 
     report("Reading the data…")
-    splits = load_dataset(request.data, request.data_kind or None)
+    splits = load_dataset(request.data, request.data_kind or None, data_format=request.data_format,
+                          columns=request.data_columns or None,
+                          prefer_kind="prompt_answer" if request.method == "grpo" else None)
     counts = {name: len(getattr(splits, name)) for name in ("train", "valid", "test") if getattr(splits, name)}
-    summary = DatasetSummary(request, splits.kind, counts, dict(splits.files), None)
+    summary = DatasetSummary(request, splits.kind, counts, dict(splits.files), None, format=splits.format)
     if cancelled():
         return None
     report("Loading the tokenizer…")
@@ -139,7 +154,8 @@ def analyze(request: AnalysisRequest, task=None) -> DatasetSummary | None:
             return None
         report(f"Tokenising {start:,} / {len(records):,} records…")
         examples, part = tokenize_sft(records[start:start + CHUNK], tokenizer, splits.kind,
-                                      request.max_seq_length, request.mask_prompt)
+                                      request.max_seq_length, request.mask_prompt,
+                                      last_turn_only=request.last_turn_only, drop_long=request.long_rows == "drop")
         merge_stats(stats, part)
         for example in examples:
             if len(summary.preview) < PREVIEW_ROWS:

@@ -1,9 +1,10 @@
-"""Dataset group: path picker, detected kind, counts, token-length histogram, preview.
+"""Dataset group: path picker, detected format and kind, counts, token-length histogram, preview.
 
 The panel shows a `DatasetSummary` (dataset_analysis.py); the Setup pane
-decides when to analyse (model, path, kind, max_seq_length or prompt masking
-changed) and calls `analyze(request)`, which runs on the thread pool. Errors
-are the data's own UserError messages (file, line, what is wrong).
+decides when to analyse (model, method or any data setting changed) and calls `analyze(request)`, which runs on the thread pool. Errors
+are the data's own UserError messages (file, line, what is wrong). The format row forces a
+format, opens the column-mapping dialog (column_mapping.py), and says what happens to multi-turn
+chats and to rows longer than max_seq_length (counted in the lengths line before Start).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from PySide6.QtWidgets import (QFileDialog, QGridLayout, QGroupBox, QHBoxLayout,
                                QTextBrowser, QVBoxLayout)
 
 from app import settings
+from app.setup.column_mapping import columns_field
 from app.setup.dataset_analysis import AnalysisRequest, DatasetSummary, analyze
 from app.common.form import bool_field, choice_field, text_field
 from app.common.plot_style import COLORS, small_plot
 from app.common.tasks import LatestTask
-from trainer_core.config import DATA_KINDS
+from trainer_core.config import DATA_FORMATS, DATA_KINDS
+from trainer_core.data import first_record
+from trainer_core.errors import UserError
 
 RECENT_KEY = "recent/datasets"
 
@@ -32,9 +36,10 @@ def percentile(lengths, q: float) -> int:
 
 
 def summary_line(summary: DatasetSummary) -> str:
-    """'chat · 400 train / 50 valid · 45% of tokens trained'."""
+    """'sharegpt → chat · 400 train / 50 valid · 45% of tokens trained' (native formats: just the kind)."""
     counts = " / ".join(f"{n:,} {split}" for split, n in summary.counts.items())
-    text = f"{summary.kind} · {counts}"
+    shape = summary.kind if summary.format.startswith("native") else summary.format.replace(" -> ", " → ")
+    text = f"{shape} · {counts}"
     if summary.stats is not None:
         text += f" · {summary.stats.trained_fraction:.0%} of tokens trained"
     return text
@@ -45,8 +50,9 @@ def lengths_line(summary: DatasetSummary) -> str:
     if stats is None:
         return f"{summary.kind} data: token statistics come with the method that uses it."
     limit = summary.request.max_seq_length
+    cut = "left out" if summary.request.long_rows == "drop" else "truncated"
     return (f"median {percentile(stats.lengths, 50)} · p95 {percentile(stats.lengths, 95)} · "
-            f"max {max(stats.lengths, default=0)} tokens · {stats.truncated:,} truncated at {limit} · "
+            f"max {max(stats.lengths, default=0)} tokens · {stats.truncated:,} longer than {limit} ({cut}) · "
             f"{stats.empty:,} dropped")
 
 
@@ -64,6 +70,14 @@ class DatasetPanel(QGroupBox):
                                  tooltip="Force the data kind; 'detect' reads it from the first record.")
         self.mask_prompt = bool_field("mask_prompt", "Train on responses only",
                                       tooltip="Loss on assistant/completion tokens only (prompt tokens masked).")
+        self.format = choice_field("data_format", [("", "detect")] + [(f, f) for f in DATA_FORMATS],
+                                   tooltip="Force the record format; 'detect' reads it from the first record.")
+        self.columns = columns_field(self._first_record)
+        self.last_turn_only = bool_field("last_turn_only", "Last turn only",
+                                         tooltip="Multi-turn chats: train only the last assistant reply "
+                                                 "(default: every reply).")
+        self.long_rows = choice_field("long_rows", [("truncate", "truncate"), ("drop", "leave out")],
+                                      tooltip="Rows longer than max seq length: cut them, or leave them out.")
         choose = QPushButton()
         choose.setText("Choose…")
         self.choose_menu = QMenu(choose)
@@ -95,6 +109,16 @@ class DatasetPanel(QGroupBox):
         top.addWidget(self.kind.editor)
         top.addSpacing(12)
         top.addWidget(self.mask_prompt.editor)
+        shape = QHBoxLayout()
+        shape.addWidget(QLabel("Format"))
+        shape.addWidget(self.format.editor)
+        shape.addWidget(self.columns.editor)
+        shape.addSpacing(12)
+        shape.addWidget(self.last_turn_only.editor)
+        shape.addSpacing(12)
+        shape.addWidget(QLabel("Longer than max seq length"))
+        shape.addWidget(self.long_rows.editor)
+        shape.addStretch(1)
         left = QVBoxLayout()
         left.addWidget(self.summary_label)
         left.addWidget(self.histogram, 1)
@@ -107,11 +131,22 @@ class DatasetPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.path.message)
+        layout.addLayout(shape)
+        layout.addWidget(self.columns.message)
         layout.addLayout(grid, 1)
 
     @property
     def fields(self):
-        return [self.path, self.kind, self.mask_prompt]
+        return [self.path, self.kind, self.mask_prompt, self.format, self.columns, self.last_turn_only,
+                self.long_rows]
+
+    def _first_record(self) -> dict | None:
+        """The dataset's first record as read, for the column-mapping dialog (None: shown why)."""
+        try:
+            return first_record(self.path.value()).data
+        except UserError as e:
+            self._show_empty(str(e))
+            return None
 
     # ---- choosing --------------------------------------------------------------------
     def _fill_menu(self) -> None:
@@ -127,7 +162,7 @@ class DatasetPanel(QGroupBox):
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a data file", "",
-                                              "Datasets (*.jsonl *.json *.csv *.parquet);;All files (*)")
+                                              "Datasets (*.jsonl *.json *.csv *.tsv *.parquet);;All files (*)")
         if path:
             self.path.editor.setText(path)
 

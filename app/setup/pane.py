@@ -226,8 +226,7 @@ class SetupPane(QScrollArea):
             self.notice.setText(f"Using the {wanted.name} demo dataset, which suits {LABELS[method]}.")
 
     def _schedule_analysis(self, config: RunConfig) -> None:
-        request = AnalysisRequest(config.model, config.data, config.data_kind, config.max_seq_length,
-                                  config.mask_prompt)
+        request = AnalysisRequest.of(config)
         if request != self._last_request and not self.model_panel.error:
             self._last_request = request
             self._analysis_timer.start()

@@ -10,13 +10,13 @@ May import: `models` and the top-level contracts.
 """
 
 from trainer_core.data.kinds import KINDS, SFT_KINDS, detect_kind, validate_record
-from trainer_core.data.loading import find_split_files, load_dataset, load_run_data
+from trainer_core.data.loading import find_split_files, first_record, load_dataset, load_run_data
 from trainer_core.data.readers import read_records
 from trainer_core.data.records import DatasetSplits, Record, where
 from trainer_core.data.tokenize import Example, TokenizeStats, render_messages, tokenize_sft
 
 __all__ = [
-    "KINDS", "SFT_KINDS", "Record", "DatasetSplits", "load_dataset", "load_run_data", "detect_kind",
+    "KINDS", "SFT_KINDS", "Record", "DatasetSplits", "load_dataset", "load_run_data", "first_record", "detect_kind",
     "validate_record", "read_records", "find_split_files", "where",
     "Example", "TokenizeStats", "tokenize_sft", "render_messages",
 ]

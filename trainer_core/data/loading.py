@@ -143,6 +143,11 @@ def load_dataset(path: str | Path, kind: str | None = None, *, data_format: str 
                          format=fmt.describe(), shards={s: [str(p) for p in f] for s, f in files.items()})
 
 
+def first_record(path: str | Path) -> Record:
+    """The train split's first record as read (unmapped): what the column-mapping dialog shows."""
+    return read_records(find_split_files(path)["train"][0])[0]
+
+
 def load_run_data(config) -> DatasetSplits:
     """`load_dataset` with a RunConfig's data settings; grpo takes ambiguous pairs as prompt_answer."""
     return load_dataset(config.data, config.data_kind or None, data_format=config.data_format,
