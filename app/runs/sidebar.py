@@ -4,10 +4,12 @@
 plain files, no MLX) into a RunSummary; the sidebar does it on the task pool and
 again when the folder changes (QFileSystemWatcher) or a run starts or ends.
 
-Status: "running" for the folder the window is training, else the last
-`train_end` event's status ("finished" / "stopped"); a run without one was
-interrupted (app quit, crash, power loss): "stopped" when it has a checkpoint or
-trained steps to continue from, "failed" when it never trained a step.
+Status: "running" for the folder the window is training or another process holds
+(its run.lock), else what the last `stopped` event says (finished; stopped by the
+user; failed, with the reason: NaN loss, out of memory, disk full, an error); a
+run without one was interrupted (app quit, crash, power loss): "stopped" when it
+has a checkpoint or trained steps to continue from, "failed" when it never
+trained a step. `reason` says why, for the row's tooltip and status text.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QInputDialog, QLa
 
 from app.common.reveal import reveal_in_file_manager
 from app.common.tasks import LatestTask
+from trainer_core.training import run_end
 from trainer_core.training.callbacks import read_metrics
+from trainer_core.training.run_lock import holder
 from trainer_core.config import best_eval_metric
 
 COLUMNS = ("Run", "Status", "Method", "Steps", "Best eval", "Date", "Model", "Dataset")
@@ -43,6 +47,18 @@ class RunSummary:
     best_eval: float | None  # the lowest eval loss; GRPO: the highest eval reward_mean (config.best_eval_metric)
     date: float
     checkpoints: int
+    reason: str = ""  # why it is not running (the stopped event), or who runs it
+    ended: str = ""  # the stopped event's reason: finished | user | nan | out_of_memory | disk_full | error
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in ("stopped", "failed") and bool(self.checkpoints or self.steps)
+
+    @property
+    def status_text(self) -> str:
+        short = {"nan": "NaN loss", "out_of_memory": "out of memory", "disk_full": "disk full"}
+        return f"{STATUS_MARK.get(self.status, '')} {self.status}" + (f": {short[self.ended]}" if self.ended in short
+                                                                     else "")
 
 
 def _config_fields(run_dir: Path) -> dict:
@@ -61,21 +77,34 @@ def summarize_run(run_dir: Path, running: Path | None = None) -> RunSummary:
     steps = max((int(r.get("step", 0)) for r in records if r.get("type") == "train"), default=0)
     key, mode = best_eval_metric(str(config.get("method", "")))
     evals = [r[key] for r in records if r.get("type") == "eval" and isinstance(r.get(key), float)]
-    ends = [r for r in records if r.get("type") == "event" and r.get("event") == "train_end"]
+    resumed = max((i for i, r in enumerate(records) if r.get("event") == "resumed"), default=-1)
+    latest = records[resumed + 1:]  # what the last process that trained this run wrote
+    ends = [r for r in latest if r.get("type") == "event" and r.get("event") == "train_end"]
+    stops = [r for r in latest if r.get("type") == "event" and r.get("event") == "stopped"]
     checkpoints = len(list((run_dir / "checkpoints").glob("step-*"))) if (run_dir / "checkpoints").is_dir() else 0
     total = int(ends[-1].get("total_steps", 0)) if ends else int(config.get("max_steps") or 0)
+    reason, ended = "", ""
+    other = holder(run_dir) if running is None or Path(running) != run_dir else None
     if running is not None and Path(running) == run_dir:
         status = "running"
-    elif ends:
+    elif other is not None:
+        status, reason = "running", f"Being trained by process {other or '(unknown)'} (another window or a terminal)."
+    elif stops:
+        ended = str(stops[-1].get("reason", ""))
+        status = {"finished": "finished", "user": "stopped"}.get(ended, "failed")
+        reason = run_end.describe(stops[-1])
+    elif ends:  # written before runs recorded why they ended
         status = str(ends[-1].get("status", "finished"))
     else:
         status = "stopped" if checkpoints or steps else "failed"
+        reason = (f"Interrupted during step {steps + 1}: the program quit or crashed before the run ended."
+                  if checkpoints or steps else "It never trained a step.")
     return RunSummary(path=run_dir, name=run_dir.name, method=str(config.get("method", "?")),
                       model=Path(str(config.get("model", "?"))).name or "?",
                       dataset=Path(str(config.get("data", "?"))).name or "?", status=status, steps=steps,
                       total_steps=total, best_eval=(min if mode == "min" else max)(evals) if evals else None,
                       date=(run_dir / "config.toml").stat().st_mtime if (run_dir / "config.toml").exists() else 0.0,
-                      checkpoints=checkpoints)
+                      checkpoints=checkpoints, reason=reason, ended=ended)
 
 
 def scan_runs(root: Path, running: Path | None = None) -> list[RunSummary]:
@@ -187,10 +216,11 @@ class RunsSidebar(QWidget):
                 continue
             best = "" if run.best_eval is None else f"{run.best_eval:.4f}"
             steps = f"{run.steps:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
-            item = QTreeWidgetItem([run.name, f"{STATUS_MARK.get(run.status, '')} {run.status}", run.method, steps,
+            item = QTreeWidgetItem([run.name, run.status_text, run.method, steps,
                                     best, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.date)), run.model,
                                     run.dataset])
             item.setData(0, Qt.UserRole, str(run.path))
+            item.setToolTip(1, run.reason or run.status)
             item.setToolTip(0, f"{run.path}\n{run.method} · {run.model} · {run.dataset} · {run.checkpoints} "
                                "checkpoint(s)")
             self.tree.addTopLevelItem(item)
@@ -239,7 +269,7 @@ class RunsSidebar(QWidget):
 
     def _update_buttons(self) -> None:
         run = self.summary(self.current()) if self.current() else None
-        self.resume_button.setEnabled(run is not None and run.status == "stopped" and self.running is None)
+        self.resume_button.setEnabled(run is not None and run.resumable and self.running is None)
 
     # ---- actions ------------------------------------------------------------------------
     def _menu(self, position) -> None:
@@ -247,7 +277,8 @@ class RunsSidebar(QWidget):
         if run is None:
             return
         menu = QMenu(self)
-        busy = self.running == run
+        summary = self.summary(run)
+        busy = self.running == run or (summary is not None and summary.status == "running")
         menu.addAction("Rename…", lambda: self.rename(run)).setEnabled(not busy)
         menu.addAction("Open Folder", lambda: reveal_in_file_manager(run))
         menu.addSeparator()

@@ -25,7 +25,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> Path:
     runner.train(micro_config(tiny_model_dir, tmp, "beta-interrupted", learning_rate=5e-4))
     root = tmp / "runs"
     metrics = root / "beta-interrupted" / "metrics.jsonl"
-    lines = [line for line in metrics.read_text().splitlines() if '"train_end"' not in line]
+    lines = [line for line in metrics.read_text().splitlines() if '"train_end"' not in line and '"stopped"' not in line]
     metrics.write_text("\n".join(lines) + "\n")  # as if the app had been killed
     failed = root / "gamma-failed"
     failed.mkdir()
@@ -155,3 +155,25 @@ def test_grpo_runs_show_their_best_eval_reward(tmp_path):
                for s, loss, reward in ((2, 0.01, 0.25), (4, 0.002, 0.75), (6, 0.03, 0.5))]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert summarize_run(run).best_eval == 0.75  # the highest reward, not the lowest loss (0.002)
+
+
+def test_status_says_why_a_run_ended_and_who_holds_it(runs, tmp_path):
+    from trainer_core.training.run_lock import RunLock
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "alpha-finished", root / "oom")
+    with open(root / "oom" / "metrics.jsonl", "a") as f:  # a later process that ran out of memory at step 7
+        f.write(json.dumps({"type": "event", "step": 6, "event": "resumed"}) + "\n")
+        f.write(json.dumps({"type": "event", "step": 7, "event": "stopped", "reason": "out_of_memory",
+                            "message": "peak 30 GB, limit 20 GB"}) + "\n")
+    oom = summarize_run(root / "oom")
+    assert (oom.status, oom.ended, oom.resumable) == ("failed", "out_of_memory", True)
+    assert oom.status_text.endswith("failed: out of memory") and "peak 30 GB" in oom.reason
+    assert summarize_run(runs / "alpha-finished").reason.startswith("Run finished at step 6")
+    interrupted = summarize_run(runs / "beta-interrupted")
+    assert interrupted.status == "stopped" and "quit or crashed" in interrupted.reason
+    lock = RunLock(root / "oom").acquire()  # as a terminal `finetune resume` would
+    try:
+        held = summarize_run(root / "oom")
+        assert held.status == "running" and not held.resumable and "process" in held.reason
+    finally:
+        lock.release()
