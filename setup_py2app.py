@@ -68,7 +68,7 @@ PACKAGES = [
 # Imported as modules (py2app follows their own imports).
 INCLUDES = [
     "PySide6.QtCore", "PySide6.QtGui", "PySide6.QtWidgets", "PySide6.QtSvg",
-    "platformdirs", "tomli_w", "tqdm",
+    "platformdirs", "tomli_w", "tqdm", "gguf",
 ] + (["tomli"] if sys.version_info < (3, 11) else [])
 # Imported by app/ or trainer_core/ but deliberately not bundled, with the reason.
 NOT_BUNDLED = {

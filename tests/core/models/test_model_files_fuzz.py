@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.core.models.test_gguf import write_gguf
+from tests.gguf_files import write_gguf
 from trainer_core.errors import UserError
 from trainer_core.models.loading import load_model, read_model_info
 
