@@ -232,6 +232,25 @@ def _folder_info(folder: Path) -> ModelInfo:
         is_gguf=False)
 
 
+def _refuse_remote_code(folder: Path, config: dict) -> None:
+    """A folder whose config.json or tokenizer_config.json names its own Python classes (`auto_map`) needs
+    `trust_remote_code`: we never run a model's code, so say so instead of letting transformers prompt."""
+    found = [name for name, data in (("config.json", config),
+                                     ("tokenizer_config.json", _read_json(folder / "tokenizer_config.json")))
+             if isinstance(data, dict) and data.get("auto_map")]
+    if found:
+        raise UserError(f"The model in {folder} ships its own Python code ('auto_map' in {' and '.join(found)}), "
+                        "which Fine-Tune Studio never runs. Choose a model that mlx-lm builds from its own "
+                        "architectures (or an mlx-community conversion of it).", field="model")
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def _load_folder(folder: Path, dequantize: bool):
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
 
@@ -245,8 +264,10 @@ def _load_folder(folder: Path, dequantize: bool):
         raise UserError(f"The weights in {folder} do not fit its config.json ({_oneline(e)}). "
                         "Download the model again, or check that config.json belongs to "
                         "these weights.") from None
-    try:
-        tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+    _refuse_remote_code(folder, raw_config)
+    try:  # never run code shipped with a model: transformers would ask on stdin, and `echo y |` answers
+        tokenizer = load_tokenizer(folder, tokenizer_config_extra={"trust_remote_code": False},
+                                   eos_token_ids=config.get("eos_token_id"))
     except Exception as e:  # transformers/tokenizers raise many different types here
         raise UserError(f"Cannot load the tokenizer in {folder} ({_oneline(e)}). "
                         "The folder needs tokenizer.json (or tokenizer.model) and "

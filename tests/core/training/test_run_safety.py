@@ -183,3 +183,23 @@ def test_whole_numbers_are_whole_and_bounded(assignment, field):
 
 def test_a_negative_learning_rate_names_only_the_learning_rate():
     assert list(RunConfig(data="d", learning_rate=-1).problems()) == ["learning_rate"]
+
+
+def test_a_model_that_ships_code_is_refused_even_when_stdin_says_yes(own_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from trainer_core.models.loading import load_model
+    marker = tmp_path / "ran.txt"
+    (own_model / "evil_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    settings = json.loads((own_model / "tokenizer_config.json").read_text())
+    settings["auto_map"] = {"AutoTokenizer": ["evil_tokenizer.EvilTokenizer", None]}
+    (own_model / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(UserError, match="ships its own Python code .*tokenizer_config.json"):
+        load_model(str(own_model))
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "trainer_core", "generate", "--model", str(own_model), "--prompt", "hi"],
+                          input="y\ny\n", capture_output=True, text=True, cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert done.returncode == 2 and "ships its own Python code" in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()
