@@ -99,6 +99,10 @@ class MethodPanel(QGroupBox):
             "schedule": choice_field("diffusion.schedule", [(s, s) for s in ("linear", "cosine", "polynomial")]),
             "eps": float_field("diffusion.eps", placeholder="1e-3"),
             "sft_mode": bool_field("diffusion.sft_mode", "Never mask the prompt (SFT mode)"),
+            "normalization": choice_field("diffusion.normalization", [("row", "per row (LLaDA)"),
+                                                                      ("token", "per batch token")],
+                                          tooltip="row: each row's loss divided by its answer length, then "
+                                                  "averaged (LLaDA); token: divided by the batch's answer tokens."),
         }
         self.precision = {
             "master_weights": choice_field("precision.master_weights", [
@@ -135,7 +139,8 @@ class MethodPanel(QGroupBox):
             [("rewards", g["rewards"])]]))
         d = self.diffusion
         self.diffusion_box = self._section("Diffusion", _grid([
-            [("mask schedule", d["schedule"]), ("eps", d["eps"])], [("", d["sft_mode"])]]))
+            [("mask schedule", d["schedule"]), ("eps", d["eps"])],
+            [("loss per", d["normalization"]), ("", d["sft_mode"])]]))
 
         self.full_box = self._section("Full fine-tuning", _grid([
             [("16-bit updates", self.precision["master_weights"])]]))

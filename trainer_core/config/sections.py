@@ -97,12 +97,14 @@ class DiffusionConfig:
     eps: float = 1e-3  # t ~ U(eps, 1)
     sft_mode: bool = True  # never mask prompt tokens; noise and score the response only
     mask_token: str = ""  # a vocabulary token to use as [MASK]; empty = the tokenizer's mask token, else a row is added
+    normalization: str = "row"  # row: each row's loss / its noisable tokens, mean over rows (LLaDA) | token: / the batch's noisable tokens
 
     def check(self, run, need) -> None:
         """Report each invalid field through need(ok, "diffusion.<field>", message); `run`: the RunConfig."""
         need(self.schedule in ("linear", "cosine", "polynomial"), "diffusion.schedule", "diffusion.schedule must be linear, cosine or polynomial.")
         need(0 < self.eps < 1, "diffusion.eps", "diffusion.eps must be in (0, 1).")
         need(self.schedule_power > 0, "diffusion.schedule_power", "diffusion.schedule_power must be positive.")
+        need(self.normalization in ("row", "token"), "diffusion.normalization", "diffusion.normalization must be row or token.")
 
 
 MASTER_WEIGHTS = ("fp32", "stochastic_rounding", "none")

@@ -46,6 +46,11 @@ class Method:
         """A batch dict of mx.arrays for `loss`."""
         raise NotImplementedError
 
+    def step_batches(self, batches: list[dict]) -> list[dict]:
+        """The micro-batches collated for one optimizer step, seen together once (before `batch_for_step`):
+        a method may add what depends on all of them (GRPO's bnpo token total). Default: unchanged."""
+        return batches
+
     def batch_for_step(self, batch: dict, step: int) -> dict:
         """`batch` as optimizer step `step` (0-based) uses it; runs eagerly before that step.
 

@@ -5,14 +5,18 @@ Forward process, per sequence: t ~ U(eps, 1), mask probability p = p(t) from
 probability p, independently. The model sees the noisy sequence with
 bidirectional attention and predicts every token; the loss is
 
-    loss_sum = sum over masked tokens of CE(token) / p        weight = noisable tokens
+    row (default):  loss_sum = Σ_rows (Σ over the row's masked tokens of CE / p) / the row's noisable tokens
+                    weight = rows
+    token:          loss_sum = Σ over masked tokens of CE / p                weight = noisable tokens
 
-so the loop's `loss_sum / weight` is LLaDA's objective (sum of CE/t over masked
-tokens divided by the number of noisable tokens). On the default linear
+so the loop's `loss_sum / weight` is LLaDA's SFT objective (each row's sum of CE/t
+over its masked answer tokens divided by its answer length, averaged over rows:
+short answers count as much as long ones) or, with `normalization = "token"`,
+the same sums divided by the batch's noisable tokens. On the default linear
 schedule p = t and the weight is LLaDA's 1/t; on the others 1/p(t) keeps the
 estimate unbiased (E[loss] = the mean token CE at noise level p) and the
 schedule only decides how often each noise level is trained.
-Metrics: `loss` and `mask_ratio` (masked / noisable tokens).
+Metrics: `loss` and `mask_ratio` (masked / noisable tokens; per row, averaged, with `row`).
 
 Noisable tokens: with `sft_mode` the response tokens (the SFT target mask
 with prompt masking on, whatever `mask_prompt` says; for text data every token
@@ -243,7 +247,7 @@ class DiffusionMethod(Method):
         return {"input_tokens": real, "padded_tokens": len(examples) * width, "trained_tokens": noisable + fill}
 
     def loss(self, model, batch):
-        """(sum over masked tokens of CE / p, noisable tokens, {"mask_ratio": masked tokens})."""
+        """(loss_sum, weight, {"mask_ratio": ...}) per `diffusion.normalization` (module doc)."""
         ids, noisable = batch["input_ids"], batch["noisable"]
         if "masked" in batch:
             mask_prob, masked = batch["mask_prob"], batch["masked"]
@@ -254,4 +258,9 @@ class DiffusionMethod(Method):
             logits = logits[..., :self.mask_id]
         token_losses = token_nll(logits, ids)
         weighted = mx.where(masked, token_losses / mask_prob[:, None], 0.0)
-        return weighted.sum(), noisable.astype(mx.float32).sum(), {"mask_ratio": masked.astype(mx.float32).sum()}
+        masked_count = masked.astype(mx.float32)
+        if self.config.diffusion.normalization == "token":
+            return weighted.sum(), noisable.astype(mx.float32).sum(), {"mask_ratio": masked_count.sum()}
+        row_tokens = mx.maximum(noisable.astype(mx.float32).sum(axis=-1), 1.0)
+        return ((weighted.sum(axis=-1) / row_tokens).sum(), mx.array(ids.shape[0], dtype=mx.float32),
+                {"mask_ratio": (masked_count.sum(axis=-1) / row_tokens).sum()})

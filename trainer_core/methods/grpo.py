@@ -8,7 +8,7 @@ reuses the collated batch, `passes_per_batch`). Per rollout, in `collate` (eager
    re-encoded for training) with their log-probs under π_old.
 2. Rewards (rewards.py): r_i = Σ_k w_k r_k(completion_i). Advantages within each
    group of G completions of one prompt:
-       A_i = (r_i - mean(r)) / (std(r) + 1e-4)    (population std over the group)
+       A_i = (r_i - mean(r)) / (std(r) + 1e-4)    (sample std over the group, as TRL's torch.std)
    or, with `scale_rewards = false` (Dr. GRPO), A_i = r_i - mean(r).
 3. With β > 0: log-probs of the sampled tokens under the reference, once per
    rollout: the same model with its adapter layers swapped out for the base
@@ -23,19 +23,23 @@ The loss (compiled, each of the μ steps), for completion token t of sequence i:
 the N = B·G sequences, |o_i| = completion tokens of sequence i (its sampled
 end-of-turn token included):
     grpo     (1/N) Σ_i (1/|o_i|) Σ_t L_it
-    bnpo     Σ_it L_it / Σ_i |o_i|
+    bnpo     Σ_it L_it / Σ_i |o_i|  (over every micro-batch of the step, as one batch)
     dr_grpo  Σ_it L_it / (N · max_completion_length)
 Every log-prob is of softmax(logits / temperature). On a rollout's first step
 the policy *is* π_old, so logp_old = stop_gradient(logp_θ): ρ = 1 exactly and
 the gradient is REINFORCE with the group-mean baseline. Later steps (μ > 1)
-use the log-probs recorded at sampling, so ρ departs from 1 and the clip acts.
+use logp_old computed in `collate`, before the first update, by the same
+forward as the loss (training mode, same 16-bit compute; as TRL), not the
+sampler's (eval mode, KV cache, other precision path: up to 1.6% off), so ρ
+departs from 1 only as the policy moves, and the clip acts.
 
 For the loop, weight = N (sequences) and every metric is a sum over sequences:
 reward_mean, reward_std (mean within-group std), reward/<name> (unweighted),
 completion_length, and the per-token means kl (β > 0 only), clip_fraction
 (tokens whose clip is active: ρ < 1 - ε with A < 0, or ρ > 1 + ε_high with
 A > 0) and entropy (of the policy at the sampling temperature). With gradient
-accumulation, bnpo and the per-token means are per micro-batch, weighted by N.
+accumulation, bnpo and the per-token means span the step's micro-batches
+(`step_batches` gives each their sequence and token totals); per process.
 
 Every `sample_every` rollouts, the G completions of one prompt (prompt,
 answer, completion, reward, per-function rewards, advantage) are appended to
@@ -57,6 +61,7 @@ from trainer_core.data import Record, TokenizeStats, render_messages, where
 from trainer_core.errors import UserError
 from trainer_core.data.tokenize import build_prompt
 from trainer_core.methods.base import Method
+from trainer_core.models import precision
 from trainer_core.methods.reference import adapter_modules, frozen_base, reference_model
 from trainer_core.methods.rollout import SamplingSettings, sample_completions, token_logprobs
 
@@ -78,7 +83,7 @@ class PromptExample:
 def group_advantages(rewards: np.ndarray, group_size: int, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(advantages [N], each row's group std [N]) for rewards [N] laid out group by group."""
     grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
-    std = grouped.std(axis=1, keepdims=True)
+    std = grouped.std(axis=1, ddof=1, keepdims=True)  # the sample std, as TRL (torch.std)
     advantages = grouped - grouped.mean(axis=1, keepdims=True)
     if scale:
         advantages = advantages / (std + ADVANTAGE_EPS)
@@ -109,14 +114,16 @@ def policy_terms(model, batch: dict, *, temperature: float, epsilon_low: float, 
     return terms
 
 
-def aggregate(per_token: mx.array, mask: mx.array, kind: str, max_completion_length: int) -> mx.array:
-    """Sum over the micro-batch's N sequences whose division by N gives the `kind` loss (module doc)."""
+def aggregate(per_token: mx.array, mask: mx.array, kind: str, max_completion_length: int,
+              step_share: mx.array | float = 1.0) -> mx.array:
+    """This micro-batch's part of the sum over the step's sequences whose division by their number gives the
+    `kind` loss (module doc); `step_share` = the step's sequences / its completion tokens (bnpo)."""
     mask = mask.astype(mx.float32)
     masked = per_token * mask
     if kind == "grpo":
         return (masked.sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)).sum()
     if kind == "bnpo":
-        return mask.shape[0] * masked.sum() / mx.maximum(mask.sum(), 1.0)
+        return step_share * masked.sum()
     if kind == "dr_grpo":
         return masked.sum() / max_completion_length
     raise ValueError(f"unknown loss_aggregation {kind!r}")
@@ -216,6 +223,8 @@ class GRPOMethod(Method):
         batch = rollout_batch(prompts, rollout.completions, rollout.logprobs, self.pad_id())
         batch.update(advantages=mx.array(advantages), rewards=mx.array(totals), group_std=mx.array(group_std),
                      reward_parts=mx.array(parts), first_pass=mx.array(True))
+        if cfg.num_iterations > 1:
+            batch["old_logp"] = self.old_logprobs(batch["input_ids"])
         if cfg.beta:
             batch["ref_logp"] = self.reference_logprobs(batch["input_ids"])
         self.samples = [{"prompt": records[i]["prompt"], "answer": records[i].get("answer"), "completion": texts[i],
@@ -223,6 +232,20 @@ class GRPOMethod(Method):
                          "rewards": {f.name: float(parts[i, k]) for k, f in enumerate(self.rewards)}}
                         for i in range(group)]
         return batch
+
+    def old_logprobs(self, input_ids: mx.array) -> mx.array:
+        """[N, L-1] log-probs of input_ids[:, 1:] under the policy before its first update, computed as the
+        loss computes them (training mode, same precision path), not taken from the sampler (TRL does too)."""
+        dtype = precision.compute_dtype(self.model, self.config.mixed_precision)
+        size = self.config.grpo.generation_batch_size or input_ids.shape[0]
+        parts = []
+        with precision.computing_in(self.model, dtype):
+            for i in range(0, input_ids.shape[0], size):
+                ids = input_ids[i:i + size]
+                logits = self.model(ids[:, :-1]).astype(mx.float32) / self.config.grpo.temperature
+                parts.append(mx.stop_gradient(token_logprobs(logits, ids[:, 1:], 1.0)))
+                mx.eval(parts[-1])
+        return mx.concatenate(parts)
 
     def reference_logprobs(self, input_ids: mx.array) -> mx.array:
         """[N, L-1] log-probs of input_ids[:, 1:] under the reference policy (no gradient)."""
@@ -234,6 +257,14 @@ class GRPOMethod(Method):
                 parts.append(token_logprobs(self.model(ids[:, :-1]), ids[:, 1:], self.config.grpo.temperature))
                 mx.eval(parts[-1])
         return mx.concatenate(parts)
+
+    def step_batches(self, batches):
+        """Give each micro-batch the step's sequences / completion tokens, so bnpo and the per-token metrics
+        normalise over the whole accumulated batch."""
+        tokens = sum(float(b["completion_mask"].sum().item()) for b in batches)
+        sequences = sum(b["completion_mask"].shape[0] for b in batches)
+        share = mx.array(sequences / max(tokens, 1.0), dtype=mx.float32)
+        return [{**b, "step_share": share} for b in batches]
 
     def batch_for_step(self, batch, step):
         """First step of a rollout: ratio 1 by construction (and its samples are written); later steps:
@@ -257,13 +288,14 @@ class GRPOMethod(Method):
         terms = policy_terms(model, batch, temperature=cfg.temperature, epsilon_low=cfg.epsilon,
                              epsilon_high=cfg.epsilon_high or cfg.epsilon, beta=cfg.beta)
         mask = batch["completion_mask"]
-        loss_sum = aggregate(terms["per_token_loss"], mask, cfg.loss_aggregation, cfg.max_completion_length)
         sequences = mask.shape[0]
         maskf = mask.astype(mx.float32)
         lengths = maskf.sum(axis=-1)
+        share = batch.get("step_share", sequences / mx.maximum(lengths.sum(), 1.0))  # one micro-batch: itself
+        loss_sum = aggregate(terms["per_token_loss"], mask, cfg.loss_aggregation, cfg.max_completion_length, share)
 
-        def token_mean(x):  # per-token mean over the micro-batch, as a sum over its sequences
-            return sequences * (x.astype(mx.float32) * maskf).sum() / mx.maximum(lengths.sum(), 1.0)
+        def token_mean(x):  # per-token mean over the step's micro-batches, as a sum over sequences
+            return share * (x.astype(mx.float32) * maskf).sum()
 
         metrics = {"reward_mean": batch["rewards"].sum(), "reward_std": batch["group_std"].sum(),
                    **{f"reward/{f.name}": batch["reward_parts"][:, k].sum() for k, f in enumerate(self.rewards)},

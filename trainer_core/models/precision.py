@@ -22,6 +22,7 @@ half the memory of fp32 masters). "none" rounds to nearest (the old behaviour).
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -87,6 +88,21 @@ def as_computed(params: dict, dtype: mx.Dtype | None) -> dict:
     if dtype is None:
         return params
     return {k: v.astype(dtype) if v.dtype == mx.float32 else v for k, v in params.items()}
+
+
+@contextmanager
+def computing_in(model, dtype: mx.Dtype | None):
+    """Inside the block `model`'s trainable float32 weights are their `dtype` copies, as the
+    compiled step's forward sees them (value_and_grad below); restored on exit."""
+    if dtype is None:
+        yield model
+        return
+    masters = model.trainable_parameters()
+    model.update(tree_map(lambda p: p.astype(dtype) if p.dtype == mx.float32 else p, masters))
+    try:
+        yield model
+    finally:
+        model.update(masters)
 
 
 def value_and_grad(model, fn, dtype: mx.Dtype | None):

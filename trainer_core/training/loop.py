@@ -230,7 +230,7 @@ class TrainingLoop:
         mx.random.seed(step_seed(self.config.seed, self.step, self.rank))
         if self.step % self.passes == 0:
             micro = [self._next_micro_batch() for _ in range(self.accumulation)]
-            batches = [self.method.collate(examples) for examples, _ in micro]
+            batches = self.method.step_batches([self.method.collate(examples) for examples, _ in micro])
             counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
             self.cycle = ([indices for _, indices in micro], batches, counts)
         cycle_indices, batches, counts = self.cycle

@@ -165,11 +165,16 @@ def test_text_data_noises_every_token_but_the_first(tiny):
 
 # ---- loss ---------------------------------------------------------------------------------
 
-def reference_loss(logits, ids, masked, mask_prob, noisable):
-    """Numpy: sum over masked tokens of CE / p, divided by the noisable token count."""
+def reference_loss(logits, ids, masked, mask_prob, noisable, normalization="row"):
+    """Numpy, (sum, weight): row (LLaDA's SFT loss): for each row the sum over its masked tokens of CE / p
+    divided by the row's noisable (answer) tokens, weight = rows; token: the sum over every masked token
+    of CE / p, weight = the batch's noisable tokens."""
     logits = logits.astype(np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     ce = logz - np.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    if normalization == "row":
+        return sum(sum(ce[b, i] / mask_prob[b] for i in np.flatnonzero(masked[b])) / noisable[b].sum()
+                   for b in range(len(ids))), len(ids)
     total = sum(ce[b, i] / mask_prob[b] for b, i in zip(*np.nonzero(masked)))
     return total, noisable.sum()
 
@@ -182,6 +187,7 @@ def fixed_batch(tiny):
     ids = rng.integers(0, vocab, size=(rows, width)).astype(np.int32)
     noisable = np.ones((rows, width), dtype=bool)
     noisable[:, :3] = False  # a prompt
+    noisable[1, :6] = False  # rows of different answer lengths
     masked = (rng.random((rows, width)) < 0.5) & noisable
     masked[2] = False  # a row with nothing masked
     mask_prob = np.array([0.25, 0.8, 0.5], dtype=np.float32)
@@ -191,15 +197,18 @@ def fixed_batch(tiny):
     return method, batch, logits, (ids, masked, mask_prob, noisable)
 
 
-def test_loss_matches_numpy_reference(fixed_batch):
+@pytest.mark.parametrize("normalization", ["row", "token"])
+def test_loss_matches_numpy_reference(fixed_batch, normalization):
     method, batch, logits, (ids, masked, mask_prob, noisable) = fixed_batch
+    method.config.diffusion.normalization = normalization  # default "row" (LLaDA)
     stub = FixedLogits(mx.array(logits))
     loss_sum, weight, metrics = method.loss(stub, batch)
     # the added [MASK] column is not a class: the reference drops it
-    ref_sum, ref_weight = reference_loss(logits[..., :-1], ids, masked, mask_prob, noisable)
+    ref_sum, ref_weight = reference_loss(logits[..., :-1], ids, masked, mask_prob, noisable, normalization)
     assert loss_sum.item() == pytest.approx(ref_sum, rel=1e-5)
     assert weight.item() == ref_weight
-    assert metrics["mask_ratio"].item() == masked.sum()
+    ratio = (masked.sum(-1) / noisable.sum(-1)).sum() if normalization == "row" else masked.sum()
+    assert metrics["mask_ratio"].item() == pytest.approx(ratio, rel=1e-6)
     seen, cache = stub.calls[-1]
     np.testing.assert_array_equal(seen, np.where(masked, method.mask_id, ids))
     assert cache == [BIDIRECTIONAL, BIDIRECTIONAL]

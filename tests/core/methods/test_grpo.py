@@ -133,7 +133,7 @@ def test_group_advantages_match_numpy(scale):
     for g in range(3):
         group = r[4 * g:4 * g + 4].astype(np.float64)
         mean = sum(group) / 4
-        sd = (sum((x - mean) ** 2 for x in group) / 4) ** 0.5
+        sd = (sum((x - mean) ** 2 for x in group) / 3) ** 0.5  # the sample std, as TRL (torch.std)
         want = [(x - mean) / (sd + 1e-4) if scale else x - mean for x in group]
         np.testing.assert_allclose(got[4 * g:4 * g + 4], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(std[4 * g:4 * g + 4], sd, rtol=1e-5, atol=1e-7)
