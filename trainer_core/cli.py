@@ -207,7 +207,20 @@ def run_generate(args) -> int:
     from trainer_core.generation import diffusion_sampler
     from trainer_core.generation.generate import GenerationSettings, load_for_inference, stream
 
+def check_generation_flags(args) -> None:
+    """Sampling flags within their ranges (argparse checks only the types)."""
+    bad = [(args.max_tokens >= 1, "--max-tokens must be at least 1"),
+           (args.temperature >= 0, "--temperature must be 0 (greedy) or more"),
+           (0 < args.top_p <= 1, "--top-p must be in (0, 1]"), (args.top_k >= 0, "--top-k must be 0 (off) or more"),
+           (args.steps >= 0, "--steps must be 0 (= --max-tokens) or more"),
+           (args.block_length >= 0, "--block-length must be 0 (one block) or more")]
+    problems = [message for ok, message in bad if not ok]
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+
+
     if args.method == "diffusion" or (args.method is None and diffusion_sampler.is_diffusion_checkpoint(args.adapter)):
+    check_generation_flags(args)
         model = diffusion_sampler.load(args.model, args.adapter)
         settings = diffusion_sampler.DiffusionSettings(args.max_tokens, args.steps, args.block_length, args.temperature)
         pieces = diffusion_sampler.stream(model, args.prompt, settings, system=args.system)

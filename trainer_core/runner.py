@@ -173,6 +173,9 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
             if world_size > 1:
                 launch.record_launch(run_dir, world_size)  # launch.json: how to start these processes again
     except OSError as e:
+        if resume_from is not None or not fresh:  # an existing run: its folder, not output_dir, is the problem
+            raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Make it writable, or copy the "
+                            "run to a writable place and resume the copy.", field="output_dir") from None
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
     own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if writer else []

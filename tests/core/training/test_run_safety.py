@@ -203,3 +203,21 @@ def test_a_model_that_ships_code_is_refused_even_when_stdin_says_yes(own_model, 
                           env=dict(os.environ, PYTHONPATH=str(repo)))
     assert done.returncode == 2 and "ships its own Python code" in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+def test_generation_flags_out_of_range_are_one_message(capsys):
+    from trainer_core import cli
+    assert cli.main(["generate", "--model", "demo", "--prompt", "hi", "--max-tokens", "-5", "--top-p", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens must be at least 1" in err and "--top-p must be in (0, 1]" in err
+
+
+def test_a_read_only_run_names_the_run_folder_not_output_dir(tiny_model_dir, tmp_path, monkeypatch):
+    run_dir = stopped_after(lora_config(tiny_model_dir, tmp_path), 2)
+
+    def read_only(self, path):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(RunConfig, "save", read_only)
+    with pytest.raises(UserError, match=f"Cannot write the run folder {run_dir}.*Make it writable") as err:
+        runner.resume(run_dir)
+    assert "Choose a writable output_dir" not in str(err.value)
