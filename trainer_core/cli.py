@@ -203,10 +203,6 @@ def _train_or_resume(args, world) -> int:
     return 0
 
 
-def run_generate(args) -> int:
-    from trainer_core.generation import diffusion_sampler
-    from trainer_core.generation.generate import GenerationSettings, load_for_inference, stream
-
 def check_generation_flags(args) -> None:
     """Sampling flags within their ranges (argparse checks only the types)."""
     bad = [(args.max_tokens >= 1, "--max-tokens must be at least 1"),
@@ -219,8 +215,12 @@ def check_generation_flags(args) -> None:
         raise UserError("; ".join(problems) + ".")
 
 
-    if args.method == "diffusion" or (args.method is None and diffusion_sampler.is_diffusion_checkpoint(args.adapter)):
+def run_generate(args) -> int:
     check_generation_flags(args)
+    from trainer_core.generation import diffusion_sampler
+    from trainer_core.generation.generate import GenerationSettings, load_for_inference, stream
+
+    if args.method == "diffusion" or (args.method is None and diffusion_sampler.is_diffusion_checkpoint(args.adapter)):
         model = diffusion_sampler.load(args.model, args.adapter)
         settings = diffusion_sampler.DiffusionSettings(args.max_tokens, args.steps, args.block_length, args.temperature)
         pieces = diffusion_sampler.stream(model, args.prompt, settings, system=args.system)
