@@ -4,7 +4,7 @@
     finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
     finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf|ollama|lmstudio [--out DIR]
-                    [--gguf-type T] [--system TEXT] [--overwrite]
+                    [--gguf-type T] [--quantize 4|8 [--group-size 64]] [--system TEXT] [--overwrite]
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--block-length", type=int, default=32, help="diffusion: semi-autoregressive block size "
                           "(0 = one block); --top-p/--top-k are not used")
 
-    from trainer_core.export.exporter import FORMATS, GGUF_TYPES
+    from trainer_core.export.exporter import FORMATS, GGUF_TYPES, MLX_BITS, MLX_GROUP_SIZES
     export = sub.add_parser("export", help="write a checkpoint as mlx-lm adapters, a fused model, PEFT or GGUF "
                             "(alone, for Ollama or in LM Studio's models folder)")
     export.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/), or a "
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> RunConfig:
+    export.add_argument("--quantize", type=int, default=None, choices=MLX_BITS,
+                        help="fused: quantise the merged weights to 4 or 8 bits with mlx-lm (mlx-community style)")
+    export.add_argument("--group-size", type=int, default=64, choices=MLX_GROUP_SIZES,
+                        help="fused --quantize: weights per quantisation group (default 64, mlx-lm's)")
     config = RunConfig.load(args.config) if args.config else RunConfig()
     flags = {name: getattr(args, name) for _, (name, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
     data = config.to_dict()
@@ -242,7 +246,8 @@ def run_export(args) -> int:
         print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
 
     out = export(args.checkpoint, args.fmt, args.out, model=args.model, dequantize=args.dequantize,
-                 gguf_type=args.gguf_type, overwrite=args.overwrite, system=args.system, progress=progress)
+                 gguf_type=args.gguf_type, quantize=args.quantize, group_size=args.group_size,
+                 overwrite=args.overwrite, system=args.system, progress=progress)
     print(out)
     return 0
 
