@@ -93,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fused: merge into float weights instead of keeping the base's quantization")
     export.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES,
                         help="gguf: tensor type (q4_k_m, q5_k_m, q6_k need the 'gguf' extra: llama-cpp-python)")
-    return parser
-
-
-def config_from_args(args) -> RunConfig:
     export.add_argument("--quantize", type=int, default=None, choices=MLX_BITS,
                         help="fused: quantise the merged weights to 4 or 8 bits with mlx-lm (mlx-community style)")
     export.add_argument("--group-size", type=int, default=64, choices=MLX_GROUP_SIZES,
                         help="fused --quantize: weights per quantisation group (default 64, mlx-lm's)")
+    return parser
+
+
+def config_from_args(args) -> RunConfig:
     config = RunConfig.load(args.config) if args.config else RunConfig()
     flags = {name: getattr(args, name) for _, (name, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
     data = config.to_dict()
