@@ -69,6 +69,7 @@ from trainer_core.models.loading import load_model, should_dequantize  # noqa: E
 from trainer_core.runner import build_run  # noqa: E402
 
 DEMO_DATA = ROOT / "resources" / "demo_data"
+TORCH_VERSIONS: dict = {}
 
 
 # ---------------------------------------------------------------- cases
@@ -86,6 +87,7 @@ class Case:
     repeats: int = 3
     dtype: str = "float32"
     dequantize: bool = False  # write the (quantized) model out as a float32 folder first and use that
+    sides: str = "mlx,ours"  # default --sides: mlx, ours, torch (PyTorch + PEFT eager), torch-compile
 
 
 CASES = {
@@ -97,7 +99,8 @@ CASES = {
     "demo-f32": Case("demo-f32", model="demo", dequantize=True, steps=10, warmup=2, repeats=3),
     # ~0.7B random Llama at batch 4 x 1024 (for MLX-CUDA on a GPU machine); bf16 weights
     "gpu": Case("gpu", build=dict(hidden=1536, layers=24, intermediate=4096, heads=12, kv_heads=4, vocab=32000),
-                data="synthetic", max_seq_length=1024, steps=20, warmup=5, repeats=3, dtype="bfloat16"),
+                data="synthetic", max_seq_length=1024, steps=20, warmup=5, repeats=3, dtype="bfloat16",
+                sides="mlx,ours,torch,torch-compile"),
 }
 TINY_CHECK = dict(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, vocab=512)
 
@@ -354,6 +357,48 @@ def run_mlx(config: RunConfig, dataset: MlxDataset, workdir: Path, warmup: int, 
     return out
 
 
+def run_torch_side(config: RunConfig, examples, workdir: Path, warmup: int, steps: int, compile: bool) -> dict:
+    """PyTorch + PEFT on the same model folder, rows and settings (bench/torch_peft.py, own process)."""
+    from bench.torch_peft import run_in_subprocess
+    out = run_in_subprocess(dict(model_path=config.model, examples=examples, batch_size=config.batch_size,
+                                 warmup=warmup, steps=steps, rank=config.lora.rank, alpha=config.lora.alpha,
+                                 learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm,
+                                 compile=compile, seed=config.seed), workdir)
+    TORCH_VERSIONS.update(out["versions"])
+    recs = [StepRecord(end, r[2], r[3], r[4], r[5], False, cpu) for r in out["records"] for end, cpu in [r[:2]]]
+    side = "torch-compile" if compile else "torch"
+    return summarise(recs[warmup + 1:], recs[warmup], out["peak_bytes"], side, {"final_loss": out["final_loss"]})
+
+
+def model_dims(cfg: dict) -> dict:
+    """The widths model FLOPs need (HF-style config as loaded)."""
+    hidden = cfg.get("hidden_size", 0)
+    heads = cfg.get("num_attention_heads", 1)
+    return {"hidden": hidden, "layers": cfg.get("num_hidden_layers", 0),
+            "intermediate": cfg.get("intermediate_size", 0), "heads": heads,
+            "kv_heads": cfg.get("num_key_value_heads", heads), "vocab": cfg.get("vocab_size", 0)}
+
+
+def add_flops(res: dict, info: dict, rank: int, peak_tflops: float | None) -> None:
+    """Model FLOPs per second of a run (LoRA maths, bench/torch_peft.lora_flops_per_token) and MFU."""
+    from bench.torch_peft import lora_flops_per_token
+    dims = info.get("model_config") or {}
+    if not dims.get("hidden"):
+        return
+    flops = sum(n_in * lora_flops_per_token(**dims, seq=width - 1, rank=rank)
+                for _, n_in, _, width, _ in res["per_step"])
+    res["model_tflops"] = flops / res["seconds"] / 1e12
+    res["mfu"] = res["model_tflops"] / peak_tflops if peak_tflops else None
+
+
+def gpu_peak_tflops(args) -> float | None:
+    """Dense bf16 peak of the GPU (H100/H200 SXM: 989 TFLOP/s), or --peak-tflops; None on CPU."""
+    if args.peak_tflops:
+        return args.peak_tflops
+    name = (machine().get("gpu") or "")
+    return 989.4 if ("H100" in name or "H200" in name) else None
+
+
 # ---------------------------------------------------------------- a case
 
 def prepare_case(case: Case, args, workdir: Path) -> tuple[RunConfig, MlxDataset, dict]:
@@ -379,14 +424,17 @@ def prepare_case(case: Case, args, workdir: Path) -> tuple[RunConfig, MlxDataset
     loaded = load_model(config.model)
     splits = load_dataset(config.data, config.data_kind or None)
     records = [r.data for r in splits.train]
-    ours = []
+    ours, examples = [], []
     for rec in splits.train:  # our tokenisation, record by record (the function build_run uses)
         ex, _ = tokenize_sft([rec], loaded.tokenizer, splits.kind, config.max_seq_length, config.mask_prompt)
         ours.append(ex[0].input_ids if ex else None)
+        if ex:
+            examples.append((ex[0].input_ids, ex[0].target_mask))
     # mlx-lm refuses mask_prompt for text data; ours ignores it there (text trains every token)
     mlx_config = argparse.Namespace(mask_prompt=config.mask_prompt and splits.kind != "text")
     base = create_dataset(records, loaded.tokenizer, mlx_config)
     dataset = MlxDataset(base, ours, same_tokens=args.mlx_tokens == "ours")
+    dataset.examples = examples  # (input_ids, target_mask) for the PyTorch side
     diff = dataset.compare()
     num_layers, params = lora_settings(config, loaded.model)
     info = {
@@ -400,7 +448,7 @@ def prepare_case(case: Case, args, workdir: Path) -> tuple[RunConfig, MlxDataset
         "lora": {"num_layers": num_layers, **params}, "mask_prompt": config.mask_prompt,
         "learning_rate": config.learning_rate, "max_grad_norm": config.max_grad_norm,
         "mlx_dataset": type(base).__name__, "mlx_tokens": args.mlx_tokens, "tokenisation_diff": diff,
-        "ours_set": args.ours_set,
+        "ours_set": args.ours_set, "model_config": model_dims(loaded.config),
         # our runner's quantized_base policy: "auto" dequantizes a quantized base where MLX runs on
         # the CPU (its quantized matmuls are ~20x slower there); mlx-lm always trains on it as it is
         "ours_dequantizes_base": loaded.info.quantization != "none"
@@ -434,20 +482,24 @@ def run_case(case: Case, args) -> dict:
           f"{info['records']} {info['data_kind']} records (mean {info['mean_tokens']} tokens), "
           f"batch {case.batch_size}, max_seq_length {case.max_seq_length}, rank {args.rank}, "
           f"{case.warmup} warmup + {case.steps} measured steps x {case.repeats} rounds", file=sys.stderr)
-    sides = args.sides.split(",")
-    runs = {"mlx-lm": [], "ours": []}
+    sides = (args.sides or case.sides).split(",")
+    runs = {"mlx-lm": [], "ours": [], "torch": [], "torch-compile": []}
+    peak_tflops = gpu_peak_tflops(args)
     for r in range(case.repeats):
         order = sides if r % 2 == 0 else sides[::-1]
         for side in order:
             if side == "mlx":
                 res = run_mlx(config, dataset, workdir, case.warmup, case.steps, cold_cache=args.mlx_cold_cache)
+            elif side in ("torch", "torch-compile"):
+                res = run_torch_side(config, dataset.examples, workdir, case.warmup, case.steps, side == "torch-compile")
             else:
                 res = run_ours(config, workdir, f"ours-{r}", case.warmup, case.steps)
+            add_flops(res, info, args.rank, peak_tflops)
             res["round"] = r
             runs[res["side"]].append(res)
             print(f"  round {r} {res['side']:6s} {res['tokens_per_sec']:9.0f} tok/s  {res['ms_per_step']:8.1f} ms/step"
                   f"  pad {100 * res['padding_fraction']:4.1f}%  peak {res['peak_memory_gb']:.3f} GB"
-                  f"  new-shape steps {res['new_shape_steps']}", file=sys.stderr)
+                  f"  new-shape steps {res['new_shape_steps']}  loss {res.get('final_loss')}", file=sys.stderr)
     summary = {side: aggregate(rs) for side, rs in runs.items() if rs}
     if runs["mlx-lm"] and runs["ours"]:
         paired = [o["tokens_per_sec"] / m["tokens_per_sec"] for o, m in zip(runs["ours"], runs["mlx-lm"])]
@@ -461,6 +513,15 @@ def run_case(case: Case, args) -> dict:
         if summary["ours"]["tokens_per_cpu_sec"] and summary["mlx-lm"]["tokens_per_cpu_sec"]:
             summary["ratio"]["tokens_per_cpu_sec"] = (summary["ours"]["tokens_per_cpu_sec"]
                                                       / summary["mlx-lm"]["tokens_per_cpu_sec"])
+    summary["ratios"] = {}  # ours / each other side
+    for other in ("mlx-lm", "torch", "torch-compile"):
+        if runs["ours"] and runs[other]:
+            paired = [o["tokens_per_sec"] / m["tokens_per_sec"] for o, m in zip(runs["ours"], runs[other])]
+            summary["ratios"][other] = {
+                "tokens_per_sec": summary["ours"]["tokens_per_sec"] / summary[other]["tokens_per_sec"],
+                "paired_median": statistics.median(paired), "paired": paired,
+                "peak_memory": summary["ours"]["peak_memory_gb"] / summary[other]["peak_memory_gb"]
+                if summary[other]["peak_memory_gb"] else None}
     return {"case": case.name, "info": info, "warmup": case.warmup, "steps": case.steps,
             "repeats": case.repeats, "summary": summary, "runs": runs}
 
@@ -470,8 +531,8 @@ def aggregate(rs: list[dict]) -> dict:
     out = {}
     for key in ("tokens_per_sec", "trained_tokens_per_sec", "padded_tokens_per_sec", "ms_per_step",
                 "padding_fraction", "peak_memory_gb", "new_shape_steps", "repeat_shape_tokens_per_sec",
-                "tokens_per_cpu_sec"):
-        values = [r[key] for r in rs if r[key] is not None]
+                "tokens_per_cpu_sec", "model_tflops", "mfu"):
+        values = [r.get(key) for r in rs if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
     tps = [r["tokens_per_sec"] for r in rs]
     out["spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else 0.0
@@ -482,22 +543,26 @@ def aggregate(rs: list[dict]) -> dict:
 # ---------------------------------------------------------------- output
 
 def table(results: list[dict]) -> str:
-    head = ("case", "side", "tok/s", "trained/s", "padded/s", "tok/cpu-s", "ms/step", "pad%", "peak GB", "spread",
-            "ratio")
+    head = ("case", "side", "tok/s", "trained/s", "padded/s", "tok/cpu-s", "ms/step", "pad%", "peak GB", "GFLOP/s",
+            "MFU%", "spread", "ours/side (tok/s; peak)")
     rows = [head]
     for res in results:
         s = res["summary"]
-        for side in ("mlx-lm", "ours"):
+        for side in ("mlx-lm", "torch", "torch-compile", "ours"):
             if side not in s:
                 continue
             a = s[side]
             ratio = ""
-            if side == "ours" and "ratio" in s:
-                ratio = f"{s['ratio']['tokens_per_sec']:.2f}x (paired {s['ratio']['paired_median']:.2f}x)"
+            r = s.get("ratios", {}).get(side)
+            if r:
+                ratio = f"{r['tokens_per_sec']:.2f}x (paired {r['paired_median']:.2f}x)"
+                ratio += f"; {r['peak_memory']:.2f}x" if r["peak_memory"] else ""
             rows.append((res["case"], side, f"{a['tokens_per_sec']:.0f}", f"{a['trained_tokens_per_sec']:.0f}",
                          f"{a['padded_tokens_per_sec']:.0f}", f"{a['tokens_per_cpu_sec'] or 0:.0f}",
                          f"{a['ms_per_step']:.1f}",
                          f"{100 * a['padding_fraction']:.1f}", f"{a['peak_memory_gb']:.3f}",
+                         f"{1000 * a['model_tflops']:.0f}" if a.get("model_tflops") else "",
+                         f"{100 * a['mfu']:.1f}" if a.get("mfu") else "",
                          f"±{50 * a['spread']:.0f}%", ratio))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if 2 <= i < len(head) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -521,6 +586,7 @@ def machine() -> dict:
         info["load_average"] = os.getloadavg()
     except OSError:
         pass
+    info.update(TORCH_VERSIONS)  # where a PyTorch side ran
     try:
         if mx.cuda.is_available():
             info["gpu"] = mx.device_info().get("device_name", "cuda") if hasattr(mx, "device_info") else "cuda"
@@ -542,7 +608,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-seq-length", type=int)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sides", default="mlx,ours", help="mlx,ours (order of the first round) or just one")
+    p.add_argument("--sides", help="order of the first round, from mlx, ours, torch (PyTorch + PEFT, eager), "
+                   "torch-compile; default: the case's (gpu: all four, others: mlx,ours)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: 989.4 on H100/H200)")
     p.add_argument("--mlx-tokens", choices=("ours", "mlx"), default="ours",
                    help="ours: mlx-lm trains on exactly our token sequences (default); mlx: on its own "
                         "tokenisation of the same records")
@@ -572,11 +640,15 @@ def main(argv=None) -> int:
     else:
         m = doc["machine"]
         print(f"{m['cpu']} ({m['cores']} cores), {m['mlx_device']}, mlx {m['mlx']}, mlx-lm {m['mlx-lm']}, "
-              f"OpenBLAS {'preloaded' if m['openblas'] else 'not loaded'}")
+              f"OpenBLAS {'preloaded' if m['openblas'] else 'not loaded'}"
+              + (f", torch {m['torch']} (CUDA {m.get('cuda')}), transformers {m['transformers']}, peft {m['peft']}"
+                 if m.get("torch") else ""))
         print(table(results))
         print("tok/s = real (unpadded) input tokens per wall second (trained/s: loss-scored real tokens; padded/s: "
               "rows x padded width); tok/cpu-s = real input tokens per CPU second of this process; "
-              "ratio = ours / mlx-lm tok/s (median over rounds; paired = median of per-round ratios); "
+              "GFLOP/s = LoRA model FLOPs (bench/torch_peft.lora_flops_per_token) per second, MFU = of the GPU's dense "
+              "bf16 peak; ours/side = ours / that side's tok/s (median over rounds; paired = median of per-round "
+              "ratios) and peak memory; "
               "spread = ±half of (max-min)/median of tok/s over rounds")
     return 0
 

@@ -217,7 +217,11 @@ def mlx_lm_runner(model):
 
 
 def ours_runner(model, *, mp=True, clip=1.0, old_loss=False, fused=False, ckpt=False, sgd=False, reseed=False,
-                fresh=False, bf16_loss=False, norm=None):
+                fresh=False, bf16_loss=False, norm=None, head=True, chunk=None):
+    from trainer_core.training import head_loss
+    head_loss.ENABLED = head  # the LM head fused with the loss in chunks (False: whole logits, then the loss)
+    if chunk:
+        head_loss.CHUNK = chunk
     if old_loss:
         losses.masked_cross_entropy = old_masked_ce
     if bf16_loss:
@@ -276,6 +280,9 @@ VARIANTS = {
     "ours-full": lambda m: ours_runner(m),
     "ours-ce-mp-ckpt": lambda m: ours_runner(m, ckpt=True),
     "ours-ce-mp-fused-ckpt": lambda m: ours_runner(m, fused=True, ckpt=True),
+    "ours-ce-mp-plainhead": lambda m: ours_runner(m, head=False),
+    "ours-ce-mp-chunk2048": lambda m: ours_runner(m, chunk=2048),
+    "ours-ce-mp-chunk512": lambda m: ours_runner(m, chunk=512),
 }
 names = a.variants or list(VARIANTS)
 print(json.dumps({"device": str(mx.default_device()), "size": SIZE, "batch": [a.batch, a.seq]}), flush=True)

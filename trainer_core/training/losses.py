@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from trainer_core.training.head_loss import causal_token_nll
+
 
 def _picked(logits: mx.array, targets: mx.array) -> mx.array:
     return mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(mx.float32)
@@ -54,6 +56,9 @@ def sft_loss(model, batch: dict[str, mx.array]):
     Returns (loss_sum, n_tokens, extra metrics {}).
     """
     ids = batch["input_ids"]
-    logits = model(ids[:, :-1])
-    loss_sum, ntoks = masked_cross_entropy(logits, ids[:, 1:], batch["target_mask"][:, 1:])
-    return loss_sum, ntoks, {}
+    nll = causal_token_nll(model, ids[:, :-1], ids[:, 1:])  # the LM head fused with the loss, in chunks
+    if nll is None:
+        loss_sum, ntoks = masked_cross_entropy(model(ids[:, :-1]), ids[:, 1:], batch["target_mask"][:, 1:])
+        return loss_sum, ntoks, {}
+    mask = batch["target_mask"][:, 1:].astype(mx.float32)
+    return (nll * mask).sum(), mask.sum(), {}

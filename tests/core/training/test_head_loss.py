@@ -1,0 +1,95 @@
+"""trainer_core.training.head_loss: the chunked LM-head cross-entropy equals the plain path (logits, then
+losses.token_nll) in loss and gradients, tied and untied heads, float32 and bf16, ragged last chunk."""
+
+import pytest
+
+import trainer_core  # noqa: F401  (OpenBLAS before MLX)
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models import llama
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from trainer_core.training import head_loss, losses
+
+KEYS = ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]
+
+
+def tiny(tied: bool, dtype=mx.float32, lora: bool = True):
+    mx.random.seed(0)
+    cfg = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=97, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied)
+    model = llama.Model(llama.ModelArgs.from_dict(cfg))
+    model.set_dtype(dtype)
+    if lora:
+        model.freeze()
+        linear_to_lora_layers(model, 2, {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": KEYS})
+        # non-zero B so the adapters' gradients depend on everything
+        model.update(tree_map(lambda p: p + 0.05, model.trainable_parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def batch(B=3, L=9):
+    ids = mx.random.randint(0, 97, (B, L + 1), key=mx.random.key(3)).astype(mx.int32)
+    mask = mx.ones(ids.shape, dtype=mx.bool_)
+    mask = mask.at[1, 6:].multiply(False).at[0, :3].multiply(False)  # padding in row 1, a prompt in row 0
+    return {"input_ids": ids, "target_mask": mask}
+
+
+def loss_and_grads(model, b, fused: bool, monkeypatch):
+    monkeypatch.setattr(head_loss, "ENABLED", fused)
+    fn = nn.value_and_grad(model, lambda m, x: losses.sft_loss(m, x)[0])
+    loss, grads = fn(model, b)
+    mx.eval(loss, grads)
+    return loss, dict(tree_flatten(grads))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_fused_head_loss_equals_plain(tied, dtype, monkeypatch):
+    monkeypatch.setattr(head_loss, "CHUNK", 10)  # 27 rows: chunks of 10, 10, 7
+    model, b = tiny(tied, dtype), batch()
+    assert head_loss.split_head(model) is not None
+    plain_loss, plain = loss_and_grads(model, b, False, monkeypatch)
+    fused_loss, fused = loss_and_grads(model, b, True, monkeypatch)
+    rtol = 1e-5 if dtype == mx.float32 else 1e-2
+    assert abs(fused_loss.item() - plain_loss.item()) <= rtol * abs(plain_loss.item())
+    assert plain.keys() == fused.keys() and len(plain) == 2 * 2 * len(KEYS)
+    for k, g in plain.items():
+        a, f = g.astype(mx.float32), fused[k].astype(mx.float32)
+        cos = (a * f).sum() / (mx.linalg.norm(a) * mx.linalg.norm(f))
+        assert cos.item() > (1 - 1e-6 if dtype == mx.float32 else 0.999), k
+        assert mx.allclose(f, a, rtol=rtol, atol=rtol * mx.abs(a).max().item()).item(), k
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_head_weight_gradient_full_fine_tuning(tied, monkeypatch):
+    """A trained head (full fine-tuning; tied: the embedding gets both uses' gradients)."""
+    monkeypatch.setattr(head_loss, "CHUNK", 8)
+    model, b = tiny(tied, lora=False), batch()
+    plain_loss, plain = loss_and_grads(model, b, False, monkeypatch)
+    fused_loss, fused = loss_and_grads(model, b, True, monkeypatch)
+    assert abs(fused_loss.item() - plain_loss.item()) <= 1e-5 * abs(plain_loss.item())
+    for k, g in plain.items():
+        assert mx.allclose(fused[k], g, rtol=1e-4, atol=1e-6).item(), k
+
+
+def test_forward_equals_token_nll():
+    model, b = tiny(False), batch()
+    x, t = b["input_ids"][:, :-1], b["input_ids"][:, 1:]
+    assert mx.allclose(head_loss.causal_token_nll(model, x, t), losses.token_nll(model(x), t), atol=1e-5).item()
+
+
+def test_plain_path_where_the_head_is_not_plain(monkeypatch):
+    model = tiny(False, lora=False)
+    nn.quantize(model, group_size=32, bits=8, class_predicate=lambda p, m: p == "lm_head")
+    assert head_loss.split_head(model) is None  # quantized head
+    model = tiny(False)
+    model.lm_head = LoRALinear.from_base(model.lm_head, r=4)
+    assert head_loss.split_head(model) is None  # an adapted head
+    model.lm_head = nn.Linear(32, 97, bias=True)
+    assert head_loss.split_head(model) is None  # a head with a bias
+    monkeypatch.setattr(head_loss, "ENABLED", False)
+    assert head_loss.split_head(tiny(True)) is None

@@ -1,0 +1,91 @@
+"""Cross-entropy fused with the LM head, in chunks of rows: the [tokens, vocab] logits never exist whole.
+
+`model(ids)` ends in one matmul, hidden [B, L, D] @ W[V, D]^T, whose [B, L, V] output the loss
+keeps for the backward pass (bf16 at 4 x 1024 x 32k: 262 MB, plus the float32 softmax of the
+backward). Here the loss takes the hidden states and the head's weight instead and works on
+`CHUNK` rows at a time: the forward keeps only the per-token loss; the backward recomputes each
+chunk's logits, forms softmax - onehot in float32 (rounded once to the weights' dtype, as
+`losses.token_nll`) and returns hidden @ ... and, when the head is trained, its weight gradient.
+The result equals `losses.token_nll(model(ids), targets)` (same bf16 logits, same float32 reduction).
+
+Used only where a model's call is exactly `inner(ids)` then a plain head (`split_head`): the
+Llama / Qwen2 / Qwen3 / Phi-3 families with an unquantized, unadapted, bias-free head. Anything
+else (soft-capped logits, quantized or adapted heads) takes the plain path.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+CHUNK = 1024  # rows of logits per chunk ([1024, 32k] bf16: 66 MB)
+ENABLED = True  # bench/prototypes/gpu_levers.py switches it off to measure the plain path
+_PLAIN_HEAD_MODULES = {"mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3", "mlx_lm.models.phi3"}
+
+
+def split_head(model):
+    """(inner model returning hidden states, head weight [V, D]) or None when the fused path does not apply."""
+    if not ENABLED or type(model).__module__ not in _PLAIN_HEAD_MODULES:
+        return None
+    inner, args = getattr(model, "model", None), getattr(model, "args", None)
+    if inner is None or args is None:
+        return None
+    if getattr(args, "tie_word_embeddings", False):
+        head = getattr(inner, "embed_tokens", None)
+        ok = type(head) is nn.Embedding
+    else:
+        head = getattr(model, "lm_head", None)
+        ok = type(head) is nn.Linear and "bias" not in head
+    return (inner, head.weight) if ok else None
+
+
+def _chunks(n: int):
+    return [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+
+
+def _logits(h: mx.array, weight: mx.array) -> mx.array:
+    return h @ weight.T
+
+
+def _picked(z: mx.array, t: mx.array) -> mx.array:
+    return mx.take_along_axis(z, t[:, None], axis=-1)[:, 0].astype(mx.float32)
+
+
+@mx.custom_function
+def head_nll(hidden: mx.array, weight: mx.array, targets: mx.array) -> mx.array:
+    """-log softmax(hidden @ weight^T)[target] per position: hidden [..., D], weight [V, D],
+    targets [...] int -> [...] float32."""
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    out = []
+    for s, e in _chunks(h.shape[0]):
+        z = _logits(h[s:e], weight)
+        out.append(mx.logsumexp(z.astype(mx.float32), axis=-1) - _picked(z, t[s:e]))
+    return mx.concatenate(out).reshape(targets.shape)
+
+
+@head_nll.vjp
+def _head_nll_vjp(primals, cotangent, output):
+    hidden, weight, targets = primals
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    cot, nll = cotangent.reshape(-1), output.reshape(-1)
+    d_hidden, d_weight = [], None
+    for s, e in _chunks(h.shape[0]):
+        z = _logits(h[s:e], weight)
+        lse = nll[s:e] + _picked(z, t[s:e])
+        onehot = mx.arange(z.shape[-1]) == t[s:e, None]
+        g = ((mx.exp(z.astype(mx.float32) - lse[:, None]) - onehot) * cot[s:e, None]).astype(weight.dtype)
+        d_hidden.append(g @ weight)
+        dw = g.T @ h[s:e]  # computed only if asked for (a frozen head's is never evaluated)
+        d_weight = dw if d_weight is None else d_weight + dw
+    return (mx.concatenate(d_hidden).reshape(hidden.shape).astype(hidden.dtype), d_weight.astype(weight.dtype),
+            mx.zeros_like(targets))
+
+
+def causal_token_nll(model, inputs: mx.array, targets: mx.array):
+    """Per-token losses [B, L] float32 of `model` on `inputs` [B, L] against `targets`, through the fused
+    head where the model allows it, else None (the caller computes the logits itself)."""
+    split = split_head(model)
+    if split is None:
+        return None
+    inner, weight = split
+    return head_nll(inner(inputs), weight, targets)
