@@ -9,8 +9,10 @@ the selected checkpoint (else the newest) answered (app/samples_view.py).
 `select_step(step)` (a click on a loss-curve marker) selects a checkpoint, once listed.
 
 Actions: Chat (chatRequested), Compare (compareRequested), Resume from here
-(resumeRequested), Export ▾ (mlx-lm / fused / PEFT / GGUF on the task pool with a
-progress bar), Reveal, Delete (asks; the latest or the best asks a second time).
+(resumeRequested), Export ▾ (export_menu.py: mlx-lm / fused / MLX 8/4-bit / PEFT / GGUF, Ollama and
+LM Studio with a GGUF type picker, on the task pool with a progress bar; what the selected checkpoint
+cannot be exported as is greyed out with the reason as tooltip, checked on the task pool), Reveal,
+Delete (asks; the latest or the best asks a second time).
 """
 
 from __future__ import annotations
@@ -20,20 +22,17 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMenu, QMessageBox,
+from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QToolButton,
                                QVBoxLayout, QWidget)
 
 from app.checkpoints.checkpoint_list import CheckpointRow, human_size, list_checkpoints
+from app.checkpoints.export_menu import DEFAULT_GGUF_TYPE, ExportMenu
 from app.common.reveal import reveal_in_file_manager
 from app.checkpoints.samples_view import SamplesView
 from app.common.tasks import LatestTask, run_task
 
 COLUMNS = ("Step", "Saved", "Train loss", "Eval loss", "Size", "Best")
-EXPORT_FORMATS = (("mlx-lm", "mlx-lm adapters"), ("fused", "Fused model (mlx-lm folder)"),
-                  ("peft", "Hugging Face PEFT"), ("gguf", "GGUF (llama.cpp, F16)"),
-                  ("ollama", "Send to Ollama (GGUF Q8_0 + Modelfile)"), ("lmstudio", "Send to LM Studio (GGUF Q8_0)"))
-APP_GGUF_TYPE = "q8_0"  # what Ollama / LM Studio get: near-lossless at half the size of F16
 
 
 def _item(text: str, align=Qt.AlignRight | Qt.AlignVCenter) -> QTableWidgetItem:
@@ -63,9 +62,11 @@ class CheckpointsPane(QWidget):
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
         self.choose_export_folder = self._choose_folder
         self._list_task = LatestTask()
+        self._choices_task = LatestTask()  # what the selected checkpoint can be exported as
         self._export_task = None
         self._export_summary = ""  # the last progress message of the running export
         self.destroyed.connect(self._list_task.cancel)  # no late answer for a deleted widget
+        self.destroyed.connect(self._choices_task.cancel)
         self._watcher = QFileSystemWatcher(self)
         self._watcher.directoryChanged.connect(lambda _: self._reload_timer.start())
         self._reload_timer = QTimer(self, singleShot=True, interval=300, timeout=self.reload)
@@ -96,10 +97,9 @@ class CheckpointsPane(QWidget):
         self.export_button = QToolButton()
         self.export_button.setText("Export")
         self.export_button.setPopupMode(QToolButton.InstantPopup)
-        export_menu = QMenu(self.export_button)
-        for fmt, label in EXPORT_FORMATS:
-            export_menu.addAction(label, lambda f=fmt: self.export(f))
-        self.export_button.setMenu(export_menu)
+        self.export_menu = ExportMenu(self.export_button)
+        self.export_menu.chosen.connect(lambda fmt, options: self.export(fmt, **options))
+        self.export_button.setMenu(self.export_menu)
         self.reveal_button = QPushButton("Reveal")
         self.reveal_button.clicked.connect(lambda: self.current() and reveal_in_file_manager(self.current()))
         self.delete_button = QPushButton("Delete…")
@@ -231,6 +231,7 @@ class CheckpointsPane(QWidget):
 
     def _selection_changed(self) -> None:
         self._update_buttons()
+        self._check_export_choices()
         self._show_samples()
         self.selectionChanged.emit(str(self.current() or ""))
 
@@ -285,8 +286,24 @@ class CheckpointsPane(QWidget):
         self.message.setText(f"Deleted {checkpoint}.")
         return True
 
-    def export(self, fmt: str, out: Path | None = None) -> bool:
-        """Export the current checkpoint as `fmt` into a new folder (asked for unless given), off the GUI thread."""
+    def _check_export_choices(self) -> None:
+        """Grey out in Export ▾ what the selected checkpoint cannot be exported as (metadata only, off the GUI thread)."""
+        checkpoint = self.current()
+        if checkpoint is None:
+            self._choices_task.cancel()
+            return
+
+        def job(task):
+            from trainer_core.export.choices import unavailable
+            return unavailable(checkpoint)
+
+        self._choices_task.start(job, lambda found: self.export_menu.set_unavailable(*found),
+                                 lambda message: self.export_menu.set_unavailable({}, {}))
+
+    def export(self, fmt: str, out: Path | None = None, *, gguf_type: str | None = None,
+               quantize: int | None = None) -> bool:
+        """Export the current checkpoint as `fmt` (a GGUF as `gguf_type`, default F16, Q8_0 for the apps;
+        fused as mlx-lm `quantize` bits) into a new folder (asked for unless given), off the GUI thread."""
         checkpoint = self.current()
         if checkpoint is None or self._export_task is not None:
             return False
@@ -294,11 +311,11 @@ class CheckpointsPane(QWidget):
             out = out or self.choose_export_folder(checkpoint, fmt)
             if not out:
                 return False
-        gguf_type = APP_GGUF_TYPE if fmt in ("ollama", "lmstudio") else "f16"
+        gguf_type = gguf_type or DEFAULT_GGUF_TYPE.get(fmt, "f16")
         from trainer_core.export.exporter import export
 
         def job(task):
-            return str(export(checkpoint, fmt, out, gguf_type=gguf_type,
+            return str(export(checkpoint, fmt, out, gguf_type=gguf_type, quantize=quantize,
                               progress=lambda f, m: task.report(f"{f:.3f}|{m}")))
 
         self.progress.setValue(0)
