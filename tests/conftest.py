@@ -12,6 +12,7 @@ import trainer_core  # noqa: E402,F401
 import pytest  # noqa: E402
 
 from tests.tiny_model import make_tiny_llama  # noqa: E402
+from tests.fake_hub import fake_hub, hf_cache  # noqa: E402,F401  (fixtures: a loopback Hugging Face Hub, a cache)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,7 +26,7 @@ from trainer_core.errors import UserError
 from trainer_core.generation.samples import CheckpointSamples, choose_prompts
 from trainer_core.methods import make_method
 from trainer_core.models.adapters import prepare_for_training, trainable_count
-from trainer_core.models.loading import load_model, read_model_info, should_dequantize
+from trainer_core.models.loading import load_model, pin_model, read_model_info, should_dequantize
 from trainer_core.models.recompute import recompute_blocks
 from trainer_core.paths import default_runs_root
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
@@ -125,6 +125,9 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
     writer = rank == 0
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
+    # A Hugging Face id is downloaded (if needed) and pinned to its commit: config.toml records
+    # `org/name@<sha>`, so a resume uses the same weights.
+    config = replace(config, model=pin_model(config.model))
     splits = _split_validation(load_run_data(config), config)
     log.on_log(f"Data {config.data}: {splits.format}, {len(splits.train)} train / {len(splits.valid)} valid records")
     run_fingerprint = fingerprint(config, splits.fingerprint_files())

