@@ -31,7 +31,7 @@ import numpy as np
 from trainer_core.errors import UserError
 from trainer_core.data.tokenize import build_prompt
 from trainer_core.generation.generate import load_for_inference, read_adapter_config
-from trainer_core.methods.diffusion import bidirectional_logits, resolve_mask_token
+from trainer_core.methods.diffusion import bidirectional_logits, check_token_id, resolve_mask_token
 from trainer_core.models.loading import LoadedModel
 
 
@@ -79,6 +79,7 @@ def load(model_spec: str | None, checkpoint: str | Path | None = None) -> Diffus
     if mask_id is None:
         raise UserError(f"{loaded.info.name} has no mask token, so it cannot denoise. Pass a checkpoint of a "
                         "diffusion run (--adapter) or a model trained as a masked diffusion model.", field="model")
+    check_token_id(loaded.model, int(mask_id), "[MASK]")
     return DiffusionModel(loaded, int(mask_id))
 
 

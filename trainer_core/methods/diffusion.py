@@ -161,6 +161,17 @@ def add_mask_row(model) -> int:
     return mask_id
 
 
+def check_token_id(model, token_id: int, what: str) -> None:
+    """Refuse an id past the input embedding: MLX does not bounds-check `take`, so the forward pass
+    would read past the table (NaN) and the embedding's gradient write past it (heap corruption)."""
+    embedding = getattr(getattr(model, "model", None), "embed_tokens", None)
+    rows = int(embedding.weight.shape[0]) if embedding is not None else None
+    if rows is not None and not 0 <= token_id < rows:
+        raise UserError(f"The {what} token is id {token_id} but this model's embedding has {rows} rows, so it has "
+                        "no row for it. Set diffusion.mask_token to a token of the model's vocabulary.",
+                        field="diffusion.mask_token")
+
+
 def restore_mask_token(model, info: dict) -> None:
     """At load time, before a checkpoint's weights: re-add the row a diffusion run added."""
     if not info.get("added_mask_token"):
@@ -215,6 +226,7 @@ class DiffusionMethod(Method):
         if self.mask_id is None:
             self.mask_id = add_mask_row(model)
             self.added_mask_token = True
+        check_token_id(model, self.mask_id, "[MASK]")
 
     def checkpoint_info(self) -> dict:
         return {"diffusion": {"mask_token_id": self.mask_id, "added_mask_token": self.added_mask_token}}

@@ -68,9 +68,37 @@ def _draw(logits: mx.array, settings: SamplingSettings) -> tuple[mx.array, mx.ar
     return ids, mx.take_along_axis(logprobs, ids[:, None], axis=-1)[:, 0]
 
 
+# mlx-lm's gemma2 computes attention itself on grouped scores [B, kv_heads, repeats, L, S] and
+# adds the mask as given (its quantized SDPA in models/base.py inserts the group axis; gemma2 does
+# not), so a batched cache's [B, 1, L, S] padding mask cannot broadcast there. The architectures
+# named here get the mask with that axis, [B, 1, 1, L, S], when their heads are grouped.
+GROUPED_SCORE_MASK = {"gemma2"}
+
+
+class _GroupedMaskCache:
+    """A batched cache whose padding mask carries the grouped-heads axis (see GROUPED_SCORE_MASK)."""
+
+    def __init__(self, cache):
+        self.__dict__["cache"] = cache
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+    def make_mask(self, *args, **kwargs):
+        mask = self.cache.make_mask(*args, **kwargs)
+        return mask[:, :, None] if isinstance(mask, mx.array) and mask.ndim == 4 else mask
+
+
+def _grouped_scores(model) -> bool:
+    if getattr(model, "model_type", None) not in GROUPED_SCORE_MASK:
+        return False
+    return getattr(model.layers[0].self_attn, "repeats", 1) > 1
+
+
 def batch_cache(model, left_padding: list[int]) -> list:
     """Per-layer batched KV caches for rows left-padded by `left_padding` tokens."""
     caches = []
+    grouped = _grouped_scores(model)
     for layer in make_prompt_cache(model):
         if not hasattr(layer, "merge"):
             raise UserError(f"This model's cache ({type(layer).__name__}) can't be batched, so GRPO can't "
@@ -78,7 +106,7 @@ def batch_cache(model, left_padding: list[int]) -> list:
                             field="model")
         merged = layer.merge([layer] * len(left_padding))
         merged.prepare(left_padding=left_padding)
-        caches.append(merged)
+        caches.append(_GroupedMaskCache(merged) if grouped else merged)
     return caches
 
 
