@@ -25,7 +25,7 @@ from trainer_core import runner
 from trainer_core.config import METHODS, RunConfig
 from trainer_core.data.tokenize import build_prompt
 from trainer_core.errors import UserError
-from trainer_core.methods.diffusion import DiffusionMethod, bidirectional_logits
+from trainer_core.methods.diffusion import bidirectional_logits
 from trainer_core.methods.rollout import SamplingSettings, sample_completions, token_logprobs
 from trainer_core.models.loading import load_model
 from trainer_core.training.callbacks import read_metrics
@@ -113,10 +113,19 @@ def test_batched_rollout_matches_each_row_alone(folders, arch):
 
 
 def test_a_mask_token_outside_the_embedding_is_refused(folders, tmp_path):
-    """An id past the embedding's rows would be read and written out of bounds (NaN, then heap corruption)."""
-    loaded = load_model(str(folders["gemma2"]))
-    rows = int(loaded.model.model.embed_tokens.weight.shape[0])
-    method = DiffusionMethod(cell_config(folders, tmp_path, "gemma2", "diffusion"), loaded.tokenizer)
-    method.mask_id = rows + 3  # e.g. a tokenizer whose <mask> lies past a trimmed embedding
-    with pytest.raises(UserError, match=f"id {rows + 3}.*{rows} rows"):
-        method.bind(loaded.model)
+    """An id past the embedding's rows would be read and written out of bounds (NaN, then heap corruption):
+    refused with one message before a step runs, and the new run leaves no folder behind."""
+    model = tmp_path / "trimmed"
+    shutil.copytree(folders["gemma2"], model)
+    weights = mx.load(str(model / "model.safetensors"))
+    rows = weights["model.embed_tokens.weight"].shape[0] - 1  # the tokenizer's last token has no row
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:rows]
+    mx.save_safetensors(str(model / "model.safetensors"), weights, metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+    last = load_model(str(folders["gemma2"])).tokenizer.convert_ids_to_tokens(rows)
+    config = cell_config(folders, tmp_path / "runs", "gemma2", "diffusion")
+    config.model, config.diffusion.mask_token = str(model), last
+    with pytest.raises(UserError, match=f"id {rows} but this model's embedding has {rows} rows"):
+        runner.build_run(config)
+    assert not (tmp_path / "runs" / "run").exists()
