@@ -5,6 +5,7 @@
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
     finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf|ollama|lmstudio [--out DIR]
                     [--gguf-type T] [--quantize 4|8 [--group-size 64]] [--system TEXT] [--overwrite]
+    finetune push CHECKPOINT_DIR --repo USER/NAME [--private] [--format adapter|fused|gguf]
 
 A user mistake prints one paragraph naming the file/line/field and exits 2,
 without a traceback. Ctrl-C (or SIGTERM) stops at the next step boundary
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fused: quantise the merged weights to 4 or 8 bits with mlx-lm (mlx-community style)")
     export.add_argument("--group-size", type=int, default=64, choices=MLX_GROUP_SIZES,
                         help="fused --quantize: weights per quantisation group (default 64, mlx-lm's)")
+
+    from trainer_core.export.push import PUSH_FORMATS
+    push = sub.add_parser("push", help="upload a checkpoint to a Hugging Face model repo, with a model card")
+    push.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
+    push.add_argument("--repo", required=True, help="the repo to create or update: user/name")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--format", dest="fmt", default="adapter", choices=PUSH_FORMATS,
+                      help="adapter: PEFT + mlx-lm adapters (default); fused: an mlx-lm model; gguf: one GGUF file")
+    push.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, help="gguf: tensor type")
+    push.add_argument("--quantize", type=int, default=None, choices=MLX_BITS, help="fused: 4 or 8 bits (mlx-lm)")
     return parser
 
 
@@ -255,6 +266,17 @@ def run_export(args) -> int:
     return 0
 
 
+def run_push(args) -> int:
+    from trainer_core.export.push import push
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"[{fraction:4.0%}] {message}", file=sys.stderr)
+
+    print(push(args.checkpoint, args.repo, fmt=args.fmt, private=args.private, gguf_type=args.gguf_type,
+               quantize=args.quantize, progress=progress))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("finetune " + args.command)
@@ -263,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_training(args)
         if args.command == "export":
             return run_export(args)
+        if args.command == "push":
+            return run_push(args)
         return run_generate(args)
     except UserError as e:
         log.info("exit 2: %s", e)
