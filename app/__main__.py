@@ -20,15 +20,10 @@ from trainer_core.errors import UserError
 from trainer_core.logging_setup import setup_logging
 
 
-DEMO_LEARNING_RATE = 1e-3  # the demo's facts show up in the chat after its one epoch (100 steps); 2e-4 needs ~3 epochs
-DEMO_WARMUP_STEPS = 5
-
-
 def default_config() -> RunConfig:
-    """What the window opens on: the demo model and dataset, with a learning rate that teaches the demo's
-    facts in one epoch (shown in the form like any other value; RunConfig's own defaults are DESIGN.md's)."""
-    return RunConfig(model="demo", data=str(resources.demo_dataset("sft")), learning_rate=DEMO_LEARNING_RATE,
-                     warmup_steps=DEMO_WARMUP_STEPS)
+    """What the window opens on: the demo model and dataset; the Setup form then fills in the recommended
+    hyper-parameters for them (trainer_core.config.recommend, as `finetune train` does)."""
+    return RunConfig(model="demo", data=str(resources.demo_dataset("sft")))
 
 
 def parse_args(argv):
@@ -74,6 +69,9 @@ def main(argv=None) -> int:
     from app.main_window import MainWindow
 
     window = MainWindow(config)
+    if not args.config:  # a config file is the user's own: its values stay
+        window.setup.recommend.follow()
+        window.setup.refresh()
     application.aboutToQuit.connect(window.shutdown)
     window.show()
     if args.run:

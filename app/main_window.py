@@ -1,4 +1,4 @@
-"""The main window: toolbar (Start / Pause / Stop / Save now), the runs sidebar, the Setup,
+"""The main window: toolbar and menus (app/actions.py), the runs sidebar, the Setup,
 Training, Checkpoints and Chat tabs, status line. Owns the TrainingController (worker
 thread) and the Generator (generation thread) and wires their signals.
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt, QTimer, QUrl
-from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QSplitter, QStyle,
-                               QTabWidget, QToolBar, QWidget)
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QTabWidget
 
+from app.actions import build_actions, keys
 from app.checkpoints.chat_pane import ChatPane
 from app.checkpoints.links import link_markers_to_checkpoints
 from app.checkpoints.pane import CheckpointsPane
@@ -32,7 +32,6 @@ from app.common.gc_policy import collect_on_gui_thread
 from app.checkpoints.generation_worker import Generator
 from app.common.plot_style import style_plot
 from app.preferences import PreferencesDialog, runs_root
-from app.common.reveal import reveal_logs
 from app.runs.sidebar import RunsSidebar
 from app.setup.pane import SetupPane
 from app.status_bar import RunStatus, StatusLine, duration
@@ -57,6 +56,7 @@ class MainWindow(QMainWindow):
         self.run_dir: Path | None = None
         self._close_when_done = False
         self.confirm_close = self._ask_close  # replaceable (tests answer without a dialog)
+        self.confirm_reward_file = self._ask_reward_file
 
         self.setup = SetupPane(config)
         self.training = TrainingPane()
@@ -79,7 +79,7 @@ class MainWindow(QMainWindow):
         splitter.setSizes([340, 1020])
         self.setCentralWidget(splitter)
         self.status = StatusLine(self.statusBar())
-        self._build_actions()
+        build_actions(self)
         self._connect()
         self._status_timer = QTimer(self, interval=250, timeout=self._update_status)
         self._update_actions()
@@ -87,52 +87,6 @@ class MainWindow(QMainWindow):
         link_markers_to_checkpoints(self.tabs, self.training, self.checkpoints)
 
     # ---- actions -------------------------------------------------------------------
-    def _build_actions(self) -> None:
-        style = self.style()
-        self.start_action = QAction(style.standardIcon(QStyle.SP_MediaPlay), "Start", self)
-        self.start_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_R))
-        self.start_action.triggered.connect(self.start)
-        self.pause_action = QAction(style.standardIcon(QStyle.SP_MediaPause), "Pause", self)
-        self.pause_action.setCheckable(True)
-        self.pause_action.setToolTip("Hold at the next step (the model stays in memory)")
-        self.pause_action.toggled.connect(self.controller.pause)
-        self.stop_action = QAction(style.standardIcon(QStyle.SP_MediaStop), "Stop", self)
-        self.stop_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_Period))
-        self.stop_action.setToolTip("Save a checkpoint at the next step, then end (⌘.)")
-        self.stop_action.triggered.connect(self.stop)
-        self.save_action = QAction(style.standardIcon(QStyle.SP_DialogSaveButton), "Save now", self)
-        self.save_action.setShortcut(QKeySequence(Qt.CTRL | Qt.Key_S))
-        self.save_action.setToolTip("Write a checkpoint at the next step boundary")
-        self.save_action.triggered.connect(self.controller.save_now)
-        toolbar = QToolBar("Run")
-        toolbar.setObjectName("runToolbar")
-        toolbar.setMovable(False)
-        toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
-            toolbar.addAction(action)
-        self.blocker_label = QLabel("")
-        self.blocker_label.setObjectName("blocker")
-        self.blocker_label.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
-        self.blocker_label.setContentsMargins(12, 0, 12, 0)
-        spacer = QWidget()
-        spacer.setFixedWidth(8)
-        toolbar.addWidget(spacer)
-        toolbar.addWidget(self.blocker_label)
-        self.addToolBar(Qt.TopToolBarArea, toolbar)
-
-        file_menu = self.menuBar().addMenu("&File")
-        file_menu.addAction("Open Run Folder…", self.open_run)
-        self.open_config_action = file_menu.addAction("Open config.toml", self.open_config)
-        file_menu.addAction("Load Preset…", self.setup.load_preset)
-        file_menu.addAction("Save Preset…", self.setup.save_preset)
-        file_menu.addSeparator()
-        file_menu.addAction("Preferences…", QKeySequence.Preferences, self.preferences)
-        file_menu.addAction("Close Window", QKeySequence.Close, self.close)
-        run_menu = self.menuBar().addMenu("&Run")
-        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
-            run_menu.addAction(action)
-        self.menuBar().addMenu("&Help").addAction("Reveal Logs", reveal_logs)
-
     def _connect(self) -> None:
         for c in (self.controller, self.distributed):
             c.runCreated.connect(self._run_created)
@@ -167,12 +121,12 @@ class MainWindow(QMainWindow):
         running = self.running
         blocker = None if running else self.setup.start_blocker()
         self.start_action.setEnabled(not running and blocker is None)
-        self.start_action.setToolTip("Start training (⌘R)" if blocker is None else f"Can't start: {blocker}")
+        self.start_action.setToolTip(f"Start training ({keys(self.start_action.shortcut())})" if blocker is None
+                                     else f"Can't start: {blocker}")
         self.pause_action.setEnabled(self.controller.running)  # a distributed run has no pause / save now
         self.stop_action.setEnabled(running)
         self.save_action.setEnabled(self.controller.running)
-        self.blocker_label.setText("" if blocker is None else f"Can't start: {blocker}")
-        self.blocker_label.setToolTip(blocker or "")
+        self.blocker_label.set_full_text("" if blocker is None else f"Can't start: {blocker}")
         self.open_config_action.setEnabled(self.run_dir is not None)
 
     # ---- running -------------------------------------------------------------------------
@@ -181,6 +135,11 @@ class MainWindow(QMainWindow):
         if self.running or self.setup.start_blocker() is not None:
             return False
         config = self.setup.config()
+        rewards = self.setup.method_panel.rewards
+        if config.method == "grpo" and rewards.needs_confirmation(config.grpo.reward_file):
+            if not self.confirm_reward_file(config.grpo.reward_file):
+                return False
+            rewards.choose(config.grpo.reward_file)
         if not config.output_dir and runs_root() != default_runs_root():
             config.output_dir = str(runs_root())
         self._begin()
@@ -236,7 +195,7 @@ class MainWindow(QMainWindow):
         self.training.set_banner(f"{name}  ·  {ranks}" if ranks else name)
 
     def _train_began(self, info: dict) -> None:
-        self.run_status = RunStatus(int(info.get("total_steps", 0)))
+        self.run_status = RunStatus(int(info.get("total_steps", 0)), int(info.get("step", 0)))
         self.status.show_progress(int(info.get("step", 0)), int(info.get("total_steps", 0)))
         self._status_timer.start()
         self._update_status()
@@ -259,12 +218,28 @@ class MainWindow(QMainWindow):
         if self.running and not self.controller.paused:
             self.status.show_text(self.run_status.text())
 
+    def pause(self, paused: bool) -> None:
+        """The Pause button: its text changes at once; the status says when the run has actually paused."""
+        self.controller.pause(paused)
+        self.pause_action.setText("Continue" if paused else "Pause")
+        if paused:
+            self.status.show_text("Pausing at the end of this step…")
+
+    def focus_chat(self) -> None:
+        self.tabs.setCurrentWidget(self.chat)
+        self.chat.input.setFocus()
+
     def _paused_changed(self, paused: bool) -> None:
-        self.pause_action.setText("Resume" if paused else "Pause")
+        blocked = self.pause_action.blockSignals(True)
+        self.pause_action.setChecked(paused)
+        self.pause_action.blockSignals(blocked)
+        self.pause_action.setText("Continue" if paused else "Pause")
+        if self.run_dir is not None:
+            self.sidebar.set_paused(paused)
         if paused:
             step = self.run_status.last.get("step", 0)
             self.status.show_text(f"Paused at step {step:,}/{self.run_status.total_steps:,} — the model stays in "
-                                  "memory; Resume continues, Stop saves a checkpoint.")
+                                  "memory; Continue goes on, Stop saves a checkpoint.")
 
     def _finished(self, result: dict) -> None:
         self._status_timer.stop()
@@ -376,6 +351,15 @@ class MainWindow(QMainWindow):
             self, "Stop training?", "A run is training. Stop it (a checkpoint is saved first) and close?",
             QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
         return answer == QMessageBox.Yes
+
+    def _ask_reward_file(self, path: str) -> bool:
+        answer = QMessageBox.question(self, "Run this reward file?", f"This runs the Python code in {path}. Run it?",
+                                      QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+        return answer == QMessageBox.Yes
+
+    def quit(self) -> None:
+        """File → Quit: close the window (asking first while a run trains); the application ends with it."""
+        self.close()
 
     def closeEvent(self, event) -> None:
         if not self.running:

@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     from app.main_window import MainWindow
 
     window = MainWindow(default_config())
+    window.setup.recommend.follow()
     window.resize(1360, 900)
     window.show()
     setup = window.setup

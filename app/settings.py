@@ -1,9 +1,11 @@
-"""Small persistent GUI settings (recent models / datasets) in settings_dir()/gui.ini.
+"""Small persistent GUI settings (recent models / datasets, dialog folders) in settings_dir()/gui.ini.
 
 FINETUNE_STUDIO_HOME moves it (tests point it at a temporary folder).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
@@ -33,3 +35,20 @@ def push_recent(key: str, item: str) -> list[str]:
     store.setValue(key, items)
     store.sync()
     return items
+
+
+def dialog_folder(key: str) -> str:
+    """Where a file dialog for `key` opens: the folder last used for it, else the user's Documents."""
+    from PySide6.QtCore import QStandardPaths
+    last = str(settings().value(f"folders/{key}", "") or "")
+    if last and Path(last).is_dir():
+        return last
+    return QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+
+
+def remember_folder(key: str, path: str) -> None:
+    """A file was chosen or saved at `path`: the next dialog for `key` opens in its folder."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    store = settings()
+    store.setValue(f"folders/{key}", str(folder))
+    store.sync()

@@ -56,8 +56,9 @@ def format_status(step: int, total: int, epoch: float | None, tokens_per_sec: fl
 class RunStatus:
     """Accumulates train records of one run; `text()` is the status line."""
 
-    def __init__(self, total_steps: int = 0):
+    def __init__(self, total_steps: int = 0, start_step: int = 0):
         self.total_steps = total_steps
+        self.start_step = start_step  # a resumed run starts here: speed comes from the steps done since
         self.started = time.time()
         self.last: dict = {}
         self.recent: deque[tuple[float, int, float]] = deque(maxlen=WINDOW)  # (time, step, tokens/s)
@@ -72,8 +73,8 @@ class RunStatus:
             (t0, s0, _), (t1, s1, _) = self.recent[0], self.recent[-1]
             if s1 > s0:
                 return (t1 - t0) / (s1 - s0)
-        if self.recent and self.recent[-1][1] > 0:
-            return (self.recent[-1][0] - self.started) / self.recent[-1][1]
+        if self.recent and self.recent[-1][1] > self.start_step:
+            return (self.recent[-1][0] - self.started) / (self.recent[-1][1] - self.start_step)
         return None
 
     def text(self) -> str:

@@ -17,7 +17,7 @@ import math
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtGui import QColor, QPalette, QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit, QSpinBox, QVBoxLayout,
                                QWidget)
 
@@ -71,6 +71,7 @@ class BoundField(QObject):
     """One RunConfig field, its editor and its inline message."""
 
     changed = Signal()
+    linkActivated = Signal(str)  # a link in the note (e.g. "hold out 5%")
 
     def __init__(self, name: str, editor: QWidget, getter: Callable[[], Any], setter: Callable[[Any], None],
                  signal, tooltip: str = ""):
@@ -82,6 +83,9 @@ class BoundField(QObject):
         self.message.setWordWrap(True)
         self.message.setVisible(False)
         self.message.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message.linkActivated.connect(self.linkActivated)
+        self.note = ""  # shown in amber when the field has no problem: a warning that does not block Start
+        self.typing_note = ""  # why the text typed into a spin box was not taken (int_field)
         editor.setObjectName(f"field:{name}")
         if tooltip:
             editor.setToolTip(tooltip)
@@ -99,13 +103,25 @@ class BoundField(QObject):
             self.editor.blockSignals(blocked)
 
     def show_problem(self, message: str | None) -> None:
-        """Tint the field red and show `message` under it (None clears both)."""
+        """Tint the field red and show `message` under it (None clears both and shows the note, if any)."""
         invalid = bool(message)
         if invalid != bool(self.editor.property("invalid")):
             self.editor.setProperty("invalid", invalid)
             self.editor.setPalette(invalid_palette(self.editor) if invalid else QPalette())
-        self.message.setText(message or "")
-        self.message.setVisible(invalid)
+        text = message or self.typing_note or self.note
+        level = "" if invalid or not text else "note"
+        if self.message.property("level") != level:
+            self.message.setProperty("level", level)
+            self.message.style().unpolish(self.message)
+            self.message.style().polish(self.message)
+        self.message.setText(text or "")
+        self.message.setVisible(bool(text))
+
+    def set_note(self, note: str) -> None:
+        """A warning under the field (rich text allowed) shown while it has no problem; "" removes it."""
+        self.note = note
+        if not self.editor.property("invalid"):
+            self.show_problem(None)
 
     def cell(self) -> QWidget:
         """The editor with its message below, for a grid cell."""
@@ -131,7 +147,26 @@ def int_field(name: str, minimum: int, maximum: int, *, special: str = "", suffi
         box.setSuffix(suffix)
     box.setMinimumWidth(80)
     box.setMaximumWidth(NUMBER_WIDTH)
-    return BoundField(name, box, box.value, lambda v: box.setValue(int(v)), box.valueChanged, tooltip)
+    field = BoundField(name, box, box.value, lambda v: box.setValue(int(v)), box.valueChanged, tooltip)
+    box.lineEdit().textEdited.connect(lambda _: _check_typed(field, box))
+    box.editingFinished.connect(lambda: _check_typed(field, box, finished=True))
+    return field
+
+
+def _check_typed(field: BoundField, box: QSpinBox, finished: bool = False) -> None:
+    """Say why typed text is not taken, since Qt puts the previous value back without a word."""
+    if not finished:
+        box.setProperty("typed", box.lineEdit().text())
+    typed = str(box.property("typed") or box.text())
+    number = typed.removeprefix(box.prefix()).removesuffix(box.suffix()).strip()
+    ok = box.validate(typed, 0)[0] == QValidator.Acceptable or number == box.specialValueText()
+    low = box.specialValueText() or f"{box.minimum():,}"
+    reason = "" if ok else (f"{number or 'An empty field'} is not allowed: {field.name} is a whole number from "
+                            f"{low} to {box.maximum():,}" + (f" (kept {box.text()})." if finished else "."))
+    if finished:
+        box.setProperty("typed", None)
+    field.typing_note = reason
+    field.show_problem(field.message.text() if field.editor.property("invalid") else None)
 
 
 def float_field(name: str, *, placeholder: str = "", tooltip: str = "") -> BoundField:

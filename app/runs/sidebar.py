@@ -31,7 +31,7 @@ from trainer_core.training.run_lock import holder
 from trainer_core.config import best_eval_metric
 
 COLUMNS = ("Run", "Status", "Method", "Steps", "Best eval", "Date", "Model", "Dataset")
-STATUS_MARK = {"running": "●", "finished": "✓", "stopped": "⏹", "failed": "✕"}
+STATUS_MARK = {"running": "●", "finished": "✓", "stopped": "■", "failed": "✕"}  # glyphs DejaVu Sans has too
 
 
 @dataclass
@@ -136,6 +136,7 @@ class RunsSidebar(QWidget):
         super().__init__(parent)
         self.root = Path(root)
         self.running: Path | None = None
+        self.paused = False
         self.runs: list[RunSummary] = []
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
         self.ask_name = self._ask_name
@@ -192,7 +193,13 @@ class RunsSidebar(QWidget):
 
     def set_running(self, run_dir: Path | None) -> None:
         self.running = Path(run_dir) if run_dir else None
+        self.paused = False
         self.refresh()
+
+    def set_paused(self, paused: bool) -> None:
+        """The running run holds at a step boundary (Pause): its row says "paused"."""
+        self.paused = paused
+        self._fill()
 
     def refresh(self) -> None:
         """Rescan the runs root off the GUI thread."""
@@ -216,12 +223,13 @@ class RunsSidebar(QWidget):
                 continue
             best = "" if run.best_eval is None else f"{run.best_eval:.4f}"
             steps = f"{run.steps:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
-            item = QTreeWidgetItem([run.name, run.status_text, run.method, steps,
+            paused = self.paused and run.path == self.running
+            item = QTreeWidgetItem([run.name, "‖ paused" if paused else run.status_text, run.method, steps,
                                     best, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.date)), run.model,
                                     run.dataset])
             item.setData(0, Qt.UserRole, str(run.path))
             item.setToolTip(1, run.reason or run.status)
-            item.setToolTip(0, f"{run.path}\n{run.method} · {run.model} · {run.dataset} · {run.checkpoints} "
+            item.setToolTip(0, f"{run.name}\n{run.path}\n{run.method} · {run.model} · {run.dataset} · {run.checkpoints} "
                                "checkpoint(s)")
             self.tree.addTopLevelItem(item)
             item.setSelected(run.path in selected)

@@ -19,6 +19,7 @@ from trainer_core.data.batching import WINDOW
 from trainer_core.data import SFT_KINDS, TokenizeStats, load_dataset, render_messages, tokenize_sft
 
 PREVIEW_ROWS = 6
+SAMPLE_RECORDS = 200
 CHUNK = 256  # records per tokenising chunk (cancellation granularity)
 
 _tokenizers: dict[tuple, object] = {}
@@ -77,6 +78,7 @@ class PreviewRow:
     segments: list[tuple[str, bool]]  # (decoded text, trained?) in order
     tokens: int
     trained: int
+    columns: dict[str, str] = field(default_factory=dict)  # preference data: prompt / chosen / rejected side by side
 
 
 @dataclass
@@ -88,6 +90,8 @@ class DatasetSummary:
     stats: TokenizeStats | None  # train split; None for preference / prompt_answer data
     preview: list[PreviewRow] = field(default_factory=list)
     format: str = "native"  # how the records map onto `kind` (DatasetSplits.format)
+    sample: list[dict] = field(default_factory=list)  # the first SAMPLE_RECORDS train records (recommendations)
+    has_valid: bool = False  # a validation split exists (eval_every has something to evaluate)
 
     @property
     def train_examples(self) -> int:
@@ -118,8 +122,12 @@ def _prompt_preview(tokenizer, record, kind: str) -> PreviewRow:
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) \
         if getattr(tokenizer, "chat_template", None) else "\n".join(m["content"] for m in messages)
     if kind == "preference":  # DPO raises the chosen reply over the rejected one
-        chosen = record.data.get("chosen", "")
-        return PreviewRow(record.line, [(prompt, False), (chosen if isinstance(chosen, str) else str(chosen), True)], 0, 0)
+        def text(value) -> str:
+            return value if isinstance(value, str) else "\n".join(str(m.get("content", m)) if isinstance(m, dict)
+                                                                  else str(m) for m in value)
+        columns = {"prompt": "\n".join(m["content"] for m in messages if m.get("role") != "system"),
+                   "chosen": text(record.data.get("chosen", "")), "rejected": text(record.data.get("rejected", ""))}
+        return PreviewRow(record.line, [(prompt, False), (columns["chosen"], True)], 0, 0, columns)
     answer = record.data.get("answer", "")  # GRPO samples its own completions; the answer only scores them
     return PreviewRow(record.line, [(prompt, False), (f"\n⟶ expected answer: {answer}", False)] if answer != ""
                       else [(prompt, False)], 0, 0)
@@ -139,7 +147,8 @@ def analyze(request: AnalysisRequest, task=None) -> DatasetSummary | None:
                           columns=request.data_columns or None,
                           prefer_kind="prompt_answer" if request.method == "grpo" else None)
     counts = {name: len(getattr(splits, name)) for name in ("train", "valid", "test") if getattr(splits, name)}
-    summary = DatasetSummary(request, splits.kind, counts, dict(splits.files), None, format=splits.format)
+    summary = DatasetSummary(request, splits.kind, counts, dict(splits.files), None, format=splits.format,
+                             sample=[r.data for r in splits.train[:SAMPLE_RECORDS]], has_valid=bool(splits.valid))
     if cancelled():
         return None
     report("Loading the tokenizer…")

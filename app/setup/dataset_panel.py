@@ -116,7 +116,7 @@ class DatasetPanel(QGroupBox):
         shape.addSpacing(12)
         shape.addWidget(self.last_turn_only.editor)
         shape.addSpacing(12)
-        shape.addWidget(QLabel("Longer than max seq length"))
+        shape.addWidget(QLabel("Over max length"))
         shape.addWidget(self.long_rows.editor)
         shape.addStretch(1)
         left = QVBoxLayout()
@@ -213,6 +213,7 @@ class DatasetPanel(QGroupBox):
         self.preview.clear()
 
     def _draw_histogram(self, summary: DatasetSummary) -> None:
+        self.histogram.setVisible(summary.stats is not None)
         lengths = summary.stats.lengths if summary.stats else []
         limit = summary.request.max_seq_length
         self.limit_line.setPos(limit)
@@ -230,6 +231,8 @@ class DatasetPanel(QGroupBox):
         self.limit_line.setVisible(show_limit)
 
     def _preview_html(self, summary: DatasetSummary) -> str:
+        if summary.preview and summary.preview[0].columns:
+            return self._columns_html(summary)
         palette = self.palette()
         base, accent = palette.color(QPalette.Base), palette.color(QPalette.Highlight)
         mark = QColor.fromRgbF(*(0.65 * b + 0.35 * a for b, a in zip(base.getRgbF()[:3], accent.getRgbF()[:3])))
@@ -247,5 +250,16 @@ class DatasetPanel(QGroupBox):
         header = (f"<tr><th align='left'>line</th><th align='left'>rendered through the chat template — "
                   f"<span style='background-color:{mark.name()}'>&nbsp;trained tokens&nbsp;</span></th>"
                   f"<th align='right'>trained</th></tr>")
+        return (f"<table width='100%' cellspacing='0' cellpadding='4' style='font-size:small'>{header}"
+                f"{''.join(rows)}</table>")
+
+    def _columns_html(self, summary: DatasetSummary) -> str:
+        """Preference records: prompt, chosen and rejected side by side."""
+        muted = self.palette().color(QPalette.PlaceholderText).name()
+        names = list(summary.preview[0].columns)
+        header = "<tr><th align='left'>line</th>" + "".join(f"<th align='left'>{n}</th>" for n in names) + "</tr>"
+        rows = [f"<tr><td style='color:{muted}'>{row.line}</td>" + "".join(
+            f"<td width='{100 // len(names)}%'>{html.escape(row.columns.get(n, '')).replace(chr(10), '<br>')}</td>"
+            for n in names) + "</tr>" for row in summary.preview]
         return (f"<table width='100%' cellspacing='0' cellpadding='4' style='font-size:small'>{header}"
                 f"{''.join(rows)}</table>")

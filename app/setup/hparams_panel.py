@@ -42,6 +42,9 @@ class HyperparametersPanel(QGroupBox):
                                     tooltip="Checkpoint every N steps; 0 = only at stop / end."),
             "eval_every": int_field("eval_every", 0, 10_000_000, special="end only",
                                     tooltip="Evaluate every N steps on the valid split; 0 = only at the end."),
+            "val_fraction": float_field("val_fraction", placeholder="0",
+                                        tooltip="Without a validation split: hold out this fraction of train "
+                                                "(seeded) for evaluation; 0 = none."),
             "run_name": text_field("run_name", placeholder="automatic (method-model-date)"),
             "num_samples": int_field("num_samples", 0, 100, special="off",
                                      tooltip="Prompts of the valid split (else train) answered at every checkpoint, "
@@ -80,6 +83,8 @@ class HyperparametersPanel(QGroupBox):
         grid.addWidget(f["num_samples"].cell(), len(rows) + 1, 1)
         grid.addWidget(QLabel("Sample length"), len(rows) + 1, 2)
         grid.addWidget(f["sample_max_tokens"].cell(), len(rows) + 1, 3)
+        grid.addWidget(QLabel("Valid held out"), len(rows) + 1, 4)
+        grid.addWidget(f["val_fraction"].cell(), len(rows) + 1, 5)
         grid.addWidget(f["gradient_checkpointing"].cell(), len(rows) + 2, 0, 1, 3)
         grid.addWidget(f["mixed_precision"].cell(), len(rows) + 2, 3, 1, 3)
         for column in (1, 3, 5):

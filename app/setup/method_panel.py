@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QButtonGroup, QGridLayout, QGroupBox, QHBoxLayout
                                QRadioButton, QVBoxLayout, QWidget)
 
 from app.common.form import BoundField, bool_field, choice_field, float_field, int_field, list_field
+from app.setup.reward_picker import RewardPicker, reward_fields
 from trainer_core.config import DEFAULT_FINE_TUNE_TYPE, METHODS
 from trainer_core.methods import REGISTRY
 
@@ -93,12 +94,15 @@ class MethodPanel(QGroupBox):
             "epsilon": float_field("grpo.epsilon", placeholder="0.2"),
             "temperature": float_field("grpo.temperature", placeholder="1.0"),
             "max_completion_length": int_field("grpo.max_completion_length", 1, 32768, suffix=" tok"),
-            "rewards": list_field("grpo.rewards", placeholder="exact_match"),
         }
+        self.rewards = RewardPicker()
+        self.grpo.update({f.name.split(".")[1]: f for f in reward_fields(self.rewards)})
         self.diffusion = {
             "schedule": choice_field("diffusion.schedule", [(s, s) for s in ("linear", "cosine", "polynomial")]),
             "eps": float_field("diffusion.eps", placeholder="1e-3"),
-            "sft_mode": bool_field("diffusion.sft_mode", "Never mask the prompt (SFT mode)"),
+            "sft_mode": bool_field("diffusion.sft_mode", "Train on responses only (prompt never noised)",
+                                   tooltip="SFT mode: only response tokens are masked with noise and scored; the "
+                                           "prompt stays visible. Off: every token is noised, as in pre-training."),
             "normalization": choice_field("diffusion.normalization", [("row", "per row (LLaDA)"),
                                                                       ("token", "per batch token")],
                                           tooltip="row: each row's loss divided by its answer length, then "
@@ -135,8 +139,11 @@ class MethodPanel(QGroupBox):
         g = self.grpo
         self.grpo_box = self._section("GRPO", _grid([
             [("group size", g["group_size"]), ("KL beta", g["beta"]), ("epsilon", g["epsilon"])],
-            [("temperature", g["temperature"]), ("max completion", g["max_completion_length"])],
-            [("rewards", g["rewards"])]]))
+            [("temperature", g["temperature"]), ("max completion", g["max_completion_length"])]]))
+        self.grpo_box.layout().addWidget(QLabel("Rewards"))
+        self.grpo_box.layout().addWidget(self.rewards)
+        for name in ("rewards", "reward_weights", "reward_file"):
+            self.grpo_box.layout().addWidget(self.grpo[name].message)
         d = self.diffusion
         self.diffusion_box = self._section("Diffusion", _grid([
             [("mask schedule", d["schedule"]), ("eps", d["eps"])],

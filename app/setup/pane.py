@@ -30,6 +30,7 @@ from app.common.form import Form
 from app.setup.hparams_panel import HyperparametersPanel, LRPreview
 from app.setup.method_panel import LABELS, MethodPanel, method_available
 from app.setup.model_panel import ModelPanel
+from app.setup.recommended import Recommendations
 from trainer_core import resources
 from trainer_core.config import RunConfig
 from trainer_core.data import SFT_KINDS
@@ -37,6 +38,7 @@ from trainer_core.errors import UserError
 from trainer_core.paths import settings_dir
 
 KIND_FOR_METHOD = {"dpo": ("preference",), "grpo": ("prompt_answer",)}
+LONG_SEQUENCE = 32_768  # max seq length above this gets a warning (memory grows with it)
 
 
 def presets_dir() -> Path:
@@ -61,6 +63,10 @@ class SetupPane(QScrollArea):
         for field in [self.model_panel.field, *self.method_panel.fields, *self.dataset_panel.fields,
                       *self.hparams.fields]:
             self.form.add(field)
+        self.recommend = Recommendations(self.form, self)
+        self.hparams.layout().insertWidget(1, self.recommend.reset_label)
+        self.form["eval_every"].linkActivated.connect(lambda _: self.form["val_fraction"].set_value(0.05)
+                                                      or self._refresh_timer.start())
 
         self.memory_label = QLabel("")
         self.memory_label.setObjectName("memory")
@@ -107,6 +113,8 @@ class SetupPane(QScrollArea):
         self._analysis_timer = QTimer(self, singleShot=True, interval=350, timeout=self.analyze_dataset)
         self._last_request: AnalysisRequest | None = None
         self._run_problems: dict[str, tuple[str, object]] = {}  # field -> (message, value it was about)
+        self.method_panel.methodChanged.connect(self._show_masking)
+        self.recommend.applied.connect(self._refresh_timer.start)
         self.method_panel.methodChanged.connect(self._follow_demo_data)
         self.form.changed.connect(self._refresh_timer.start)
         self.model_panel.infoChanged.connect(self._refresh_timer.start)
@@ -126,6 +134,7 @@ class SetupPane(QScrollArea):
 
     def set_config(self, config: RunConfig) -> None:
         self._base = copy.deepcopy(config)
+        self.recommend.pin()
         self.form.load(config)
         self.refresh()
 
@@ -202,6 +211,8 @@ class SetupPane(QScrollArea):
         return (config.max_steps or config.epochs * per_epoch), per_epoch
 
     # ---- keeping the display current ------------------------------------------------------
+        self._recommend(self.config())
+        self._notes(self.config())
     def refresh(self) -> None:
         problems = self.problems()
         self.form.show_problems(problems)
@@ -215,6 +226,31 @@ class SetupPane(QScrollArea):
         self.copy_cli_button.setEnabled(not problems)
         self._schedule_analysis(config)
         self.changed.emit()
+    def _recommend(self, config: RunConfig) -> None:
+        info, summary = self.model_panel.info, self.dataset_panel.summary
+        self.recommend.update(config.method, config.resolved_fine_tune_type, info.num_parameters if info else None,
+                              summary.train_examples if summary else None, config.batch_size * self.distributed.world_size(),
+                              config.gradient_accumulation_steps, summary.sample if summary else None)
+        self.recommend.refresh()
+
+    def _notes(self, config: RunConfig) -> None:
+        """Warnings that do not block Start: a very long max seq length, eval without a validation split."""
+        info, summary = self.model_panel.info, self.dataset_panel.summary
+        context = info.context_length if info else None
+        long = config.max_seq_length > LONG_SEQUENCE or (context and config.max_seq_length > context)
+        self.form["max_seq_length"].set_note(
+            f"⚠ {config.max_seq_length:,} tokens is very long" + (f" (the model's context is {context:,})"
+                                                                   if context else "")
+            + ": memory grows with it; most data needs 512–4,096." if long else "")
+        no_eval = summary is not None and not summary.has_valid and config.val_fraction == 0 and config.eval_every
+        self.form["eval_every"].set_note("⚠ The data has no validation split, so nothing is evaluated. "
+                                         "<a href='hold'>Hold out 5% of train</a> or add valid.jsonl." if no_eval
+                                         else "")
+
+    def _show_masking(self, method: str) -> None:
+        """Diffusion has its own masking checkbox (SFT mode); the dataset's is for the other methods."""
+        self.dataset_panel.mask_prompt.editor.setVisible(method != "diffusion")
+
 
     def _follow_demo_data(self, method: str) -> None:
         """On the bundled demo data, a method change picks the demo of the data kind it needs."""

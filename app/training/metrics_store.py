@@ -137,9 +137,29 @@ class MetricsStore:
         """Train metrics beyond the standard ones (dpo rewards, grpo reward/<fn>, kl, mask_ratio, ...)."""
         return [k for k in self.columns if k not in STANDARD and k != "tokens_total"]
 
-    def to_csv(self) -> str:
-        keys = [k for k in self.columns if k != "tokens_total"]
-        lines = [",".join(keys)]
-        for i in range(len(self)):
-            lines.append(",".join("" if math.isnan(self.columns[k][i]) else repr(self.columns[k][i]) for k in keys))
+    def to_csv(self, smoothing: float = 0.9) -> str:
+        """Everything the plots show, one row per step: the train columns, the EMA curves (`loss_ema`,
+        `grad_norm_ema` at `smoothing`), tokens trained so far, every eval value (`eval_<key>`, on the
+        eval's step) and `checkpoint` (the checkpoint's path on the step it was saved)."""
+        train = {int(s): i for i, s in enumerate(self.columns["step"]) if math.isfinite(s)}
+        evals = {int(e["step"]): e for e in self.evals if isinstance(e.get("step"), (int, float))}
+        marks = {int(c["step"]): str(c.get("path", "")) for c in self.checkpoints if "step" in c}
+        keys = [k for k in self.columns if k not in ("step", "tokens_total")]
+        eval_keys = sorted({k for e in self.evals for k, v in e.items() if k not in ("type", "step", "time", "epoch")
+                            and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        emas = {f"{k}_ema": self.smoothed(k, smoothing) for k in ("loss", "grad_norm") if k in self.columns}
+        header = ["step", *keys, *emas, "tokens_trained", *(f"eval_{k}" for k in eval_keys), "checkpoint"]
+        lines = [",".join(header)]
+
+        def cell(value) -> str:
+            return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+        for step in sorted(set(train) | set(evals) | set(marks)):
+            i = train.get(step)
+            row = [str(step)]
+            row += [cell(self.columns[k][i]) if i is not None else "" for k in keys]
+            row += [cell(float(v[i])) if i is not None else "" for v in emas.values()]
+            row.append(cell(self.columns["tokens_total"][i]) if i is not None else "")
+            row += [cell(evals[step].get(k)) if step in evals else "" for k in eval_keys]
+            row.append(marks.get(step, "").replace(",", " "))
+            lines.append(",".join(row))
         return "\n".join(lines) + "\n"

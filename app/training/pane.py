@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
                                QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
+from app import settings
 from app.training.metrics_store import AXES, MetricsStore
 from trainer_core.training.callbacks import read_metrics
 from app.training.plots import TrainingPlots
@@ -49,13 +50,14 @@ class TrainingPane(QWidget):
         self.follow.setChecked(True)
         self.follow.setToolTip("Keep the whole run in view; zooming or panning turns this off.")
         self.metric = QComboBox()
-        self.metric.setToolTip("What the fourth plot shows: the method's metrics, or throughput")
+        self.metric.setToolTip("What the fourth plot (bottom right) shows: a group of the method's metrics, "
+                               "or throughput")
         self.metric.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         export_png = QPushButton("Export PNG…")
         export_csv = QPushButton("Export CSV…")
         controls = QHBoxLayout()
         for widget in (QLabel("x-axis"), self.axis, QLabel("   Smoothing"), self.smoothing, self.smoothing_label,
-                       self.log_y, self.follow, QLabel("   Metrics"), self.metric):
+                       self.log_y, self.follow, QLabel("   Fourth plot"), self.metric):
             controls.addWidget(widget)
         controls.addStretch(1)
         controls.addWidget(export_png)
@@ -113,6 +115,7 @@ class TrainingPane(QWidget):
         self.log.clear()
         self.run_dir = None
         self.plots.highlighted = None
+        self.plots.hide_hover()
         self.plots.set_follow(True)
         self.plots.redraw(force=True)
 
@@ -195,12 +198,25 @@ class TrainingPane(QWidget):
         self.log.setVisible(shown)
         self.log_toggle.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
 
-    def export_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export plots as PNG", "plots.png", "PNG (*.png)")
+    def _save_path(self, title: str, name: str, kind: str) -> str:
+        """A save dialog opening in the folder last exported to (else Documents), named after the run."""
+        stem = f"{self.run_dir.name}-{name}" if self.run_dir else name
+        path, _ = QFileDialog.getSaveFileName(self, title, str(Path(settings.dialog_folder("exports")) / stem), kind)
         if path:
-            self.plots.grab().save(path)
+            settings.remember_folder("exports", path)
+        return path
+
+    def export_png(self) -> None:
+        path = self._save_path("Export plots as PNG", "plots.png", "PNG (*.png)")
+        if path:
+            self.plot_image().save(path)
+
+    def plot_image(self):
+        """The four plots as a picture, without the hover crosshair."""
+        self.plots.hide_hover()
+        return self.plots.grab()
 
     def export_csv(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export metrics as CSV", "metrics.csv", "CSV (*.csv)")
+        path = self._save_path("Export metrics as CSV", "metrics.csv", "CSV (*.csv)")
         if path:
-            Path(path).write_text(self.store.to_csv(), encoding="utf-8")
+            Path(path).write_text(self.store.to_csv(self.plots.smoothing), encoding="utf-8")

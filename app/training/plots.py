@@ -23,6 +23,9 @@ from PySide6.QtWidgets import QGridLayout, QWidget
 from app.training.metrics_store import AXES, MetricsStore, metric_groups
 from app.common.plot_style import COLORS, SERIES, ShortFloatAxis, faint, is_dark, style_plot
 
+LEGEND = {"brush": (128, 128, 128, 40), "verSpacing": -6}  # one translucent row at the top: curves show through
+DEFAULT_TICK_TEXT = [(0, 0.8), (2, 0.6), (4, 0.4), (6, 0.2)]  # pyqtgraph's AxisItem default
+LOG_TICK_TEXT = [(0, 0.8), (2, 0.15)]  # log y: label the decades, minor ticks only where one decade fills the plot
 TITLES = {"loss": "Loss", "learning_rate": "Learning rate", "grad_norm": "Gradient norm",
           "method": "Method metrics"}
 
@@ -55,12 +58,15 @@ class _Hover:
             widget.addItem(item, ignoreBounds=True)
         self.proxy = pg.SignalProxy(widget.scene().sigMouseMoved, rateLimit=30, slot=self._moved)
 
+    def hide(self) -> None:
+        self.line.setVisible(False)
+        self.label.setVisible(False)
+
     def _moved(self, event) -> None:
         pos = event[0]
         vb = self.widget.getPlotItem().vb
         if not self.widget.sceneBoundingRect().contains(pos) or not vb.sceneBoundingRect().contains(pos):
-            self.line.setVisible(False)
-            self.label.setVisible(False)
+            self.hide()
             return
         point = vb.mapSceneToView(pos)
         text = self.describe(point.x())
@@ -102,7 +108,7 @@ class TrainingPlots(QWidget):
             self.widgets[name] = widget
             grid.addWidget(widget, i // 2, i % 2)
         loss = self.widgets["loss"]
-        loss.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.loss_legend = loss.addLegend(offset=(-10, 4), labelTextSize="8pt", colCount=4, **LEGEND)
         self.curves = {
             "loss": loss.plot([], [], pen=pg.mkPen(faint(COLORS["train"], 80), width=1), name="train"),
             "loss_ema": loss.plot([], [], pen=pg.mkPen(COLORS["ema_dark"] if is_dark() else COLORS["ema"], width=2),
@@ -117,7 +123,8 @@ class TrainingPlots(QWidget):
             "grad_norm": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(faint(COLORS["grad_norm"], 90))),
             "grad_norm_ema": self.widgets["grad_norm"].plot([], [], pen=pg.mkPen(COLORS["grad_norm"], width=2)),
         }
-        self.method_legend = self.widgets["method"].addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.method_legend = self.widgets["method"].addLegend(offset=(-10, 4), labelTextSize="8pt", colCount=4,
+                                                              **LEGEND)
         self.method_curves: dict[str, pg.PlotDataItem] = {}
         self.method_group: str | None = None  # None: the first of metric_groups()
         self.shown_group = ""
@@ -132,6 +139,11 @@ class TrainingPlots(QWidget):
         self.curves["checkpoint"].sigPointsClicked.connect(self._marker_clicked)
         self.hovers = [_Hover(w, lambda x, n=name: self._describe(n, x)) for name, w in self.widgets.items()]
         self.set_axis("step")
+
+    def hide_hover(self) -> None:
+        """No crosshair or readout (a new run, an exported picture)."""
+        for hover in self.hovers:
+            hover.hide()
 
     def _method_curve(self, key: str) -> pg.PlotDataItem:
         color = SERIES[len(self.method_curves) % len(SERIES)]
@@ -156,7 +168,9 @@ class TrainingPlots(QWidget):
     def set_log_y(self, log_y: bool) -> None:
         self.log_y = log_y
         for name in ("loss", "grad_norm"):
-            self.widgets[name].getPlotItem().setLogMode(y=log_y)
+            item = self.widgets[name].getPlotItem()
+            item.setLogMode(y=log_y)
+            item.getAxis("left").setStyle(textFillLimits=LOG_TICK_TEXT if log_y else DEFAULT_TICK_TEXT)
         self.redraw(force=True)
 
     def set_follow(self, follow: bool) -> None:

@@ -77,7 +77,7 @@ def test_the_setup_tab_holds_the_distributed_group_and_a_bad_host_file_blocks_st
     assert panel.body.isVisible() and not window.start_action.isEnabled()
     message = 'host 2 (mac-b) has no "ips": the ring backend connects to IP addresses'
     assert message in panel.hostfile_message.text() and panel.hostfile_message.isVisible()
-    assert window.blocker_label.text().startswith("Can't start: Host file ") and message in window.blocker_label.text()
+    assert window.blocker_label.full.startswith("Can't start: Host file ") and message in window.blocker_label.full
     assert not window.start()
 
     panel.backend.setCurrentText("mpi")  # MPI finds the hosts by name
@@ -89,7 +89,7 @@ def test_the_setup_tab_holds_the_distributed_group_and_a_bad_host_file_blocks_st
 
     panel.hostfile.setText(str(tmp_path / "nowhere.json"))
     qtbot.waitUntil(lambda: not window.start_action.isEnabled(), timeout=10_000)
-    assert "nowhere.json does not exist" in window.blocker_label.text()
+    assert "nowhere.json does not exist" in window.blocker_label.full
     panel.setChecked(False)  # off: the usual in-process run, whatever the host file says
     qtbot.waitUntil(window.start_action.isEnabled, timeout=10_000)
 

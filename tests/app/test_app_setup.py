@@ -98,7 +98,7 @@ def test_invalid_field_shows_runconfig_message_and_disables_start(qtbot, window)
     expected = RunConfig(learning_rate=5.0).problems()["learning_rate"]
     assert field.message.text() == expected and field.message.isVisible()
     assert field.editor.property("invalid") is True
-    assert expected in window.blocker_label.text()
+    assert expected in window.blocker_label.full
     assert not window.setup.copy_cli_button.isEnabled()
 
     field.editor.setText("abc")
@@ -108,7 +108,7 @@ def test_invalid_field_shows_runconfig_message_and_disables_start(qtbot, window)
     field.editor.setText("3e-4")
     qtbot.waitUntil(window.start_action.isEnabled, timeout=TIMEOUT)
     assert not field.message.isVisible() and field.editor.property("invalid") is False
-    assert window.blocker_label.text() == ""
+    assert window.blocker_label.full == ""
 
 
 def test_section_field_message_lands_on_its_field(qtbot, pane):
@@ -129,7 +129,7 @@ def test_zero_trained_tokens_blocks_start(qtbot, window, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in long))
     window.setup.form["max_seq_length"].editor.setValue(8)
     window.setup.form["data"].editor.setText(str(path))
-    qtbot.waitUntil(lambda: "0% of tokens would be trained" in window.blocker_label.text(), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: "0% of tokens would be trained" in window.blocker_label.full, timeout=TIMEOUT)
     assert not window.start_action.isEnabled()
     assert window.start() is False and not window.controller.running
 
@@ -154,7 +154,7 @@ def test_missing_model_is_reported_on_the_model_field(qtbot, window, tmp_path):
 def test_method_needing_other_data_blocks_start(qtbot, window):
     window.setup.method_panel.buttons.button(2).setChecked(True)  # DPO on chat data
     qtbot.waitUntil(lambda: not window.start_action.isEnabled(), timeout=TIMEOUT)
-    assert "DPO" in window.blocker_label.text()
+    assert "DPO" in window.blocker_label.full
 
 
 def test_dataset_summary_matches_the_core_tokenisation(pane, config, tiny_model_dir):

@@ -99,6 +99,17 @@ def length_penalty(completion_length: int, max_completion_length: int) -> float:
 BUILTINS: dict[str, Callable] = {f.__name__: f for f in (exact_match, normalized_match, numeric_match,
                                                           xml_format, length_penalty)}
 NEEDS_ANSWER = ("exact_match", "normalized_match", "numeric_match")
+# name -> (what it scores, what each record must hold): the GUI's list of built-ins
+DESCRIPTIONS = {
+    "exact_match": ("1 if the answer (inside <answer> tags, else the whole completion) equals the record's",
+                    "an \"answer\""),
+    "normalized_match": ("1 if equal after lower-casing, dropping punctuation, articles and extra spaces",
+                         "an \"answer\""),
+    "numeric_match": ("1 if the completion's last number equals the answer's (1,000 = 1000)", "a numeric \"answer\""),
+    "xml_format": ("1 for <think>…</think> <answer>…</answer>, 0.5 for an <answer> block alone",
+                   "nothing (prompts should ask for the tags)"),
+    "length_penalty": ("-length / max completion length: prefers short completions", "nothing"),
+}
 
 
 @dataclass

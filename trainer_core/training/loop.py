@@ -182,6 +182,7 @@ class TrainingLoop:
     def _train(self) -> TrainResult:
         cfg = self.config
         start_step = self.step
+        mx.reset_peak_memory()  # peak_memory_gb is this run's, not the process's (the GUI also chats and loads)
         self.callbacks.on_train_begin({"step": self.step, "total_steps": self.total_steps,
                                        "steps_per_epoch": self.steps_per_epoch, "epoch": self.epoch,
                                        "train_examples": len(self.train_examples),

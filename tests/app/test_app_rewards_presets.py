@@ -1,0 +1,149 @@
+"""GRPO's reward list and reward file, recommended hyper-parameters in the form, inline warnings
+(issue 25 items 3, 6, 11, 13, 13b; issue 24 item 5)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+
+import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from app.main_window import MainWindow
+from app.setup.pane import SetupPane
+from app.setup.reward_picker import file_functions
+from trainer_core import resources
+from trainer_core.config import METHODS, RunConfig
+from trainer_core.config.recommend import recommended, recommended_rewards
+from trainer_core.methods.rewards import BUILTINS
+
+from tests.app.test_app_setup import TIMEOUT, config, pane, ready  # noqa: F401  (fixtures)
+from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, no thread left)
+
+
+def click_method(pane: SetupPane, method: str) -> None:
+    pane.method_panel.buttons.button(METHODS.index(method)).click()
+
+
+def test_rewards_are_a_list_of_the_built_ins_with_what_the_data_needs(pane):
+    picker = pane.method_panel.rewards
+    rows = {picker.table.item(r, 0).text(): picker.table.item(r, 3).text() for r in range(picker.table.rowCount())}
+    assert set(BUILTINS) <= set(rows)
+    assert "answer" in rows["numeric_match"] and rows["length_penalty"] == "nothing"
+    picker.table.item(list(rows).index("numeric_match"), 0).setCheckState(Qt.Checked)
+    assert "numeric_match" in pane.config().grpo.rewards
+
+
+def test_demo_grpo_data_gets_rewards_that_score_it():
+    import json
+    records = [json.loads(line) for line in (resources.demo_dataset("grpo") / "train.jsonl").open()]
+    names, weights = recommended_rewards(records)
+    assert names == ["numeric_match", "xml_format"] and weights == [1.0, 0.2]
+    assert recommended_rewards([{"prompt": "Name a colour.", "answer": "blue"}])[0] == ["normalized_match"]
+
+
+def test_reward_file_is_shown_and_its_functions_listed_without_running_it(pane, tmp_path):
+    marker = tmp_path / "ran"
+    file = tmp_path / "rewards.py"
+    file.write_text(f"open({str(marker)!r}, 'w')\n\ndef brevity(completion):\n    return -len(completion)\n")
+    config = pane.config()
+    config.method, config.grpo.reward_file, config.grpo.rewards = "grpo", str(file), ["brevity"]
+    pane.set_config(config)  # a preset naming a reward file
+    picker = pane.method_panel.rewards
+    assert str(file) in picker.file_label.text() and picker.file_label.isVisibleTo(pane)
+    assert file_functions(str(file)) == ["brevity"] and not marker.exists()
+    assert pane.config().grpo.reward_file == str(file) and pane.config().grpo.rewards == ["brevity"]
+    assert picker.needs_confirmation(str(file))
+
+
+def test_start_asks_before_running_a_reward_file_not_chosen_here(qtbot, config, tmp_path):
+    file = tmp_path / "rewards.py"
+    file.write_text("def one(completion):\n    return 1.0\n")
+    config.method, config.grpo.reward_file, config.grpo.rewards = "grpo", str(file), ["one"]
+    config.data = str(resources.demo_dataset("grpo"))
+    window = MainWindow(config)
+    qtbot.addWidget(window)
+    ready(qtbot, window.setup)
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=TIMEOUT)
+    asked = []
+    window.confirm_reward_file = lambda path: asked.append(path) or False
+    assert window.start() is False and asked == [str(file)] and not window.running
+
+
+def test_dpo_demo_data_is_usable_on_the_first_click_and_previewed_side_by_side(qtbot, pane):
+    config = pane.config()
+    config.data = str(resources.demo_dataset("sft"))
+    pane.set_config(config)
+    ready(qtbot, pane)
+    click_method(pane, "dpo")
+    qtbot.waitUntil(lambda: pane.dataset_panel.summary is not None
+                    and pane.dataset_panel.summary.kind == "preference", timeout=TIMEOUT)
+    ready(qtbot, pane)
+    assert pane.start_blocker() is None
+    html = pane.dataset_panel.preview.toHtml()
+    assert all(word in html for word in ("prompt", "chosen", "rejected"))
+    assert not pane.dataset_panel.histogram.isVisibleTo(pane)
+
+
+def test_recommendations_follow_the_method_but_keep_what_the_user_edited(qtbot, pane):
+    pane.recommend.follow()
+    pane.refresh()
+    ready(qtbot, pane)
+    full = recommended("sft", "full", pane.model_panel.info.num_parameters, 24)
+    click_method(pane, "sft")
+    qtbot.waitUntil(lambda: pane.config().learning_rate == full["learning_rate"], timeout=TIMEOUT)
+    pane.form["learning_rate"].editor.setText("3e-4")  # the user's own value
+    click_method(pane, "lora")
+    ready(qtbot, pane)
+    assert pane.config().learning_rate == 3e-4
+    assert pane.recommend.reset_label.isVisibleTo(pane) and "2e-4" in pane.recommend.reset_label.text()
+    pane.recommend.reset_label.linkActivated.emit("reset")
+    assert pane.config().learning_rate == 2e-4
+    assert not pane.recommend.reset_label.isVisibleTo(pane)
+
+
+def test_a_loaded_preset_is_not_overwritten(qtbot, pane):
+    config = pane.config()
+    config.learning_rate, config.warmup_steps = 7e-4, 3
+    pane.set_config(config)
+    click_method(pane, "sft")
+    ready(qtbot, pane)
+    assert (pane.config().learning_rate, pane.config().warmup_steps) == (7e-4, 3)
+
+
+def test_full_fine_tuning_is_recommended_a_smaller_rate_than_lora():
+    assert recommended("sft", "full", 135_000_000, 400)["learning_rate"] == 1e-5
+    lora = recommended("lora", "lora", 135_000_000, 400, batch_size=4)
+    assert lora["learning_rate"] == 2e-4 and lora["epochs"] == 3 and lora["warmup_steps"] == 9
+    assert recommended("lora", "lora", 7_000_000_000, 50_000)["learning_rate"] == 1e-4
+
+
+def test_eval_without_a_validation_split_says_so_and_offers_a_held_out_fraction(qtbot, pane, tmp_path):
+    data = tmp_path / "only_train.jsonl"
+    data.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(24)))
+    pane.form["data"].editor.setText(str(data))
+    pane.form["eval_every"].set_value(5)
+    qtbot.waitUntil(lambda: "no validation split" in pane.form["eval_every"].message.text(), timeout=TIMEOUT)
+    assert pane.form["eval_every"].message.isVisibleTo(pane) and pane.start_blocker() is None
+    pane.form["eval_every"].message.linkActivated.emit("hold")
+    assert pane.config().val_fraction == 0.05
+    qtbot.waitUntil(lambda: not pane.form["eval_every"].message.text(), timeout=TIMEOUT)
+
+
+def test_very_long_max_seq_length_is_warned_about(qtbot, pane):
+    pane.form["max_seq_length"].set_value(1_000_000)
+    pane.refresh()
+    field = pane.form["max_seq_length"]
+    assert "very long" in field.message.text() and field.message.isVisibleTo(pane)
+    assert field.editor.property("invalid") in (None, False)
+
+
+def test_an_invalid_batch_size_says_why_instead_of_silently_reverting(qtbot, pane):
+    field = pane.form["batch_size"]
+    box = field.editor
+    before = box.value()
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "0")
+    box.editingFinished.emit()
+    assert "is not allowed: batch_size is a whole number from 1 to" in field.message.text()
+    assert field.message.isVisibleTo(pane) and box.value() == before
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "3")
+    assert box.value() == 3 and not field.message.text()
