@@ -125,7 +125,7 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _gguf_quant(name: str) -> str:
+def gguf_quant(name: str) -> str:
     """'Qwen3-0.6B-Q4_K_M.gguf' -> 'Q4_K_M' (the last '-'/'.'-separated part before .gguf)."""
     stem = Path(name).name[:-len(".gguf")]
     return stem.replace(".", "-").rsplit("-", 1)[-1].upper()
@@ -137,18 +137,18 @@ def _choose_files(model_id: ModelId, files: dict[str, int]) -> tuple[list[str], 
     weights = [f for f in files if _matches(f, ["model*.safetensors"])]
     if model_id.quant:
         wanted = model_id.quant.upper()
-        picked = [f for f in ggufs if f == model_id.quant or _gguf_quant(f) == wanted]
+        picked = [f for f in ggufs if f == model_id.quant or gguf_quant(f) == wanted]
         if not picked:
             raise UserError(f"Model '{model_id.repo_id}' has no GGUF file for {model_id.quant!r}. It has: "
-                            + (", ".join(_gguf_quant(f) for f in ggufs) or "no GGUF files")
+                            + (", ".join(gguf_quant(f) for f in ggufs) or "no GGUF files")
                             + f". See {model_id.url}.", field="model")
-        return _gguf_patterns(picked[0], files), _gguf_quant(picked[0])
+        return _gguf_patterns(picked[0], files), gguf_quant(picked[0])
     if weights and "config.json" in files:
         return FOLDER_FILES, None
     if ggufs:
-        by_quant = {_gguf_quant(f): f for f in ggufs}
+        by_quant = {gguf_quant(f): f for f in ggufs}
         best = next((by_quant[q] for q in GGUF_DEFAULTS if q in by_quant), ggufs[0])
-        return _gguf_patterns(best, files), _gguf_quant(best)
+        return _gguf_patterns(best, files), gguf_quant(best)
     if any(f.endswith((".bin", ".pth", ".pt")) for f in files):
         raise UserError(f"Model '{model_id.repo_id}' has only PyTorch weights (.bin), which cannot be loaded "
                         "safely without running code. Choose an mlx-community or safetensors version of it "
@@ -170,7 +170,7 @@ def _gguf_patterns(name: str, files: dict[str, int]) -> list[str]:
 def _resolved(folder: Path, model_id: ModelId) -> Resolved:
     if model_id.quant is None:
         return Resolved(folder, model_id)
-    ggufs = sorted(p for p in folder.rglob("*.gguf") if _gguf_quant(p.name) == model_id.quant.upper()
+    ggufs = sorted(p for p in folder.rglob("*.gguf") if gguf_quant(p.name) == model_id.quant.upper()
                    or p.name == model_id.quant)
     return Resolved(ggufs[0] if ggufs else folder, model_id)
 

@@ -40,7 +40,7 @@ def _mlx_names(model, arch_name: str, n_blocks: int) -> dict:
 def _native_tensors(path):
     """mx.load: GGUF name -> float array, or (weight, scales, biases) for Q4_0/Q4_1/Q8_0."""
     try:
-        raw = mx.load(str(path), return_metadata=True)[0]
+        raw = mx.load(str(path), format="gguf", return_metadata=True)[0]  # Ollama blobs have no suffix
     except (RuntimeError, ValueError) as e:
         raise corrupt(path, str(e).replace("[load_gguf] ", "")) from None
     out = {}

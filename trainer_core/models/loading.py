@@ -87,10 +87,19 @@ def resolve_model_path(spec: str) -> Path:
             return resolve(spec).path
         raise UserError(f"The model path {path} does not exist. Choose a Hugging Face / "
                         "mlx-community model folder, a .gguf file, a Hugging Face id (org/name), or 'demo'.")
-    if path.is_file() and path.suffix.lower() != ".gguf":
+    if path.is_file() and path.suffix.lower() != ".gguf" and not _starts_like_gguf(path):
         raise UserError(f"The model path {path} is a file but not a .gguf file. A model is a "
                         "folder (config.json + *.safetensors + tokenizer files) or a .gguf file.")
     return path.resolve()
+
+
+def _starts_like_gguf(path: Path) -> bool:
+    """A GGUF without the .gguf name: Ollama keeps its models as blobs/sha256-<digest>."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def pin_model(spec: str, **download) -> str:
@@ -112,6 +121,8 @@ def _display_name(spec: str, path: Path) -> str:
     model_id = None if Path(spec).expanduser().exists() else hub_ids.parse(spec)
     if model_id is not None:
         return model_id.repo_id.split("/")[-1] + (f" {path.stem.rsplit('-', 1)[-1]}" if path.is_file() else "")
+    if path.is_file() and path.suffix.lower() != ".gguf":  # an Ollama blob: the name inside the file
+        return str(gguf.read_header(path).metadata.get("general.name") or path.name)
     return path.stem if path.is_file() else path.name
 
 
