@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(flag, dest=name, type=kind, choices=choices, default=None)
     train.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any other config field, e.g. --set lora.rank=16")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the plan and the estimated peak memory, then exit without training")
+    train.add_argument("--force", action="store_true",
+                       help="start even when the estimated peak memory is above what is available")
 
     resume = sub.add_parser("resume", help="continue a stopped run exactly where it left off")
     resume.add_argument("run_dir")
@@ -201,8 +205,11 @@ def _train_or_resume(args, world) -> int:
     try:
         if args.command == "train":  # a Hugging Face id: download first, with progress bars (bytes, speed, ETA)
             pin_model(config_from_args(args).model, show_bars=world.rank == 0)
+        if args.command == "train" and args.dry_run:
+            runner.plan_run(config_from_args(args), [TerminalProgress(sys.stdout)])  # the plan is the output
+            return 0
         if args.command == "train":
-            run = runner.build_run(config_from_args(args), callbacks, **ranks)
+            run = runner.build_run(config_from_args(args), callbacks, force=args.force, **ranks)
         else:
             run = runner.prepare_resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
                                         checkpoint=args.checkpoint, allow_model_change=args.allow_model_change,

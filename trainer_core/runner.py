@@ -32,6 +32,7 @@ from trainer_core.paths import default_runs_root
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.training.checkpoint import CheckpointManager, read_state
 from trainer_core.training.loop import TrainingLoop, TrainResult
+from trainer_core.training import memory
 from trainer_core.training.resume_checks import check_resumable, fingerprint
 from trainer_core.training.run_lock import RunLock
 
@@ -49,6 +50,7 @@ class Run:
     lock: RunLock | None = None  # held by the process that trains the run (rank 0)
     fresh: bool = False  # this process created the run folder
     changes: dict = field(default_factory=dict)  # resume: settings changed since the checkpoint (honoured)
+    memory: memory.MemoryEstimate | None = None  # the estimated peak checked before the run folder was made
 
     def train(self) -> TrainResult:
         """Train, then release the run folder. A new run that fails before its first step leaves no folder
@@ -105,23 +107,34 @@ def _split_validation(splits, config: RunConfig):
 
 
 def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, world_size: int = 1,
-              rank: int = 0, resume_from: tuple[Path, dict] | None = None, allow_model_change: bool = False) -> Run:
-    """Validate, load data and model, prepare adapters, create the run folder, build the loop.
+              rank: int = 0, resume_from: tuple[Path, dict] | None = None, allow_model_change: bool = False,
+              force: bool = False) -> Run:
+    """Validate, load data and model, prepare adapters, check the memory estimate, create the run folder,
+    build the loop.
 
     `run_dir` (a resume) is locked first; `resume_from` = (checkpoint, its trainer_state): the run is checked
-    against it (model, data, reward file, settings) before any model is loaded or user code imported."""
+    against it (model, data, reward file, settings) before any model is loaded or user code imported.
+    An estimated peak above the memory available (memory.py) is a UserError naming fixes unless `force`."""
     config.validate()
     writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
     lock = RunLock(run_dir).acquire() if run_dir is not None and writer else None
     try:
-        return _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock)
+        return _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock,
+                      force=force)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock) -> Run:
+def plan_run(config: RunConfig, callbacks=()) -> memory.MemoryEstimate:
+    """`finetune train --dry-run`: read the data, load the model, tokenise, and estimate the peak memory
+    (its breakdown goes to the callbacks' on_log); nothing is trained or written."""
+    return _build(config.validate(), callbacks, None, 1, 0, None, False, None, plan_only=True)
+
+
+def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock, *,
+           force: bool = False, plan_only: bool = False):
     writer = rank == 0
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
@@ -156,6 +169,14 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
             log.on_log(f"Data ({split}): {note}")
     log.on_log(f"Training {trainable_count(loaded.model) / 1e6:.2f}M parameters ({adapter_config['fine_tune_type']}); "
                f"{len(train_examples)} train / {len(valid_examples)} valid examples")
+    shape = memory.ModelShape.from_info(read_model_info(config.model), loaded.config, dequantized=dequantize)
+    longest = max((method.length(e) for e in train_examples), default=None)
+    estimate = memory.estimate(shape, config, longest)
+    log.on_log("Memory estimate:\n" + "\n".join(estimate.lines()))
+    if plan_only:
+        return estimate
+    if not force:
+        memory.check_fits(shape, config, longest, memory.available_memory())
     if run_dir is None:
         name = config.run_name or default_run_name(config, loaded.info.name)
         if world_size > 1:
@@ -206,7 +227,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
         raise
     if samples is not None:
         samples.report = loop.callbacks.on_event
-    return Run(config, run_dir, loop, loaded.info.name, stats, lock=lock, fresh=fresh, changes=changes)
+    return Run(config, run_dir, loop, loaded.info.name, stats, lock=lock, fresh=fresh, changes=changes,
+               memory=estimate)
 
 
 def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train: int, n_valid: int,

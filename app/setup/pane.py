@@ -21,7 +21,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QLabel, QMenu, QPushButton, QScrollArea,
                                QVBoxLayout, QWidget)
 
-from app.setup import memory_estimate
+from app.setup.memory_panel import MemoryPanel
 from app.common.cli_line import cli_command, launch_cli_command
 from app.setup.dataset_analysis import AnalysisRequest, steps_per_epoch
 from app.setup.dataset_panel import DatasetPanel
@@ -68,9 +68,8 @@ class SetupPane(QScrollArea):
         self.form["eval_every"].linkActivated.connect(lambda _: self.form["val_fraction"].set_value(0.05)
                                                       or self._refresh_timer.start())
 
-        self.memory_label = QLabel("")
-        self.memory_label.setObjectName("memory")
-        self.memory_label.setWordWrap(True)
+        self.memory_panel = MemoryPanel()
+        self.memory_panel.fixRequested.connect(self.apply_fix)
         self.copy_cli_button = QPushButton("Copy as CLI")
         self.copy_cli_button.setToolTip("Copy the `finetune train …` command that runs this exact configuration "
                                         "(Distributed ticked: `python -m trainer_core.launch … -- train …`).")
@@ -83,7 +82,7 @@ class SetupPane(QScrollArea):
         self.notice = QLabel("")
         self.notice.setObjectName("secondary")
 
-        self.model_panel.footer.addWidget(self.memory_label)
+        self.model_panel.footer.addWidget(self.memory_panel)
         content = QWidget()
         self.content = content
         top = QHBoxLayout()
@@ -275,31 +274,14 @@ class SetupPane(QScrollArea):
         info = self.model_panel.info
         needed = {"batch_size", "max_seq_length", "fine_tune_type", "lora.rank", "lora.num_layers", "lora.dora"}
         if info is None or needed & set(self.problems()):
-            self.memory_label.setText("Memory estimate: waiting for the model and valid settings.")
-            self.memory_label.setProperty("level", "")
+            self.memory_panel.waiting()
             return
         stats = self.dataset_panel.summary.stats if self.dataset_panel.summary else None
-        longest = max(stats.lengths, default=None) if stats else None
-        est = memory_estimate.estimate(info, config, longest)
-        available = memory_estimate.machine_memory()
-        gb = memory_estimate.gigabytes
-        over = available and est.total > available
-        text = f"Memory ≈ {gb(est.total)}" + (f" of {gb(available)}" if available else "")
-        if over:
-            text = (f"⚠ {text}: more than this machine has. Lower the batch size or max seq length, "
-                    "or train LoRA adapters instead of full weights.")
-        elif available and est.total > 0.75 * available:
-            text += " — tight: other apps may be swapped out."
-        else:
-            text += "  ✓"
-        self.memory_label.setText(text)
-        self.memory_label.setProperty("level", "warning" if over else "")
-        self.memory_label.style().unpolish(self.memory_label)
-        self.memory_label.style().polish(self.memory_label)
-        self.memory_label.setToolTip(
-            f"weights {gb(est.weights)} · adapters {gb(est.adapters)} · gradients + optimizer {gb(est.optimizer)}"
-            f" · activations {gb(est.activations)} (batch {config.batch_size} × "
-            f"{min(longest or config.max_seq_length, config.max_seq_length)} tokens)")
+        self.memory_panel.show_estimate(info, config, max(stats.lengths, default=None) if stats else None)
+
+    def apply_fix(self, assignments: list[str]) -> None:
+        """A memory fix clicked: its `--set` assignments applied to the form's config."""
+        self.set_config(self.config().with_overrides(assignments))
 
     def set_locked(self, locked: bool) -> None:
         """Read-only while a run trains (the run uses the config it started with)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
-from app.setup import memory_estimate
+from trainer_core.training import memory
 from app.common.cli_line import cli_command
 from app.setup.dataset_analysis import steps_per_epoch
 from app.setup.hparams_panel import schedule_values
@@ -263,33 +263,27 @@ def test_presets_save_and_load(qtbot, pane, tmp_path):
     assert "not valid TOML" in pane.notice.text() and pane.config() == other
 
 
-def test_memory_estimate_and_warning(qtbot, pane, monkeypatch):
-    info = pane.model_panel.info
-    lora = memory_estimate.estimate(info, RunConfig(method="lora"), 100)
-    full = memory_estimate.estimate(info, RunConfig(method="sft"), 100)
-    assert full.total > lora.total and lora.adapters > 0 and full.adapters == 0
-    assert full.weights == info.num_parameters * 6  # full fine-tuning: float32 masters + the 16-bit compute copy
-    rounded = RunConfig(method="sft")
-    rounded.precision.master_weights = "stochastic_rounding"
-    assert memory_estimate.estimate(info, rounded, 100).weights == info.num_parameters * 2
-    assert full.optimizer == info.num_parameters * 12
-    bigger = memory_estimate.estimate(info, RunConfig(method="lora", batch_size=8), 100)
-    assert bigger.activations == pytest.approx(2 * memory_estimate.estimate(
-        info, RunConfig(method="lora", batch_size=4), 100).activations)
-    recomputed = memory_estimate.estimate(info, RunConfig(method="lora", gradient_checkpointing=True), 100)
-    assert recomputed.activations < lora.activations and recomputed.weights == lora.weights
-    assert "✓" in pane.memory_label.text()
-    monkeypatch.setattr(memory_estimate, "machine_memory", lambda: 1000)
+def test_memory_estimate_warns_and_offers_one_click_fixes(qtbot, pane, monkeypatch):
+    assert "✓" in pane.memory_panel.text() and not pane.memory_panel.fix_buttons
+    assert "estimated peak memory" in pane.memory_panel.label.toolTip()
+    at_two = pane.memory_panel.estimate.peak
+    pane.form["batch_size"].editor.setValue(4)
+    qtbot.waitUntil(lambda: pane.memory_panel.estimate.peak > at_two, timeout=TIMEOUT)
+    before = pane.memory_panel.estimate.peak
+    monkeypatch.setattr(memory, "available_memory", lambda: int(before * 0.9))
     pane.form["batch_size"].editor.setValue(3)
-    qtbot.waitUntil(lambda: "⚠" in pane.memory_label.text(), timeout=TIMEOUT)
-    assert "more than this machine has" in pane.memory_label.text()
-
-
-def test_quantized_weights_use_their_bits():
-    assert memory_estimate.bytes_per_weight("Q4_1", full=False) == pytest.approx(0.625)
-    assert memory_estimate.bytes_per_weight("8-bit (group 32)", full=False) == pytest.approx(1.125)
-    assert memory_estimate.bytes_per_weight("none", full=False) == 2.0
-    assert memory_estimate.bytes_per_weight("Q4_1", full=True) == 4.0
+    pane.form["batch_size"].editor.setValue(4)
+    qtbot.waitUntil(lambda: "⚠" in pane.memory_panel.text(), timeout=TIMEOUT)
+    assert "more than this machine" in pane.memory_panel.text()
+    labels = [b.text() for b in pane.memory_panel.fix_buttons]
+    assert any(t.startswith("batch size 2 x accumulation 2") for t in labels), labels
+    assert any(t.startswith("gradient checkpointing") for t in labels), labels
+    button = next(b for b in pane.memory_panel.fix_buttons if b.text().startswith("batch size 2"))
+    accumulation = pane.config().gradient_accumulation_steps
+    button.click()
+    qtbot.waitUntil(lambda: pane.config().batch_size == 2, timeout=TIMEOUT)
+    assert pane.config().gradient_accumulation_steps == 2 * accumulation
+    qtbot.waitUntil(lambda: pane.memory_panel.estimate.peak < before, timeout=TIMEOUT)
 
 
 def test_chosen_models_are_remembered(qtbot, pane, tiny_model_dir, tiny_quant_model_dir):

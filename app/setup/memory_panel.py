@@ -1,0 +1,83 @@
+"""The Setup tab's memory line: trainer_core's estimate against the memory available, with one-click fixes.
+
+    panel.show_estimate(info, config, longest)   info: ModelInfo; longest: the longest tokenised example
+    panel.fixRequested(list)                     `--set` assignments of the fix clicked (the pane applies them)
+
+The estimate is trainer_core.training.memory's (the same one `finetune train --dry-run` prints and the
+pre-start check uses); over the limit the fixes it suggests (smaller batch + accumulation, gradient
+checkpointing, shorter max length, smaller GRPO group, LoRA) appear as buttons with their new estimate.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from trainer_core.models.loading import should_dequantize
+from trainer_core.training import memory
+
+MAX_FIXES = 4
+
+
+class MemoryPanel(QWidget):
+    fixRequested = Signal(list)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.label = QLabel("")
+        self.label.setObjectName("memory")
+        self.label.setWordWrap(True)
+        self.fix_buttons: list[QPushButton] = []
+        self.fix_row = QHBoxLayout()
+        self.fix_row.setContentsMargins(0, 0, 0, 0)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label)
+        layout.addLayout(self.fix_row)
+        self.estimate: memory.MemoryEstimate | None = None
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def waiting(self) -> None:
+        self.estimate = None
+        self._set("Memory estimate: waiting for the model and valid settings.", warning=False)
+        self._show_fixes([])
+
+    def show_estimate(self, info, config, longest: int | None) -> None:
+        full = config.resolved_fine_tune_type == "full"
+        dequantized = should_dequantize(config.quantized_base, full)
+        shape = memory.ModelShape.from_info(info, dequantized=dequantized)
+        est = memory.estimate(shape, config, longest)
+        self.estimate = est
+        available = memory.available_memory()
+        gb = memory.gigabytes
+        over = bool(available) and est.peak > available
+        text = f"Memory ≈ {gb(est.peak)}" + (f" of {gb(available)} available" if available else "")
+        if over:
+            text = f"⚠ {text}: more than this machine can give the run. One click lowers it:"
+        elif available and est.peak > 0.75 * available:
+            text += " — tight: other apps may be swapped out."
+        else:
+            text += "  ✓"
+        self._set(text, warning=over)
+        self.label.setToolTip("\n".join(est.lines()))
+        self._show_fixes(memory.fixes(shape, config, longest)[:MAX_FIXES] if over else [])
+
+    def _set(self, text: str, warning: bool) -> None:
+        self.label.setText(text)
+        self.label.setProperty("level", "warning" if warning else "")
+        self.label.style().unpolish(self.label)
+        self.label.style().polish(self.label)
+
+    def _show_fixes(self, fixes: list[memory.Fix]) -> None:
+        for button in self.fix_buttons:
+            self.fix_row.removeWidget(button)
+            button.deleteLater()
+        self.fix_buttons = []
+        for fix in fixes:
+            button = QPushButton(f"{fix.label} → {memory.gigabytes(fix.peak)}")
+            button.setToolTip("Sets " + ", ".join(fix.assignments))
+            button.clicked.connect(lambda _=False, a=list(fix.assignments): self.fixRequested.emit(a))
+            self.fix_row.addWidget(button)
+            self.fix_buttons.append(button)
