@@ -56,9 +56,16 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging("finetune-studio")
     paths.ensure_user_dirs()
+    from app.settings import last_form_file
+    last = last_form_file()
     try:
         config = RunConfig.load(args.config) if args.config else default_config()
+        if not args.config and last.is_file():
+            config = RunConfig.load(last)
     except UserError as e:
+        if not args.config:  # an unreadable saved form: start afresh
+            last.unlink(missing_ok=True)
+            return main(argv)
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.model:
@@ -69,7 +76,8 @@ def main(argv=None) -> int:
     from app.main_window import MainWindow
 
     window = MainWindow(config)
-    if not args.config:  # a config file is the user's own: its values stay
+    window.restore()
+    if not args.config and not last.is_file():  # a config file, or the form as the user left it, stays
         window.setup.recommend.follow()
         window.setup.refresh()
     application.aboutToQuit.connect(window.shutdown)

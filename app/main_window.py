@@ -20,6 +20,7 @@ from PySide6.QtCore import QEvent, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QTabWidget
 
+from app import settings
 from app.actions import build_actions, keys
 from app.checkpoints.chat_pane import ChatPane
 from app.checkpoints.links import link_markers_to_checkpoints
@@ -361,8 +362,21 @@ class MainWindow(QMainWindow):
         """File → Quit: close the window (asking first while a run trains); the application ends with it."""
         self.close()
 
+    def remember(self) -> None:
+        """Kept for the next launch: window geometry, the Setup form (model, data, method, every field) and
+        the plot options."""
+        settings.save_value("window/geometry", self.saveGeometry())
+        self.setup.config().save(settings.last_form_file())
+        self.training.remember_options()
+
+    def restore(self) -> bool:
+        """Window geometry as last closed (the form comes back through __main__'s config); False if none."""
+        geometry = settings.settings().value("window/geometry")
+        return geometry is not None and self.restoreGeometry(geometry)
+
     def closeEvent(self, event) -> None:
         if not self.running:
+            self.remember()
             event.accept()
             return
         event.ignore()

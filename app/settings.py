@@ -52,3 +52,15 @@ def remember_folder(key: str, path: str) -> None:
     store = settings()
     store.setValue(f"folders/{key}", str(folder))
     store.sync()
+
+
+def last_form_file() -> Path:
+    """The Setup form as it was when the window last closed (a RunConfig TOML)."""
+    from trainer_core.paths import settings_dir as folder
+    return folder() / "last_form.toml"
+
+
+def save_value(key: str, value) -> None:
+    store = settings()
+    store.setValue(key, value)
+    store.sync()

@@ -154,7 +154,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
                    f"{config.quantized_base}: MLX runs on the CPU here, where quantized matmuls are far slower). "
                    "Set quantized_base = keep for QLoRA on the quantized weights.")
     log.on_log(f"Model {loaded.info.name}: {loaded.info.architecture}, {loaded.info.num_parameters / 1e6:.0f}M "
-               f"parameters, {loaded.info.quantization}")
+               f"parameters, " + ("float weights (not quantized)" if loaded.info.quantization == "none"
+                                  else f"quantized {loaded.info.quantization}"))
     mx.random.seed(config.seed)
     adapter_config = prepare_for_training(loaded.model, config)
     adapter_config["base_model"] = str(loaded.info.path)

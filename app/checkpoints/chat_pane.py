@@ -204,7 +204,7 @@ class ChatPane(QWidget):
         self.job = None
         rate = info.get("pieces", 0) / info["seconds"] if info.get("seconds") else 0
         self.status.setText(("Stopped" if info.get("stopped") else "Done")
-                            + f" · {info.get('pieces', 0)} pieces in {info.get('seconds', 0):.1f} s ({rate:.1f}/s)"
+                            + f" · {info.get('pieces', 0)} tokens in {info.get('seconds', 0):.1f} s ({rate:.1f} tok/s)"
                             + (" · diffusion sampler" if info.get("kind") == "diffusion" else ""))
         self._render()
         self._update_buttons()

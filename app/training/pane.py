@@ -105,6 +105,7 @@ class TrainingPane(QWidget):
         self.plots.followChanged.connect(self.follow.setChecked)
         export_png.clicked.connect(self.export_png)
         export_csv.clicked.connect(self.export_csv)
+        self._restore_options()
         self.timer = QTimer(self, singleShot=True, interval=REDRAW_MS, timeout=self._tick)
         self._cpu_mark = time.thread_time()
         self.timer.start()
@@ -190,6 +191,19 @@ class TrainingPane(QWidget):
             self.metric.blockSignals(False)
 
     # ---- controls ----------------------------------------------------------------------
+    def remember_options(self) -> None:
+        """x-axis, smoothing and log y, for the next launch."""
+        for key, value in (("axis", self.axis.currentData()), ("smoothing", self.smoothing.value()),
+                           ("log_y", int(self.log_y.isChecked()))):
+            settings.save_value(f"plots/{key}", value)
+
+    def _restore_options(self) -> None:
+        stored = settings.settings()
+        index = self.axis.findData(stored.value("plots/axis", "step"))
+        self.axis.setCurrentIndex(max(0, index))
+        self.smoothing.setValue(int(stored.value("plots/smoothing", 90)))
+        self.log_y.setChecked(int(stored.value("plots/log_y", 0)) == 1)
+
     def _smoothing_changed(self, value: int) -> None:
         self.smoothing_label.setText(f"{value / 100:.2f}")
         self.plots.set_smoothing(value / 100)

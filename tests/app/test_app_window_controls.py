@@ -105,3 +105,19 @@ def test_view_shortcuts_switch_panes_and_quit_closes(qtbot, window):
     assert window.tabs.currentWidget() is window.chat
     window.quit()
     assert not window.isVisible()
+
+
+def test_settings_come_back_in_a_new_window(qtbot, window):
+    from app.main_window import MainWindow
+    from app.settings import last_form_file
+    from trainer_core.config import RunConfig
+    window.setup.form["learning_rate"].editor.setText("3e-4")
+    window.training.log_y.setChecked(True)
+    window.training.smoothing.setValue(50)
+    window.close()
+    saved = RunConfig.load(last_form_file())
+    assert saved.learning_rate == 3e-4 and saved.run_name == "window-run"
+    again = MainWindow(saved)
+    qtbot.addWidget(again)
+    assert again.restore() and again.training.log_y.isChecked()
+    assert again.training.smoothing.value() == 50 and again.setup.config().learning_rate == 3e-4
