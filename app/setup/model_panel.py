@@ -1,4 +1,4 @@
-"""Model group: the demo model, recent models, "Choose folder…", "Choose .gguf…".
+"""Model group: the demo model, recent models, "Browse models…" (the picker), "Choose folder…", "Choose .gguf…".
 
 The info line (architecture · parameters · quantization · context · layers)
 comes from `models.read_model_info`, run on the thread pool so a slow disk
@@ -21,6 +21,7 @@ from trainer_core.models import loading as models
 RECENT_KEY = "recent/models"
 CHOOSE_FOLDER = "__choose_folder__"
 CHOOSE_GGUF = "__choose_gguf__"
+BROWSE = "__browse__"
 DETAILS = {"parameters": "Parameters", "quantization": "Weights", "context": "Context", "shape": "Shape",
            "path": "File"}
 
@@ -101,6 +102,7 @@ class ModelPanel(QGroupBox):
             self.combo.addItem(Path(spec).name or spec, spec)
             self.combo.setItemData(self.combo.count() - 1, spec, Qt.ToolTipRole)
         self.combo.insertSeparator(self.combo.count())
+        self.combo.addItem("Browse models (this Mac, Hugging Face)…", BROWSE)
         self.combo.addItem("Choose folder…", CHOOSE_FOLDER)
         self.combo.addItem("Choose .gguf file…", CHOOSE_GGUF)
         self.combo.setCurrentIndex(max(0, self.combo.findData(self._spec)))
@@ -108,6 +110,10 @@ class ModelPanel(QGroupBox):
 
     def _activated(self, index: int) -> None:
         data = self.combo.itemData(index)
+        if data == BROWSE:
+            self._fill()
+            self.open_picker()
+            return
         if data == CHOOSE_FOLDER:
             path = QFileDialog.getExistingDirectory(self, "Choose a model folder (config.json + *.safetensors)")
         elif data == CHOOSE_GGUF:
@@ -119,8 +125,18 @@ class ModelPanel(QGroupBox):
         else:
             self._fill()
 
+    def open_picker(self):
+        """The model picker (model_picker.py); choosing there selects the model here."""
+        from app.setup.model_picker import ModelPicker
+
+        picker = ModelPicker(settings.recent(RECENT_KEY), self)
+        picker.setAttribute(Qt.WA_DeleteOnClose)
+        picker.modelChosen.connect(self.select)
+        picker.open()
+        return picker
+
     def select(self, spec: str) -> None:
-        """Use model `spec` (a folder, a .gguf file or 'demo')."""
+        """Use model `spec` (a folder, a .gguf file, a Hugging Face id or 'demo')."""
         spec = str(spec)
         changed = spec != self._spec
         self._spec = spec
