@@ -33,6 +33,26 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:  # the test's own inve
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama3_rope_factors(config: dict) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors: Llama 3.1's rope_freqs."""
+    rope = config["rope_parameters"]
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def raw_blocks(shape, qtype, rng) -> np.ndarray:
     """Random bytes in `qtype`'s block layout with every fp16 field finite (|x| < 2): clearing
     bit 6 of each odd byte keeps a little-endian half's exponent below 31."""
@@ -49,7 +69,7 @@ def _rope_theta(config: dict) -> float:
     return params.get("rope_theta", config.get("rope_theta", 10000.0))
 
 
-def _write_metadata(w, config: dict, tok_folder: Path, arch: str) -> None:
+def _write_metadata(w, config: dict, tok_folder: Path, arch: str, pre: str = "gpt2") -> None:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     w.add_context_length(config["max_position_embeddings"])
     w.add_embedding_length(config["hidden_size"])
@@ -72,11 +92,15 @@ def _write_metadata(w, config: dict, tok_folder: Path, arch: str) -> None:
     if arch == "phi3":
         w.add_rope_scaling_orig_ctx_len(config["original_max_position_embeddings"])
     tok = json.loads((tok_folder / "tokenizer.json").read_text())
+    if tok["model"].get("byte_fallback"):  # SentencePiece-style
+        w.add_vocab_size(len(tok["model"]["vocab"]) + len(tok["added_tokens"]))
+        _write_sentencepiece_vocab(w, tok_folder)
+        return
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     special = {t["id"] for t in tok["added_tokens"] if t["special"]}
     w.add_vocab_size(len(vocab))
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")  # the tiny tokenizer is plain GPT-2 byte-level
+    w.add_tokenizer_pre(pre)  # the tiny tokenizer is plain GPT-2 byte-level unless told otherwise
     w.add_token_list([t for t, _ in vocab])
     w.add_token_types([3 if i in special else 1 for _, i in vocab])
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
@@ -86,7 +110,7 @@ def _write_metadata(w, config: dict, tok_folder: Path, arch: str) -> None:
     w.add_chat_template(json.loads((tok_folder / "tokenizer_config.json").read_text())["chat_template"])
 
 
-def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch=None, seed=0):
+def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch=None, seed=0, pre="gpt2"):
     """Write `folder` as llama.cpp would; return {HF name: float32 weights as stored}."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -97,7 +121,7 @@ def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch=None
                                     config["num_hidden_layers"])
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(out), arch)
-    _write_metadata(w, config, folder, arch)
+    _write_metadata(w, config, folder, arch, pre)
     stored = {}
     for name, arr in weights.items():
         arr = arr.astype(np.float32)
@@ -128,8 +152,50 @@ def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch=None
         if model_type.startswith("gemma") and name.endswith("norm.weight"):
             back = back - 1.0
         stored[name] = back
+    if (config.get("rope_parameters") or {}).get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(config))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return stored
+
+
+def write_sentencepiece_tokenizer(folder: Path, family: str = "llama") -> None:
+    """Replace `folder`'s tokenizer with a tiny SentencePiece-style BPE (byte fallback, "▁"),
+    built by transformers' Llama or Gemma tokenizer class from a vocabulary trained here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer, LlamaTokenizer
+
+    from tests.tiny_model import CORPUS, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    base = ["<unk>", "<s>", "</s>"] if family == "llama" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+    specials = base + SPECIAL_TOKENS + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=640, special_tokens=specials,
+                                                        show_progress=False))
+    spec = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    cls, names = ((LlamaTokenizer, dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+                  if family == "llama" else
+                  (GemmaTokenizer, dict(bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                        pad_token="<pad>")))
+    hf = cls(vocab=spec["vocab"], merges=merges, add_bos_token=True, **names)  # as both families do
+    hf.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    hf.chat_template = json.loads((folder / "tokenizer_config.json").read_text())["chat_template"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    hf.save_pretrained(folder)
+
+
+def _write_sentencepiece_vocab(w, folder: Path) -> None:
+    """convert_hf_to_gguf.py's `_set_vocab_llama_hf`: gguf-py's LlamaHfVocab + SpecialVocab."""
+    vocab = gguf.vocab.LlamaHfVocab(folder)
+    tokens, scores, types = zip(*vocab.all_tokens())
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(list(tokens))
+    w.add_token_scores(list(scores))
+    w.add_token_types([int(t) for t in types])
+    gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w)
