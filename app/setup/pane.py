@@ -112,9 +112,9 @@ class SetupPane(QScrollArea):
         self._analysis_timer = QTimer(self, singleShot=True, interval=350, timeout=self.analyze_dataset)
         self._last_request: AnalysisRequest | None = None
         self._run_problems: dict[str, tuple[str, object]] = {}  # field -> (message, value it was about)
+        self.method_panel.methodChanged.connect(self._follow_demo_data)
         self.method_panel.methodChanged.connect(self._show_masking)
         self.recommend.applied.connect(self._refresh_timer.start)
-        self.method_panel.methodChanged.connect(self._follow_demo_data)
         self.form.changed.connect(self._refresh_timer.start)
         self.model_panel.infoChanged.connect(self._refresh_timer.start)
         self.dataset_panel.summaryChanged.connect(self._refresh_timer.start)
@@ -133,8 +133,8 @@ class SetupPane(QScrollArea):
 
     def set_config(self, config: RunConfig) -> None:
         self._base = copy.deepcopy(config)
-        self.recommend.pin()
         self.form.load(config)
+        self.recommend.pin()
         self.refresh()
 
     def problems(self) -> dict[str, str]:
@@ -210,9 +210,9 @@ class SetupPane(QScrollArea):
         return (config.max_steps or config.epochs * per_epoch), per_epoch
 
     # ---- keeping the display current ------------------------------------------------------
+    def refresh(self) -> None:
         self._recommend(self.config())
         self._notes(self.config())
-    def refresh(self) -> None:
         problems = self.problems()
         self.form.show_problems(problems)
         config = self.config()
@@ -225,6 +225,7 @@ class SetupPane(QScrollArea):
         self.copy_cli_button.setEnabled(not problems)
         self._schedule_analysis(config)
         self.changed.emit()
+
     def _recommend(self, config: RunConfig) -> None:
         info, summary = self.model_panel.info, self.dataset_panel.summary
         self.recommend.update(config.method, config.resolved_fine_tune_type, info.num_parameters if info else None,
@@ -249,7 +250,6 @@ class SetupPane(QScrollArea):
     def _show_masking(self, method: str) -> None:
         """Diffusion has its own masking checkbox (SFT mode); the dataset's is for the other methods."""
         self.dataset_panel.mask_prompt.editor.setVisible(method != "diffusion")
-
 
     def _follow_demo_data(self, method: str) -> None:
         """On the bundled demo data, a method change picks the demo of the data kind it needs."""
