@@ -154,6 +154,10 @@ def write_gguf(folder: Path, out: Path, qtype=Q.F32, embed_qtype=None, arch=None
         stored[name] = back
     if (config.get("rope_parameters") or {}).get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(config))
+    if (config.get("rope_parameters") or {}).get("rope_type") == "longrope":  # Phi-3 128k
+        for kind in ("long", "short"):
+            w.add_tensor(f"rope_factors_{kind}.weight",
+                         np.array(config["rope_parameters"][f"{kind}_factor"], dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -19,7 +19,7 @@ from mlx.utils import tree_flatten
 from gguf import GGMLQuantizationType as Q
 
 from tests.gguf_files import DEQUANT_ONLY, QUANTIZABLE, write_gguf
-from tests.tiny_archs import ARCHITECTURES, make_hf_folder
+from tests.tiny_archs import ARCHITECTURES, hf_logits, make_hf_folder
 from tests.train_helpers import build
 from trainer_core.models import gguf as tc_gguf
 from trainer_core.models.loading import load_model, read_model_info
@@ -139,3 +139,32 @@ def test_header_reads_every_tensor_type(folders, tmp_path):
     header = tc_gguf.read_header(path)
     types = {tc_gguf.type_name(t) for _, t in header.tensors.values()}
     assert types == {"Q5_0", "Q8_0", "F32"}
+
+
+def test_llama3_rope_factors(tmp_path):
+    """Llama 3.1+ files carry their rope scaling as per-frequency factors (rope_freqs)."""
+    rope = {"rope_type": "llama3", "rope_theta": 5000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    folder = make_hf_folder(tmp_path / "llama3", "llama", rope_parameters=rope)
+    write_gguf(folder, tmp_path / "llama3.gguf")
+    lm = load_model(str(tmp_path / "llama3.gguf"))
+    assert lm.config["rope_scaling"]["rope_type"] == "llama3"
+    ids = lm.tokenizer.encode(TEXT)
+    theirs = hf_logits(folder, ids)
+    for model in (lm.model, load_model(str(folder)).model):  # the GGUF, and the folder itself
+        assert np.abs(np.array(model(mx.array([ids]))[0]) - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+def test_phi3_longrope_factors(tmp_path):
+    """Phi-3 128k files carry LongRoPE factors as tensors: the GGUF runs as its folder does. (Both use
+    mlx-lm's SuScaledRoPE, which applies the long factors at every length; transformers switches to the
+    short ones below original_max_position_embeddings, so neither is compared with transformers here.)"""
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "long_factor": [1.0 + i for i in range(8)],
+            "short_factor": [1.0 + 0.1 * i for i in range(8)]}
+    folder = make_hf_folder(tmp_path / "phi", "phi3", rope_parameters=rope, original_max_position_embeddings=32,
+                            max_position_embeddings=256)
+    write_gguf(folder, tmp_path / "phi.gguf")
+    lm, ref = load_model(str(tmp_path / "phi.gguf")), load_model(str(folder))
+    assert lm.config["rope_scaling"]["long_factor"] == rope["long_factor"]
+    ids = mx.array([lm.tokenizer.encode(TEXT)])
+    assert mx.abs(lm.model(ids) - ref.model(ids)).max().item() <= 1e-4
