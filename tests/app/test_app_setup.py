@@ -291,7 +291,7 @@ def test_chosen_models_are_remembered(qtbot, pane, tiny_model_dir, tiny_quant_mo
     qtbot.waitUntil(lambda: pane.model_panel.info is not None, timeout=TIMEOUT)
     assert pane.model_panel.info.quantization.startswith("4-bit")
     from trainer_core.models.loading import quantized_kernels_slow
-    expected = "dequantized for training" if quantized_kernels_slow() else "QLoRA"
+    expected = "dequantized to float for training" if quantized_kernels_slow() else "QLoRA"
     assert expected in pane.model_panel.details["quantization"].text()
     again = SetupPane(RunConfig(data=pane.config().data))
     qtbot.addWidget(again)
