@@ -136,11 +136,8 @@ class MainWindow(QMainWindow):
         if self.running or self.setup.start_blocker() is not None:
             return False
         config = self.setup.config()
-        rewards = self.setup.method_panel.rewards
-        if config.method == "grpo" and rewards.needs_confirmation(config.grpo.reward_file):
-            if not self.confirm_reward_file(config.grpo.reward_file):
-                return False
-            rewards.choose(config.grpo.reward_file)
+        if not self.setup.method_panel.rewards.allows(config, self.confirm_reward_file):
+            return False
         if not config.output_dir and runs_root() != default_runs_root():
             config.output_dir = str(runs_root())
         self._begin()
@@ -157,6 +154,8 @@ class MainWindow(QMainWindow):
     def resume(self, run_dir: Path, checkpoint: Path | None = None) -> bool:
         """Continue `run_dir` exactly from `checkpoint` (default: its latest) as the running run, on as many
         processes as wrote it (app/distributed_resume.py); False, with the reason in the status line, if it can't."""
+        if not self.setup.method_panel.rewards.allows_run(Path(run_dir), self.confirm_reward_file):
+            return False
         return resume_run(self, run_dir, checkpoint)
 
     def _begin(self) -> None:

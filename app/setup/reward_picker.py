@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QHeaderView, QLabel, QP
 
 from app import settings
 from app.common.form import BoundField, format_float
+from trainer_core.config import RunConfig
+from trainer_core.errors import UserError
 from trainer_core.methods.rewards import BUILTINS, DESCRIPTIONS
 
 NAME, WEIGHT, SCORES, NEEDS = range(4)
@@ -161,8 +163,30 @@ class RewardPicker(QWidget):
 
     def choose(self, path: str) -> None:
         """The user picked `path` in this window: it may run without asking."""
-        self.chosen_here.add(str(Path(path).expanduser().resolve()))
+        self.trust(path)
         self.set_file(path)
+
+    def trust(self, path: str) -> None:
+        """`path` may run without asking again in this window (picked here, or the user said yes)."""
+        self.chosen_here.add(str(Path(path).expanduser().resolve()))
+
+    def allows(self, config: RunConfig, confirm) -> bool:
+        """A GRPO reward file is code: True when `config` runs none, one chosen in this window, or one the user
+        agrees to run now (`confirm(path) -> bool`, the window's dialog)."""
+        path = config.grpo.reward_file if config.method == "grpo" else ""
+        if self.needs_confirmation(path):
+            if not confirm(path):
+                return False
+            self.trust(path)
+        return True
+
+    def allows_run(self, run_dir: Path, confirm) -> bool:
+        """`allows` for the config a run folder holds (resume runs its reward file too)."""
+        try:
+            config = RunConfig.load(run_dir / "config.toml")
+        except UserError:
+            return True  # not a run folder: resume reports that itself
+        return self.allows(config, confirm)
 
     def needs_confirmation(self, path: str) -> bool:
         return bool(path) and str(Path(path).expanduser().resolve()) not in self.chosen_here

@@ -147,3 +147,25 @@ def test_an_invalid_batch_size_says_why_instead_of_silently_reverting(qtbot, pan
     box.lineEdit().selectAll()
     qtbot.keyClicks(box.lineEdit(), "3")
     assert box.value() == 3 and not field.message.text()
+
+
+def test_resume_asks_before_running_a_run_s_reward_file(qtbot, config, tmp_path, monkeypatch):
+    """Resuming a GRPO run runs its reward file: a file not chosen in this window is asked about first."""
+    import app.main_window as main_window
+    file = tmp_path / "rewards.py"
+    file.write_text("def one(completion):\n    return 1.0\n")
+    run_dir = tmp_path / "runs" / "grpo-run"
+    run_dir.mkdir(parents=True)
+    saved = RunConfig(method="grpo", data=str(resources.demo_dataset("grpo")), run_name="grpo-run")
+    saved.grpo.reward_file, saved.grpo.rewards = str(file), ["one"]
+    saved.save(run_dir / "config.toml")
+    resumed = []
+    monkeypatch.setattr(main_window, "resume_run", lambda window, run, checkpoint: resumed.append(run) or True)
+    window = MainWindow(config)
+    qtbot.addWidget(window)
+    asked = []
+    window.confirm_reward_file = lambda path: asked.append(path) or False
+    assert window.resume(run_dir) is False and asked == [str(file)] and resumed == []
+    window.confirm_reward_file = lambda path: asked.append(path) or True
+    assert window.resume(run_dir) is True and resumed == [run_dir]
+    assert window.resume(run_dir) is True and len(asked) == 2  # said yes once: not asked again in this window
