@@ -159,8 +159,9 @@ def _check_architecture(folder: Path, config: dict) -> None:
         _get_classes(config)
     except (ValueError, ImportError):
         raise UserError(f"The model in {folder} has model_type {config['model_type']!r}, "
-                        "which mlx-lm cannot build. Choose a model of a supported architecture "
-                        "(llama, mistral, qwen2, gemma, phi3, ...).") from None
+                        "which mlx-lm cannot build. Choose a model of an architecture mlx-lm supports "
+                        "(llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3 and over a hundred more: "
+                        "the modules in mlx_lm/models).") from None
 
 
 def _weight_files(folder: Path) -> list[Path]:
