@@ -2,7 +2,8 @@
 
 `ids` parses and formats the ids; `download` resolves one to files in the standard Hugging Face cache
 (shared with every other tool), downloading only what training needs, with progress, cancel, a
-disk-space check, offline use of the cache and one clear message per failure. May import: the
+disk-space check, offline use of the cache and one clear message per failure; `local` finds the
+models already on the computer (HF cache, LM Studio, Ollama); `search` searches the Hub. May import: the
 top-level contracts (`errors`, `paths`, `config`, `resources`) and nothing else of trainer_core;
 `models` imports it. Importing this package loads neither MLX nor huggingface_hub.
 """
