@@ -30,6 +30,7 @@ DEFAULT_GGUF_TYPE = {"gguf": "f16", "ollama": "q8_0", "lmstudio": "q8_0"}
 
 class ExportMenu(QMenu):
     chosen = Signal(str, dict)
+    pushRequested = Signal()  # Push to Hugging Face Hub…
     updated = Signal()  # set_unavailable was applied
 
     def __init__(self, parent=None):
@@ -43,6 +44,8 @@ class ExportMenu(QMenu):
             else:
                 action = self._type_picker(fmt, label).menuAction()
             self.format_actions.append((fmt, action))
+        self.addSeparator()
+        self.push_action = self.addAction("Push to Hugging Face Hub…", self.pushRequested.emit)
 
     def _type_picker(self, fmt: str, label: str) -> QMenu:
         menu = self.addMenu(label)

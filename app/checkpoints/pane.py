@@ -11,12 +11,14 @@ the selected checkpoint (else the newest) answered (app/samples_view.py).
 Actions: Chat (chatRequested), Compare (compareRequested), Resume from here
 (resumeRequested), Export ▾ (export_menu.py: mlx-lm / fused / MLX 8/4-bit / PEFT / GGUF, Ollama and
 LM Studio with a GGUF type picker, on the task pool with a progress bar; what the selected checkpoint
-cannot be exported as is greyed out with the reason as tooltip, checked on the task pool), Reveal,
-Delete (asks; the latest or the best asks a second time).
+cannot be exported as is greyed out with the reason as tooltip, checked on the task pool), Push to Hugging
+Face Hub… (push_dialog.py: repo, private, adapters / fused / GGUF; uploaded with a model card, same progress bar),
+Reveal, Delete (asks; the latest or the best asks a second time).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -28,11 +30,20 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
 
 from app.checkpoints.checkpoint_list import CheckpointRow, human_size, list_checkpoints
 from app.checkpoints.export_menu import DEFAULT_GGUF_TYPE, ExportMenu
+from app.checkpoints.push_dialog import ask_push
 from app.common.reveal import reveal_in_file_manager
 from app.checkpoints.samples_view import SamplesView
 from app.common.tasks import LatestTask, run_task
 
 COLUMNS = ("Step", "Saved", "Train loss", "Eval loss", "Size", "Best")
+
+
+def _has_adapters(checkpoint: Path) -> bool:
+    """False for a full fine-tune (adapter_config.json says so; a small file, read here)."""
+    try:
+        return json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8")).get("fine_tune_type") != "full"
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _item(text: str, align=Qt.AlignRight | Qt.AlignVCenter) -> QTableWidgetItem:
@@ -99,6 +110,8 @@ class CheckpointsPane(QWidget):
         self.export_button.setPopupMode(QToolButton.InstantPopup)
         self.export_menu = ExportMenu(self.export_button)
         self.export_menu.chosen.connect(lambda fmt, options: self.export(fmt, **options))
+        self.export_menu.pushRequested.connect(self.push)
+        self.ask_push = lambda checkpoint, adapters: ask_push(self, checkpoint, adapters)  # tests answer directly
         self.export_button.setMenu(self.export_menu)
         self.reveal_button = QPushButton("Reveal")
         self.reveal_button.clicked.connect(lambda: self.current() and reveal_in_file_manager(self.current()))
@@ -317,10 +330,30 @@ class CheckpointsPane(QWidget):
         def job(task):
             return str(export(checkpoint, fmt, out, gguf_type=gguf_type, quantize=quantize,
                               progress=lambda f, m: task.report(f"{f:.3f}|{m}")))
+        return self._start_job(job, f"Exporting {checkpoint.name} as {fmt}…")
 
+    def push(self, repo_id: str | None = None, *, fmt: str = "adapter", private: bool = True) -> bool:
+        """Upload the current checkpoint to the Hugging Face Hub with a model card (repo, format and visibility
+        asked for unless given), off the GUI thread; progress and the repo URL in the message line."""
+        checkpoint = self.current()
+        if checkpoint is None or self._export_task is not None:
+            return False
+        if repo_id is None:
+            answer = self.ask_push(checkpoint, _has_adapters(checkpoint))
+            if answer is None:
+                return False
+            repo_id, fmt, private = answer
+        from trainer_core.export.push import push
+
+        def job(task):
+            return push(checkpoint, repo_id, fmt=fmt, private=private,
+                        progress=lambda f, m: task.report(f"{f:.3f}|{m}"))
+        return self._start_job(job, f"Pushing {checkpoint.name} to {repo_id}…")
+
+    def _start_job(self, job, message: str) -> bool:
         self.progress.setValue(0)
         self.progress.setVisible(True)
-        self.message.setText(f"Exporting {checkpoint.name} as {fmt}…")
+        self.message.setText(message)
         self._export_task = run_task(job, self._export_done, self._export_failed, self._export_progress)
         self.destroyed.connect(self._export_task.cancel)
         self._update_buttons()
