@@ -619,11 +619,16 @@ def main(argv=None) -> int:
                         "epoch); default: its CacheDataset is filled before timing, as our examples are")
     p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override our RunConfig (as finetune --set), e.g. max_grad_norm=0")
+    p.add_argument("--ours-plain-head", action="store_true",
+                   help="ours without the LM head fused with the loss (training/head_loss.py): whole logits first")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = p.parse_args(argv)
 
+    if args.ours_plain_head:
+        from trainer_core.training import head_loss
+        head_loss.ENABLED = False
     names = [c.strip() for c in args.case.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown:
