@@ -14,6 +14,9 @@ Served (what snapshot_download / hf_hub_download / HfApi.model_info / list_model
     GET  /{repo}/resolve/{rev}/{path}                the bytes (Range requests for resuming)
     GET  /api/models?search=...                      list_models (id, downloads, tags, ...)
 
+Datasets (`add_repo(..., repo_type="dataset")`, kept in `hub.datasets`) answer the same under
+/api/datasets/... and /datasets/{repo}/resolve/... (dataset_info, list_datasets, downloads).
+
 Access: a `private` repo answers 401 RepoNotFound without a valid token; a `gated` one answers
 401 GatedRepo without a token and 403 GatedRepo for a token not in `allowed_tokens`; an unknown
 repo answers 404 RepoNotFound (the headers huggingface_hub turns into its typed errors).
@@ -44,6 +47,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 
 
+_TYPE = r"(?:models|(?P<datasets>datasets))"  # /api/models/... or /api/datasets/...
+_PREFIX = r"(?:(?P<datasets>datasets)/)?"      # /org/name/resolve/... or /datasets/org/name/resolve/...
+
+
 @dataclass
 class FakeRepo:
     repo_id: str
@@ -63,27 +70,28 @@ def _etag(data: bytes) -> str:
 class FakeHub:
     def __init__(self):
         self.repos: dict[str, FakeRepo] = {}
+        self.datasets: dict[str, FakeRepo] = {}
         self.requests: list[tuple[str, str]] = []
         self.bytes_per_second: float | None = None
         self.cut_after: int | None = None
         self.routes = [
-            ("GET", re.compile(r"^/api/models$"), self._list_models),
-            ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
+            ("GET", re.compile(rf"^/api/{_TYPE}$"), self._list_models),
+            ("GET", re.compile(rf"^/api/{_TYPE}/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
              self._tree),
-            ("GET", re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$"), self._info),
-            ("HEAD", re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), self._file),
-            ("GET", re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), self._file),
+            ("GET", re.compile(rf"^/api/{_TYPE}/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$"), self._info),
+            ("HEAD", re.compile(rf"^/{_PREFIX}(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), self._file),
+            ("GET", re.compile(rf"^/{_PREFIX}(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), self._file),
         ]
         self._server: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------ setup
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], *, gated=False, private=False,
-                 allowed_tokens=(), revisions=None, **info) -> FakeRepo:
+                 allowed_tokens=(), revisions=None, repo_type="model", **info) -> FakeRepo:
         sha = hashlib.sha1(repo_id.encode() + b"".join(sorted(files.values()))).hexdigest()
         repo = FakeRepo(repo_id, dict(files), sha, {"main": sha, **(revisions or {})}, gated, private,
                         set(allowed_tokens), info)
-        self.repos[repo_id] = repo
+        (self.datasets if repo_type == "dataset" else self.repos)[repo_id] = repo
         return repo
 
     @property
@@ -149,9 +157,12 @@ class FakeHub:
     def _error(self, handler, status: int, code: str, message: str) -> None:
         self._send(handler, status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
 
+    def _store(self, match) -> dict[str, FakeRepo]:
+        return self.datasets if match.groupdict().get("datasets") else self.repos
+
     def _repo(self, handler, match) -> tuple[FakeRepo, str] | None:
         """The repo and the commit sha asked for, or None after answering with the error."""
-        repo = self.repos.get(match.group("repo"))
+        repo = self._store(match).get(match.group("repo"))
         token = (handler.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         if repo is None or (repo.private and token not in repo.allowed_tokens):
             status = 401 if repo is not None or not token else 404
@@ -228,7 +239,7 @@ class FakeHub:
     def _list_models(self, handler, match) -> None:
         query = parse_qs(urlparse(handler.path).query)
         search = (query.get("search") or [""])[0].lower()
-        found = [r for r in self.repos.values() if search in r.repo_id.lower() and not r.private]
+        found = [r for r in self._store(match).values() if search in r.repo_id.lower() and not r.private]
         found.sort(key=lambda r: -r.info.get("downloads", 0))
         self._send(handler, 200, [
             {"id": r.repo_id, "modelId": r.repo_id, "sha": r.sha, "private": False,
@@ -237,10 +248,10 @@ class FakeHub:
 
 
 def fill_cache(cache: Path, repo_id: str, files: dict[str, bytes], *, sha: str = "a" * 40,
-               ref: str | None = "main") -> Path:
+               ref: str | None = "main", repo_type: str = "model") -> Path:
     """Write `files` into `cache` in huggingface_hub's layout (blobs, snapshots/<sha> links,
     refs/<ref>), as a finished download leaves them; returns the snapshot folder."""
-    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    repo = Path(cache) / f"{repo_type}s--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / sha
     for name, data in files.items():
         blob = repo / "blobs" / _etag(data)

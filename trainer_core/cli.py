@@ -188,6 +188,7 @@ def run_training(args) -> int:
 
 def _train_or_resume(args, world) -> int:
     from trainer_core import runner
+    from trainer_core.data.hub_files import pin_data
     from trainer_core.models.loading import pin_model
     from trainer_core.training.callbacks import StopFlag
     from trainer_core.distributed.launch import StopFile
@@ -203,8 +204,9 @@ def _train_or_resume(args, world) -> int:
     how = f"mlx.launch (the same {world.size} processes) -- finetune resume" if world.distributed else "finetune resume"
     run = None
     try:
-        if args.command == "train":  # a Hugging Face id: download first, with progress bars (bytes, speed, ETA)
+        if args.command == "train":  # Hugging Face ids: download first, with progress bars (bytes, speed, ETA)
             pin_model(config_from_args(args).model, show_bars=world.rank == 0)
+            pin_data(config_from_args(args).data, show_bars=world.rank == 0)
         if args.command == "train" and args.dry_run:
             runner.plan_run(config_from_args(args), [TerminalProgress(sys.stdout)])  # the plan is the output
             return 0

@@ -21,6 +21,7 @@ import mlx.core as mx
 from trainer_core import versions
 from trainer_core.config import RunConfig
 from trainer_core.data import load_run_data
+from trainer_core.data.hub_files import pin_data
 from trainer_core.distributed import launch, ranks as distributed
 from trainer_core.errors import UserError
 from trainer_core.generation.samples import CheckpointSamples, choose_prompts
@@ -139,8 +140,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
     # A Hugging Face id is downloaded (if needed) and pinned to its commit: config.toml records
-    # `org/name@<sha>`, so a resume uses the same weights.
-    config = replace(config, model=pin_model(config.model))
+    # `org/name@<sha>` (a dataset: `hf://datasets/org/name@<sha>`), so a resume uses the same weights and data.
+    config = replace(config, model=pin_model(config.model), data=pin_data(config.data))
     splits = _split_validation(load_run_data(config), config)
     log.on_log(f"Data {config.data}: {splits.format}, {len(splits.train)} train / {len(splits.valid)} valid records")
     run_fingerprint = fingerprint(config, splits.fingerprint_files())

@@ -5,8 +5,9 @@
 
 Every problem with the user's data is a `trainer_core.errors.UserError` naming
 the file, the line and the field, raised before anything trains. Also here: length-bucketed,
-resumable batch order and collation (`batching`) and the token cache (`token_cache`).
-May import: `models` and the top-level contracts.
+resumable batch order and collation (`batching`) and the token cache (`token_cache`). A data path
+may be a Hugging Face dataset id (`hub_files`: which repo files are the splits; `hub` downloads them).
+May import: `hub`, `models` and the top-level contracts.
 """
 
 from trainer_core.data.kinds import KINDS, SFT_KINDS, detect_kind, validate_record

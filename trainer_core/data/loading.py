@@ -4,6 +4,8 @@ Contract: a data path is one file (the train split) or a folder holding the spli
 valid (also validation / val / dev) and test, each one file `<split>.<ext>` or shards
 `<split>-NNNNN-of-NNNNN.<ext>` (Hugging Face's layout; read in order and concatenated), at the
 top of the folder or in its `data/` subfolder, with any extension in `readers.EXTENSIONS`.
+A Hugging Face dataset id (`org/name[:config][@split]`, no local path of that name) is its
+files in the Hugging Face cache, downloaded when missing (hub_files.py).
 The format (formats.py) and so the kind come from the first train record unless forced;
 every record of every split is mapped through that format and must then be a valid record
 of the kind. Bad records are reported together (the first MAX_SHOWN, with file and line, and
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from trainer_core.errors import UserError
 from trainer_core.data.formats import Format, choose_format, unknown_shape_message
+from trainer_core.data.hub_files import hub_split_files, parse as parse_hub_id
 from trainer_core.data.kinds import SHAPES, check_kind, detect_kind, validate_record
 from trainer_core.data.readers import EXTENSIONS, read_records
 from trainer_core.data.records import DatasetSplits, Record, where
@@ -38,7 +41,9 @@ def _split_of(path: Path) -> tuple[str, int, int] | None:
 
 
 def find_split_files(path: str | Path) -> dict[str, list[Path]]:
-    """Map split -> its files in order (a file is the train split)."""
+    """Map split -> its files in order (a file is the train split; a Hub dataset id, hub_files.py)."""
+    if not Path(path).expanduser().exists() and parse_hub_id(str(path)) is not None:
+        return hub_split_files(str(path))
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or folder. Point the data path at a .jsonl file, a folder "

@@ -1,4 +1,5 @@
-"""Hub: models named by a Hugging Face id (`org/name[@revision][:QUANT]`), fetched with huggingface_hub.
+"""Hub: models named by a Hugging Face id (`org/name[@revision][:QUANT]`), fetched with huggingface_hub;
+datasets likewise (`datasets`: `org/name[:config][@split]`, `hf://datasets/...`; data/ says which files).
 
 `ids` parses and formats the ids; `download` resolves one to files in the standard Hugging Face cache
 (shared with every other tool), downloading only what training needs, with progress, cancel, a

@@ -95,28 +95,31 @@ def resolve(spec: str, *, progress: Progress | None = None, cancel: Callable[[],
     files = {s.rfilename: s.size or 0 for s in info.siblings or []}
     patterns, quant = _choose_files(model_id, files)
     pinned = model_id.at(info.sha, quant)
-    _check_disk_space(pinned, {f: s for f, s in files.items() if _matches(f, patterns)})
+    check_disk_space(pinned, {f: s for f, s in files.items() if _matches(f, patterns)})
+    folder = fetch_snapshot(pinned, patterns, progress=progress, cancel=cancel, show_bars=show_bars)
+    return _resolved(folder, pinned)
+
+
+def fetch_snapshot(ref, patterns: list[str], *, repo_type: str = "model", progress: Progress | None = None,
+                   cancel: Callable[[], bool] | None = None, show_bars: bool = False) -> Path:
+    """The files matching `patterns` of `ref` (a ModelId or a DatasetId: repo_id, revision = a commit sha,
+    url) in the cache, downloading what is missing; a failure a user can fix is one UserError naming it."""
+    what = f"{repo_type} '{ref.repo_id}'"
     try:
-        folder = _hub().snapshot_download(
-            model_id.repo_id, revision=info.sha, allow_patterns=patterns, endpoint=_endpoint(),
-            tqdm_class=_progress_class(progress, cancel, show_bars))
+        return Path(_hub().snapshot_download(
+            ref.repo_id, repo_type=repo_type, revision=ref.revision, allow_patterns=patterns,
+            endpoint=_endpoint(), tqdm_class=_progress_class(progress, cancel, show_bars)))
     except DownloadCancelled:
         raise
-    except OSError as e:
-        if e.errno == errno.ENOSPC:  # huggingface_hub has already deleted the partial file
-            raise UserError(f"The disk filled up while downloading model '{model_id.repo_id}'; the partial "
-                            f"files were removed. Free some space (the Hugging Face cache is {cache_dir()}) "
-                            "and try again.", field="model") from None
+    except Exception as e:  # noqa: BLE001  (mapped to one message; unknown ones re-raised)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # huggingface_hub has deleted the partial file
+            raise UserError(f"The disk filled up while downloading {what}; the partial files were removed. "
+                            f"Free some space (the Hugging Face cache is {cache_dir()}) and try again.",
+                            field=field_of(repo_type)) from None
         if _is_connection_error(e):
-            raise UserError(f"The download of model '{model_id.repo_id}' was interrupted ({e}). Try again: "
-                            "it continues where it stopped.", field="model") from None
-        raise _hub_error(model_id, e) from None
-    except Exception as e:  # noqa: BLE001
-        if _is_connection_error(e):
-            raise UserError(f"The download of model '{model_id.repo_id}' was interrupted ({e}). Try again: "
-                            "it continues where it stopped.", field="model") from None
-        raise _hub_error(model_id, e) from None
-    return _resolved(Path(folder), pinned)
+            raise UserError(f"The download of {what} was interrupted ({e}). Try again: it continues where it "
+                            "stopped.", field=field_of(repo_type)) from None
+        raise _hub_error(ref, e, repo_type) from None
 
 
 # ---------------------------------------------------------------- choosing files
@@ -175,9 +178,9 @@ def _resolved(folder: Path, model_id: ModelId) -> Resolved:
     return Resolved(ggufs[0] if ggufs else folder, model_id)
 
 
-def repo_cache_dir(repo_id: str) -> Path:
-    """huggingface_hub's cache layout: models--org--name/{refs,snapshots,blobs}."""
-    return cache_dir() / f"models--{repo_id.replace('/', '--')}"
+def repo_cache_dir(repo_id: str, repo_type: str = "model") -> Path:
+    """huggingface_hub's cache layout: models--org--name/{refs,snapshots,blobs} (datasets--org--name)."""
+    return cache_dir() / f"{repo_type}s--{repo_id.replace('/', '--')}"
 
 
 def _from_cache(model_id: ModelId) -> Resolved | None:
@@ -231,14 +234,16 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _check_disk_space(model_id: ModelId, files: dict[str, int]) -> None:
-    snapshot = repo_cache_dir(model_id.repo_id) / "snapshots" / model_id.revision
+def check_disk_space(model_id, files: dict[str, int], repo_type: str = "model") -> None:
+    """The bytes of `files` (name -> size) not yet in the snapshot of `model_id` (a ModelId or DatasetId)
+    fit on the cache's disk, or one UserError."""
+    snapshot = repo_cache_dir(model_id.repo_id, repo_type) / "snapshots" / model_id.revision
     missing = sum(size for name, size in files.items() if not (snapshot / name).exists())
     free = _free_bytes(cache_dir())
     if missing and missing + DISK_MARGIN_BYTES > free:
-        raise UserError(f"Downloading model '{model_id.repo_id}' needs {missing / 1e9:.2f} GB, but only "
+        raise UserError(f"Downloading {repo_type} '{model_id.repo_id}' needs {missing / 1e9:.2f} GB, but only "
                         f"{free / 1e9:.2f} GB is free on the disk of the Hugging Face cache ({cache_dir()}). "
-                        "Free some space, or set HF_HOME to a folder on a bigger disk.", field="model")
+                        "Free some space, or set HF_HOME to a folder on a bigger disk.", field=field_of(repo_type))
 
 
 # ---------------------------------------------------------------- errors and progress
@@ -251,27 +256,34 @@ def _is_connection_error(e: Exception) -> bool:
                           hub_errors.LocalEntryNotFoundError))
 
 
-def _hub_error(model_id: ModelId, e: Exception) -> Exception:
-    """huggingface_hub's error -> our one message (other exceptions are returned unchanged)."""
+def field_of(repo_type: str) -> str:
+    """The RunConfig field a failure points at: `model` or `data`."""
+    return "model" if repo_type == "model" else "data"
+
+
+def _hub_error(model_id, e: Exception, repo_type: str = "model") -> Exception:
+    """huggingface_hub's error -> our one message naming `model_id` (a ModelId or DatasetId); other
+    exceptions are returned unchanged."""
     errors = _hub().errors
-    name = f"model '{model_id.repo_id}'"
+    name, field = f"{repo_type} '{model_id.repo_id}'", field_of(repo_type)
     if isinstance(e, errors.GatedRepoError):
         return UserError(f"The {name} is gated: open {model_id.url}, log in and accept its licence, then log in "
-                         "here too (`hf auth login`, or set HF_TOKEN to an access token).", field="model")
+                         "here too (`hf auth login`, or set HF_TOKEN to an access token).", field=field)
     if isinstance(e, errors.RevisionNotFoundError):
         return UserError(f"The {name} has no revision {model_id.revision!r} (a branch, tag or commit). "
-                         f"See {model_id.url}.", field="model")
+                         f"See {model_id.url}.", field=field)
     if isinstance(e, errors.RepositoryNotFoundError):
-        return UserError(f"The {name} was not found on Hugging Face (check the spelling), and no folder of "
+        here = "no folder" if repo_type == "model" else "no file or folder"
+        return UserError(f"The {name} was not found on Hugging Face (check the spelling), and {here} of "
                          "that name exists here. If it is private, log in with `hf auth login` or set HF_TOKEN. "
-                         f"{model_id.url}", field="model")
+                         f"{model_id.url}", field=field)
     if isinstance(e, errors.HfHubHTTPError):
         status = getattr(e.response, "status_code", "?")
         if status in (401, 403):
             return UserError(f"Hugging Face refused access to the {name} ({status}): log in with `hf auth login` "
-                             f"or set HF_TOKEN, and accept the model's licence at {model_id.url}.", field="model")
+                             f"or set HF_TOKEN, and accept the {repo_type}'s licence at {model_id.url}.", field=field)
         return UserError(f"Hugging Face answered {status} for the {name}; try again later. "
-                         f"({' '.join(str(e).split())[:200]})", field="model")
+                         f"({' '.join(str(e).split())[:200]})", field=field)
     return e
 
 
