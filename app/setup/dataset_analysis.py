@@ -1,7 +1,7 @@
 """What the Dataset group shows, computed off the GUI thread.
 
-`analyze(request, task)` reads and validates the data (`load_dataset`), loads
-only the model's tokenizer (cached), tokenises the train split exactly as
+`analyze(request, task)` downloads a Hugging Face dataset id (with progress), reads and
+validates the data (`load_dataset`), loads only the model's tokenizer (cached), tokenises the train split exactly as
 training will (`tokenize_sft`, in chunks so the task can be cancelled) and
 returns a `DatasetSummary`: kind, record counts per split, TokenizeStats and
 a preview of the first examples as (text, trained) segments. No MLX array is
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from trainer_core.models import gguf, loading as models
 from trainer_core.data.batching import WINDOW
 from trainer_core.data import SFT_KINDS, TokenizeStats, load_dataset, render_messages, tokenize_sft
+from trainer_core.data.hub_files import pin_data
 
 PREVIEW_ROWS = 6
 SAMPLE_RECORDS = 200
@@ -142,8 +143,11 @@ def analyze(request: AnalysisRequest, task=None) -> DatasetSummary | None:
         if task is not None:
             task.report(text)
 
+    data = pin_data(request.data, cancel=cancelled,  # a Hugging Face dataset id: downloaded first, cancellable
+                    progress=lambda done, total: report(f"Downloading the dataset… {done / 1e6:,.1f} of "
+                                                        f"{total / 1e6:,.1f} MB"))
     report("Reading the data…")
-    splits = load_dataset(request.data, request.data_kind or None, data_format=request.data_format,
+    splits = load_dataset(data, request.data_kind or None, data_format=request.data_format,
                           columns=request.data_columns or None,
                           prefer_kind="prompt_answer" if request.method == "grpo" else None)
     counts = {name: len(getattr(splits, name)) for name in ("train", "valid", "test") if getattr(splits, name)}

@@ -65,7 +65,8 @@ class DatasetPanel(QGroupBox):
         self.error = ""
         self._task = LatestTask()
         self.destroyed.connect(self._task.cancel)
-        self.path = text_field("data", placeholder="a .jsonl file, or a folder with train.jsonl (+ valid.jsonl)")
+        self.path = text_field("data", placeholder="a .jsonl file, a folder with train.jsonl (+ valid.jsonl), "
+                                                "or a Hugging Face dataset id (org/name)")
         self.kind = choice_field("data_kind", [(k, k or "detect") for k in DATA_KINDS],
                                  tooltip="Force the data kind; 'detect' reads it from the first record.")
         self.mask_prompt = bool_field("mask_prompt", "Train on responses only",
@@ -257,7 +258,8 @@ class DatasetPanel(QGroupBox):
         """Preference records: prompt, chosen and rejected side by side."""
         muted = self.palette().color(QPalette.PlaceholderText).name()
         names = list(summary.preview[0].columns)
-        header = "<tr><th align='left'>line</th>" + "".join(f"<th align='left'>{n}</th>" for n in names) + "</tr>"
+        header = ("<tr><th align='left' nowrap>line</th>" + "".join(f"<th align='left'>{n}</th>" for n in names)
+                  + "</tr>")
         rows = [f"<tr><td style='color:{muted}'>{row.line}</td>" + "".join(
             f"<td width='{100 // len(names)}%'>{html.escape(row.columns.get(n, '')).replace(chr(10), '<br>')}</td>"
             for n in names) + "</tr>" for row in summary.preview]
