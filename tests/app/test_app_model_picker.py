@@ -97,6 +97,7 @@ def test_cancel_a_download(qtbot, picker, fake_hub):
 def test_the_model_group_opens_the_picker_and_takes_the_choice(qtbot, machine):  # noqa: F811
     panel = ModelPanel()
     qtbot.addWidget(panel)
+    qtbot.waitUntil(lambda: panel.info is not None or bool(panel.error), timeout=TIMEOUT)  # the demo's metadata
     assert panel.combo.findData(BROWSE) >= 0
     picker = panel.open_picker()
     item = listed(qtbot, picker)["LM Studio/lmstudio-community/Tiny-GGUF/Tiny-Q8_0.gguf"]
