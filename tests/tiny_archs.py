@@ -35,7 +35,8 @@ ARCH_KWARGS = {
 ARCHITECTURES = tuple(ARCH_KWARGS)
 
 
-def make_hf_folder(folder: Path, model_type: str, *, seed: int = 0, hidden: int = 64) -> Path:
+def make_hf_folder(folder: Path, model_type: str, *, seed: int = 0, hidden: int = 64,
+                   **overrides) -> Path:
     """A random `model_type` model saved by transformers (float32) + tokenizer; returns folder.
     `hidden=256` makes every matrix 256 wide (4 heads of 64), as K-quant blocks need."""
     import torch
@@ -47,7 +48,7 @@ def make_hf_folder(folder: Path, model_type: str, *, seed: int = 0, hidden: int 
     sizes = {} if hidden == 64 else dict(hidden_size=hidden, intermediate_size=hidden,
                                          head_dim=hidden // COMMON["num_attention_heads"])
     config = AutoConfig.for_model(model_type, vocab_size=vocab,
-                                  **{**COMMON, **ARCH_KWARGS[model_type], **sizes})
+                                  **{**COMMON, **ARCH_KWARGS[model_type], **sizes, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

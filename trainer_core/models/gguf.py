@@ -21,6 +21,7 @@ what exporting to safetensors needs.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,21 @@ _READ_ERRORS = (ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError,
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    """Parse a GGUF header (tensor data stays on disk); UserError if it is bad."""
+    """Parse a GGUF header (tensor data stays on disk); UserError if it is bad.
+
+    Parsing takes seconds for a large vocabulary (GGUFReader walks every token string), so the
+    last few files' headers are kept, keyed by path, size and modification time."""
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise UserError(f"Cannot read the GGUF file {path}: {e}. Check that the file "
+                        "exists and is readable.") from None
+    return _read_header(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_header(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
     try:
         reader = gguf_py.GGUFReader(path)
         metadata = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
