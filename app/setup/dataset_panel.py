@@ -1,4 +1,5 @@
-"""Dataset group: path picker, detected format and kind, counts, token-length histogram, preview.
+"""Dataset group: path picker (files, folders, Hugging Face datasets: dataset_search.py), detected
+format and kind, counts, token-length histogram, preview.
 
 The panel shows a `DatasetSummary` (dataset_analysis.py); the Setup pane
 decides when to analyse (model, method or any data setting changed) and calls `analyze(request)`, which runs on the thread pool. Errors
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (QFileDialog, QGridLayout, QGroupBox, QHBoxLayout,
 from app import settings
 from app.setup.column_mapping import columns_field
 from app.setup.dataset_analysis import AnalysisRequest, DatasetSummary, analyze
+from app.setup.dataset_search import DatasetSearchDialog
 from app.common.form import bool_field, choice_field, text_field
 from app.common.plot_style import COLORS, small_plot
 from app.common.tasks import LatestTask
@@ -155,6 +157,7 @@ class DatasetPanel(QGroupBox):
         menu.clear()
         menu.addAction("Data file…", self._choose_file)
         menu.addAction("Folder with train.jsonl…", self._choose_folder)
+        menu.addAction("Hugging Face dataset…", self._choose_hub)
         recent = settings.recent(RECENT_KEY)
         if recent:
             menu.addSeparator()
@@ -166,6 +169,11 @@ class DatasetPanel(QGroupBox):
                                               "Datasets (*.jsonl *.json *.csv *.tsv *.parquet);;All files (*)")
         if path:
             self.path.editor.setText(path)
+
+    def _choose_hub(self) -> None:
+        dialog = DatasetSearchDialog(self)
+        if dialog.exec() and dialog.chosen:
+            self.path.editor.setText(dialog.chosen)
 
     def _choose_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a folder holding train.jsonl")

@@ -40,3 +40,38 @@ def test_an_unknown_id_is_one_inline_message(qtbot, pane_on):
     settled(qtbot, pane)
     assert "dataset 'org/nope' was not found on Hugging Face" in pane.dataset_panel.error
     assert "/datasets/org/nope" in pane.dataset_panel.error
+
+
+def test_the_search_box_lists_datasets_by_downloads_and_picks_one(qtbot, fake_hub, monkeypatch):
+    from app.setup.dataset_panel import DatasetPanel
+    from app.setup.dataset_search import DatasetSearchDialog
+
+    fake_hub.add_repo("tatsu-lab/alpaca", HF_LAYOUT, repo_type="dataset", downloads=90)
+    fake_hub.add_repo("org/alpaca-small", HF_LAYOUT, repo_type="dataset", downloads=5000)
+    fake_hub.add_repo("org/gsm8k", HF_LAYOUT, repo_type="dataset", downloads=100_000)
+    fake_hub.add_repo("org/alpaca-model", {"config.json": b"{}"}, downloads=10**6)  # a model: not listed
+    dialog = DatasetSearchDialog()
+    qtbot.addWidget(dialog)
+    dialog.search.setText("alpaca")
+    ids = lambda: [dialog.results.item(i).text().split()[0] for i in range(dialog.results.count())]  # noqa: E731
+    qtbot.waitUntil(lambda: ids() == ["org/alpaca-small", "tatsu-lab/alpaca"], timeout=10_000)
+    assert dialog.results.item(0).text().endswith("5,000 downloads")
+    dialog.results.setCurrentRow(1)
+    dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
+    assert dialog.result() == DatasetSearchDialog.Accepted and dialog.chosen == "tatsu-lab/alpaca"
+
+    panel = DatasetPanel()  # the Choose… menu's entry writes the pick into the Data field
+    qtbot.addWidget(panel)
+    monkeypatch.setattr(DatasetSearchDialog, "exec", lambda self: (setattr(self, "chosen", "org/gsm8k"), 1)[1])
+    panel._fill_menu()
+    next(a for a in panel.choose_menu.actions() if a.text() == "Hugging Face dataset…").trigger()
+    assert panel.path.value() == "org/gsm8k"
+
+
+def test_the_search_box_says_when_it_is_offline(qtbot, hf_cache):
+    from app.setup.dataset_search import DatasetSearchDialog
+
+    dialog = DatasetSearchDialog()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: "HF_HUB_OFFLINE is set" in dialog.status.text(), timeout=10_000)
+    assert dialog.results.count() == 0

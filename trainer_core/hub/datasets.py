@@ -127,3 +127,29 @@ def _not_cached(dataset_id: DatasetId, why: str) -> UserError:
     return UserError(f"Dataset '{dataset_id.spec}' is not in the Hugging Face cache ({cache_dir()}) and {why}. "
                      "Connect to the internet (and unset HF_HUB_OFFLINE) to download it, or choose a data file "
                      "or folder on this computer.", field="data")
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    repo_id: str
+    downloads: int
+
+
+def search_datasets(text: str, limit: int = 40) -> list[HubDataset]:
+    """Datasets on the Hub matching `text`, most downloaded first (HfApi.list_datasets); one UserError
+    when the Hub cannot be asked."""
+    if _hub().constants.is_offline_mode():
+        raise UserError("Hugging Face search is off: HF_HUB_OFFLINE is set. Unset it to search the Hub, or type "
+                        "the id of a dataset that is in the cache.")
+    try:
+        found = _hub().HfApi(endpoint=_endpoint()).list_datasets(search=text.strip() or None, sort="downloads",
+                                                                 limit=limit)
+        return [HubDataset(info.id, int(info.downloads or 0)) for info in found]
+    except Exception as e:  # noqa: BLE001  (one message for the search box)
+        if _is_connection_error(e):
+            raise UserError("Hugging Face cannot be reached (no network?). Type the id of a dataset that is in "
+                            "the cache, or choose a file.") from None
+        if isinstance(e, _hub().errors.HfHubHTTPError):
+            raise UserError(f"The Hugging Face search failed ({' '.join(str(e).split())[:200]}). "
+                            "Try again later.") from None
+        raise
