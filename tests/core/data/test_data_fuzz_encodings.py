@@ -66,14 +66,17 @@ def encode(text: str, encoding: str) -> bytes | None:
         return None
 
 
+def csv_cell(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else "" if value is None else str(value)
+
+
 def as_csv(rows) -> str:
     keys = sorted({k for r in rows for k in r})
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(keys)
     for r in rows:
-        writer.writerow([json.dumps(r[k]) if isinstance(r.get(k), (list, dict)) else
-                         "" if r.get(k) is None else str(r[k]) for k in keys])
+        writer.writerow([csv_cell(r.get(k)) for k in keys])  # a row of only whitespace cells is blank
     return out.getvalue()
 
 
@@ -95,7 +98,7 @@ def test_records_in_any_encoding_and_format(tmp_path_factory, rows, encoding, ex
         return
     assert encoding not in ("utf-16", "utf-16-le"), "a UTF-16 file was read"
     assert encoding in ("utf-8", "utf-8-sig") or raw.isascii(), f"a {encoding} file with non-ASCII text was read"
-    blank = 0 if ext != ".csv" else sum(all(v in (None, "") for v in r.values()) for r in rows)  # blank CSV rows
+    blank = 0 if ext != ".csv" else sum(all(csv_cell(v).strip() == "" for v in r.values()) for r in rows)
     assert len(splits.train) == len(rows) - blank
     assert splits.kind == (forced or detect_kind(splits.train[0].data))
 
