@@ -146,14 +146,19 @@ class ModelPicker(QDialog):
     def search(self) -> None:
         from trainer_core.hub.search import search_models
 
-        text = self.search_box.text()
+        text = self.search_box.text().strip()
         self.status.setText("Searching Hugging Face…")
         self.search_button.setEnabled(False)
-        self._search_task.start(lambda task: search_models(text), self._show_hub, self._search_failed)
+        self._search_task.start(lambda task: (text, search_models(text)), self._show_hub, self._search_failed)
 
-    def _show_hub(self, found) -> None:
+    def _show_hub(self, result) -> None:
+        from trainer_core.hub.ids import parse
+
+        text, found = result
         self.search_button.setEnabled(True)
         self.hub.clear()
+        if parse(text) is not None and text not in {m.repo_id for m in found}:  # an exact id, even untagged
+            self._item(self.hub, [f"{text}  (as typed)"] + [""] * 6, text, "")
         for m in found:
             name = m.repo_id + ("  (gated: accept its licence on huggingface.co)" if m.gated else "")
             self._item(self.hub, [name, m.kind, count_text(m.parameters), m.quantization, m.license,

@@ -108,5 +108,17 @@ def test_the_model_group_opens_the_picker_and_takes_the_choice(qtbot, machine): 
     assert panel.info is not None and panel.info.architecture == "llama"
 
 
+def test_a_typed_id_that_does_not_exist_says_so_inline(qtbot, picker, fake_hub):
+    listed(qtbot, picker)
+    picker.tabs.setCurrentIndex(1)
+    picker.search_box.setText("org/no-such-model")
+    picker.search()
+    qtbot.waitUntil(lambda: picker.hub.topLevelItemCount() == 1, timeout=TIMEOUT)
+    picker.hub.setCurrentItem(picker.hub.topLevelItem(0))
+    picker.choose()
+    qtbot.waitUntil(lambda: "was not found on Hugging Face" in picker.status.text(), timeout=TIMEOUT)
+    assert picker.progress.isHidden() and picker.choose_button.isEnabled()
+
+
 def test_progress_text():
     assert progress_text(120_000_000, 1_200_000_000, 10) == "120 MB of 1.2 GB · 12.0 MB/s · 1:30 left"
