@@ -20,10 +20,13 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
 from trainer_core import resources
 from trainer_core.config import SCHEDULES, METHODS, RunConfig
+from trainer_core.config.recommend import RECOMMENDED
+from trainer_core.config.toml_io import data_alias, read_toml
 from trainer_core.errors import UserError
 from trainer_core.logging_setup import setup_logging
 
@@ -43,15 +46,43 @@ TRAIN_FLAGS = {
 }
 
 
+RECOMMENDED_HELP = """\
+Defaults: a field you leave unset (no flag, no --set, not in CONFIG.toml) keeps RunConfig's default shown
+above, except these, which start from the values recommended for the method, fine-tune type, model size
+and dataset size (the window's too; trainer_core/config/recommend.py), printed when the run starts and
+recorded in the run's config.toml:
+  learning_rate   full fine-tuning: sft/lora 1e-5, diffusion 2.5e-5, dpo/grpo 1e-6;
+                  LoRA/DoRA: sft/lora 2e-4, diffusion 1e-4, dpo 5e-5, grpo 2e-5; halved from 6B parameters
+  epochs          3 below 1,000 train records, 2 below 10,000, else 1 (dpo, grpo: 1); max_steps 0.
+                  Setting --epochs or --max-steps yourself keeps both as you set them
+  warmup_steps    3% of the recommended run's optimizer steps, at most 100
+  grpo.rewards    numeric_match when every answer is a number, else normalized_match; plus xml_format
+                  (grpo.reward_weights 1, 0.2) when the prompts ask for <answer> tags
+"""
+
+
+def recommended_unset(args) -> frozenset[str]:
+    """The fields of RECOMMENDED that neither CONFIG.toml, a flag nor --set gives a value."""
+    given = {name for _, (name, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
+    given |= {data_alias(item.partition("=")[0].strip()) for item in args.assignments}
+    if args.config:
+        for key, value in read_toml(Path(args.config)).items():
+            given |= {f"{key}.{leaf}" for leaf in value} if isinstance(value, dict) else {key}
+    return frozenset(RECOMMENDED) - given
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finetune", description="Fine-Tune Studio's headless trainer.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="start a new training run")
+    train = sub.add_parser("train", help="start a new training run", epilog=RECOMMENDED_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", nargs="?", help="a config.toml to start from (flags override it)")
+    defaults = RunConfig()
     for flag, (name, kind) in TRAIN_FLAGS.items():
         choices = METHODS if name == "method" else SCHEDULES if name == "lr_schedule" else None
-        train.add_argument(flag, dest=name, type=kind, choices=choices, default=None)
+        default = "recommended (below)" if name in RECOMMENDED else repr(getattr(defaults, name))
+        train.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=f"default: {default}")
     train.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any other config field, e.g. --set lora.rank=16")
     train.add_argument("--dry-run", action="store_true",
@@ -208,10 +239,12 @@ def _train_or_resume(args, world) -> int:
             pin_model(config_from_args(args).model, show_bars=world.rank == 0)
             pin_data(config_from_args(args).data, show_bars=world.rank == 0)
         if args.command == "train" and args.dry_run:
-            runner.plan_run(config_from_args(args), [TerminalProgress(sys.stdout)])  # the plan is the output
+            runner.plan_run(config_from_args(args), [TerminalProgress(sys.stdout)],  # the plan is the output
+                            recommend=recommended_unset(args))
             return 0
         if args.command == "train":
-            run = runner.build_run(config_from_args(args), callbacks, force=args.force, **ranks)
+            run = runner.build_run(config_from_args(args), callbacks, force=args.force,
+                                   recommend=recommended_unset(args), **ranks)
         else:
             run = runner.prepare_resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
                                         checkpoint=args.checkpoint, allow_model_change=args.allow_model_change,

@@ -20,6 +20,7 @@ import mlx.core as mx
 
 from trainer_core import versions
 from trainer_core.config import RunConfig
+from trainer_core.config.recommend import SAMPLE_RECORDS, fill_unset
 from trainer_core.data import load_run_data
 from trainer_core.data.hub_files import pin_data
 from trainer_core.distributed import launch, ranks as distributed
@@ -109,33 +110,35 @@ def _split_validation(splits, config: RunConfig):
 
 def build_run(config: RunConfig, callbacks=(), *, run_dir: Path | None = None, world_size: int = 1,
               rank: int = 0, resume_from: tuple[Path, dict] | None = None, allow_model_change: bool = False,
-              force: bool = False) -> Run:
+              force: bool = False, recommend=frozenset()) -> Run:
     """Validate, load data and model, prepare adapters, check the memory estimate, create the run folder,
     build the loop.
 
     `run_dir` (a resume) is locked first; `resume_from` = (checkpoint, its trainer_state): the run is checked
     against it (model, data, reward file, settings) before any model is loaded or user code imported.
-    An estimated peak above the memory available (memory.py) is a UserError naming fixes unless `force`."""
+    An estimated peak above the memory available (memory.py) is a UserError naming fixes unless `force`.
+    `recommend`: the fields (config.recommend.RECOMMENDED) the user left unset, given the recommended values
+    for this method, model size and dataset size before anything is built (`finetune train`)."""
     config.validate()
     writer = rank == 0  # only rank 0 writes the run folder (DESIGN.md); other ranks only read
     lock = RunLock(run_dir).acquire() if run_dir is not None and writer else None
     try:
         return _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock,
-                      force=force)
+                      force=force, recommend=recommend)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def plan_run(config: RunConfig, callbacks=()) -> memory.MemoryEstimate:
+def plan_run(config: RunConfig, callbacks=(), recommend=frozenset()) -> memory.MemoryEstimate:
     """`finetune train --dry-run`: read the data, load the model, tokenise, and estimate the peak memory
     (its breakdown goes to the callbacks' on_log); nothing is trained or written."""
-    return _build(config.validate(), callbacks, None, 1, 0, None, False, None, plan_only=True)
+    return _build(config.validate(), callbacks, None, 1, 0, None, False, None, plan_only=True, recommend=recommend)
 
 
 def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_model_change, lock, *,
-           force: bool = False, plan_only: bool = False):
+           force: bool = False, plan_only: bool = False, recommend=frozenset()):
     writer = rank == 0
     early_log = _Remember()
     log = CallbackList(list(callbacks) + [early_log])
@@ -144,6 +147,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
     config = replace(config, model=pin_model(config.model), data=pin_data(config.data))
     splits = _split_validation(load_run_data(config), config)
     log.on_log(f"Data {config.data}: {splits.format}, {len(splits.train)} train / {len(splits.valid)} valid records")
+    if recommend:
+        _recommend(config, recommend, splits, world_size, log)
     run_fingerprint = fingerprint(config, splits.fingerprint_files())
     changes = check_resumable(resume_from[0], resume_from[1], config, run_fingerprint,
                               allow_model_change=allow_model_change) if resume_from else {}
@@ -231,6 +236,18 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
         samples.report = loop.callbacks.on_event
     return Run(config, run_dir, loop, loaded.info.name, stats, lock=lock, fresh=fresh, changes=changes,
                memory=estimate)
+
+
+def _recommend(config: RunConfig, unset, splits, world_size: int, log) -> None:
+    """Fill the unset fields with the recommended values (as the window does) and say which."""
+    parameters = read_model_info(config.model).num_parameters
+    used = fill_unset(config, unset, parameters, len(splits.train), world_size,
+                      [r.data for r in splits.train[:SAMPLE_RECORDS]])
+    config.validate()
+    if used:
+        values = ", ".join(f"{name} = {value}" for name, value in used.items())
+        log.on_log(f"Recommended for {config.method} ({config.resolved_fine_tune_type}) on {parameters / 1e6:.0f}M "
+                   f"parameters and {len(splits.train)} train records: {values} (set any of them to choose your own)")
 
 
 def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train: int, n_valid: int,

@@ -134,10 +134,21 @@ class BoundField(QObject):
         return box
 
 
+class SpinBox(QSpinBox):
+    """A QSpinBox that reports the text its range refuses (Qt drops such a keystroke without a word)."""
+    refused = Signal(str)
+
+    def validate(self, text: str, pos: int):
+        result = super().validate(text, pos)
+        if (result[0] if isinstance(result, tuple) else result) == QValidator.Invalid:
+            self.refused.emit(text)
+        return result
+
+
 def int_field(name: str, minimum: int, maximum: int, *, special: str = "", suffix: str = "",
               tooltip: str = "") -> BoundField:
     """A spin box; `special` is shown for the minimum (e.g. 'all' for -1)."""
-    box = QSpinBox()
+    box = SpinBox()
     box.setRange(minimum, maximum)
     box.setAccelerated(True)
     box.setKeyboardTracking(True)
@@ -150,16 +161,18 @@ def int_field(name: str, minimum: int, maximum: int, *, special: str = "", suffi
     field = BoundField(name, box, box.value, lambda v: box.setValue(int(v)), box.valueChanged, tooltip)
     box.lineEdit().textEdited.connect(lambda _: _check_typed(field, box))
     box.editingFinished.connect(lambda: _check_typed(field, box, finished=True))
+    box.refused.connect(lambda text: _check_typed(field, box, typed=text))
     return field
 
 
-def _check_typed(field: BoundField, box: QSpinBox, finished: bool = False) -> None:
-    """Say why typed text is not taken, since Qt puts the previous value back without a word."""
-    if not finished:
-        box.setProperty("typed", box.lineEdit().text())
+def _check_typed(field: BoundField, box: QSpinBox, finished: bool = False, typed: str | None = None) -> None:
+    """Say why typed text is not taken (`typed`: a keystroke the range refused, e.g. past the maximum),
+    since Qt drops it or puts the previous value back without a word."""
+    if typed is not None or not finished:
+        box.setProperty("typed", box.lineEdit().text() if typed is None else typed)
     typed = str(box.property("typed") or box.text())
     number = typed.removeprefix(box.prefix()).removesuffix(box.suffix()).strip()
-    ok = box.validate(typed, 0)[0] == QValidator.Acceptable or number == box.specialValueText()
+    ok = QSpinBox.validate(box, typed, 0)[0] == QValidator.Acceptable or number == box.specialValueText()
     low = box.specialValueText() or f"{box.minimum():,}"
     reason = "" if ok else (f"{number or 'An empty field'} is not allowed: {field.name} is a whole number from "
                             f"{low} to {box.maximum():,}" + (f" (kept {box.text()})." if finished else "."))

@@ -18,9 +18,9 @@ from trainer_core.models import gguf, loading as models
 from trainer_core.data.batching import WINDOW
 from trainer_core.data import SFT_KINDS, TokenizeStats, load_dataset, render_messages, tokenize_sft
 from trainer_core.data.hub_files import pin_data
+from trainer_core.config.recommend import SAMPLE_RECORDS
 
 PREVIEW_ROWS = 6
-SAMPLE_RECORDS = 200
 CHUNK = 256  # records per tokenising chunk (cancellation granularity)
 
 _tokenizers: dict[tuple, object] = {}

@@ -69,7 +69,7 @@ class HyperparametersPanel(QGroupBox):
             [("Max seq length", "max_seq_length"), ("Save every", "save_every"), ("Eval every", "eval_every")],
         ]
         grid = QGridLayout()
-        grid.setHorizontalSpacing(10)
+        grid.setHorizontalSpacing(8)
         grid.setVerticalSpacing(6)
         for r, pairs in enumerate(rows):
             for c, (label, name) in enumerate(pairs):

@@ -5,13 +5,14 @@
 
 The estimate is trainer_core.training.memory's (the same one `finetune train --dry-run` prints and the
 pre-start check uses); over the limit the fixes it suggests (smaller batch + accumulation, gradient
-checkpointing, shorter max length, smaller GRPO group, LoRA) appear as buttons with their new estimate.
+checkpointing, shorter max length, smaller GRPO group, LoRA) appear as buttons with their new estimate,
+one under the other so the panel stays narrow (the Setup tab fits a 1280-pixel-wide window).
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from trainer_core.models.loading import should_dequantize
 from trainer_core.training import memory
@@ -28,12 +29,13 @@ class MemoryPanel(QWidget):
         self.label.setObjectName("memory")
         self.label.setWordWrap(True)
         self.fix_buttons: list[QPushButton] = []
-        self.fix_row = QHBoxLayout()
-        self.fix_row.setContentsMargins(0, 0, 0, 0)
+        self.fix_list = QVBoxLayout()
+        self.fix_list.setContentsMargins(0, 0, 0, 0)
+        self.fix_list.setSpacing(4)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.label)
-        layout.addLayout(self.fix_row)
+        layout.addLayout(self.fix_list)
         self.estimate: memory.MemoryEstimate | None = None
 
     def text(self) -> str:
@@ -72,12 +74,12 @@ class MemoryPanel(QWidget):
 
     def _show_fixes(self, fixes: list[memory.Fix]) -> None:
         for button in self.fix_buttons:
-            self.fix_row.removeWidget(button)
+            self.fix_list.removeWidget(button)
             button.deleteLater()
         self.fix_buttons = []
         for fix in fixes:
             button = QPushButton(f"{fix.label} → {memory.gigabytes(fix.peak)}")
             button.setToolTip("Sets " + ", ".join(fix.assignments))
             button.clicked.connect(lambda _=False, a=list(fix.assignments): self.fixRequested.emit(a))
-            self.fix_row.addWidget(button)
+            self.fix_list.addWidget(button, 0, Qt.AlignLeft)
             self.fix_buttons.append(button)

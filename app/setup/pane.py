@@ -81,6 +81,7 @@ class SetupPane(QScrollArea):
         presets.setMenu(self.presets_menu)
         self.notice = QLabel("")
         self.notice.setObjectName("secondary")
+        self.notice.setWordWrap(True)
 
         self.model_panel.footer.addWidget(self.memory_panel)
         content = QWidget()
@@ -258,7 +259,8 @@ class SetupPane(QScrollArea):
         wanted = resources.demo_dataset(method)
         if current in demos and current != wanted.resolve() and wanted.is_dir():
             self.form["data"].editor.setText(str(wanted))
-            self.notice.setText(f"Using the {wanted.name} demo dataset, which suits {LABELS[method]}.")
+            suits = [LABELS[m] for m, name in resources.DEMO_DATASETS.items() if name == wanted.name]
+            self.notice.setText(f"Using the {wanted.name} demo dataset, which suits {', '.join(suits)}.")
 
     def _schedule_analysis(self, config: RunConfig) -> None:
         request = AnalysisRequest.of(config)

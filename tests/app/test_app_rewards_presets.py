@@ -169,3 +169,14 @@ def test_resume_asks_before_running_a_run_s_reward_file(qtbot, config, tmp_path,
     window.confirm_reward_file = lambda path: asked.append(path) or True
     assert window.resume(run_dir) is True and resumed == [run_dir]
     assert window.resume(run_dir) is True and len(asked) == 2  # said yes once: not asked again in this window
+
+
+def test_typing_past_a_spin_box_maximum_says_why(qtbot, pane):
+    field = pane.form["batch_size"]
+    box = field.editor
+    box.lineEdit().selectAll()
+    qtbot.keyClicks(box.lineEdit(), "5000")  # the last 0 goes past 4,096: Qt refuses the keystroke
+    assert box.value() == 500
+    assert "5000 is not allowed: batch_size is a whole number from 1 to 4,096." in field.message.text()
+    qtbot.keyClicks(box.lineEdit(), "\b")
+    assert box.value() == 50 and not field.message.text()

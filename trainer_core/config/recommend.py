@@ -3,9 +3,13 @@
     recommended(method, fine_tune_type, num_parameters, train_examples, batch_size, accumulation, records)
         -> {dotted RunConfig field: value}
 
+    fill_unset(config, unset, num_parameters, train_examples, world_size, records) -> {field: value put there}
+
 The window applies these whenever the method, model or dataset changes (except to fields the user
-edited) and `finetune train` starts from the same values for every field its command line, --set or
-TOML left unset, so both begin a run alike. The numbers follow common practice rather than a search:
+edited) and `finetune train` starts from the same values for every field of RECOMMENDED that its
+command line, --set or TOML left unset (runner.build_run(recommend=...), once the data is read and
+the model's size known; the run's config.toml then records the values used), so both begin a run
+alike. RunConfig's own defaults (DESIGN.md) stay what a RunConfig built in code gets. The numbers follow common practice rather than a search:
 full fine-tuning ~1e-5 (smaller for big models), LoRA 2e-4 (1e-4 from 7B), DPO and GRPO an order of
 magnitude below SFT, enough epochs for ~2-3 passes over a small dataset, warm-up ~3% of the steps.
 `recommended_rewards(records)` picks GRPO rewards that give a signal on prompt/answer data.
@@ -52,6 +56,11 @@ def recommended_rewards(records: list[dict]) -> tuple[list[str], list[float]]:
     return names, (weights if any(w != 1.0 for w in weights) else [])
 
 
+RECOMMENDED = ("learning_rate", "epochs", "max_steps", "warmup_steps", "grpo.rewards", "grpo.reward_weights")
+SAMPLE_RECORDS = 200  # the first train records the GRPO rewards are chosen from (the window's sample too)
+RUN_LENGTH = ("epochs", "max_steps")  # chosen together: a user's either keeps the recommendation off both
+
+
 def recommended(method: str, fine_tune_type: str, num_parameters: int | None, train_examples: int | None,
                 batch_size: int = 4, accumulation: int = 1, records: list[dict] | None = None) -> dict:
     """The recommended values of the fields this situation decides (unknown model/data: fewer fields).
@@ -73,3 +82,21 @@ def recommended(method: str, fine_tune_type: str, num_parameters: int | None, tr
         if names:
             values.update({"grpo.rewards": names, "grpo.reward_weights": weights})
     return values
+
+
+def fill_unset(config, unset, num_parameters: int | None, train_examples: int | None, world_size: int = 1,
+               records: list[dict] | None = None) -> dict:
+    """Put the recommended value into each field of `unset` (dotted names) on `config`; return what was put.
+    Setting epochs or max_steps yourself keeps both (the run's length is yours)."""
+    values = recommended(config.method, config.resolved_fine_tune_type, num_parameters, train_examples,
+                         max(1, config.batch_size) * world_size, max(1, config.gradient_accumulation_steps), records)
+    skip = set(RUN_LENGTH) if any(name not in unset for name in RUN_LENGTH) else set()
+    applied = {}
+    for name, value in values.items():
+        if name not in unset or name in skip:
+            continue
+        section, _, leaf = name.rpartition(".")
+        target = getattr(config, section) if section else config
+        setattr(target, leaf, value)
+        applied[name] = value
+    return applied
