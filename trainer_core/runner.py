@@ -153,9 +153,10 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
     changes = check_resumable(resume_from[0], resume_from[1], config, run_fingerprint,
                               allow_model_change=allow_model_change) if resume_from else {}
     full = config.resolved_fine_tune_type == "full"
-    dequantize = should_dequantize(config.quantized_base, full)
+    info = read_model_info(config.model)
+    dequantize = should_dequantize(config.quantized_base, full, info.num_parameters)
     loaded = load_model(config.model, dequantize=dequantize)
-    if dequantize and not full and read_model_info(config.model).quantization != "none":
+    if dequantize and not full and info.quantization != "none":
         log.on_log("The quantized base is dequantized for training (quantized_base = "
                    f"{config.quantized_base}: MLX runs on the CPU here, where quantized matmuls are far slower). "
                    "Set quantized_base = keep for QLoRA on the quantized weights.")

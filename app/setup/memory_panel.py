@@ -48,7 +48,7 @@ class MemoryPanel(QWidget):
 
     def show_estimate(self, info, config, longest: int | None) -> None:
         full = config.resolved_fine_tune_type == "full"
-        dequantized = should_dequantize(config.quantized_base, full)
+        dequantized = should_dequantize(config.quantized_base, full, info.num_parameters)
         shape = memory.ModelShape.from_info(info, dequantized=dequantized)
         est = memory.estimate(shape, config, longest)
         self.estimate = est

@@ -78,7 +78,7 @@ class RunConfig:
     output_dir: str = ""  # runs root; empty = the platform default
     run_name: str = ""  # run folder name; empty = method-model-date
     fine_tune_type: str = ""  # lora | dora | full; empty = the method's default
-    quantized_base: str = "auto"  # keep | dequantize | auto (= dequantize where MLX runs on the CPU, keep on a GPU)
+    quantized_base: str = "auto"  # keep | dequantize | auto (= keep on a GPU and above 1B parameters, else dequantize)
     mixed_precision: bool = True  # 16-bit model: compute float32 trainable weights (adapters, full FT's masters) in 16 bits
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, ~1/3 slower
     max_steps: int = 0  # optimizer steps; 0 = use epochs

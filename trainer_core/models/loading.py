@@ -366,8 +366,13 @@ def quantized_kernels_slow() -> bool:
     return mx.default_device() == mx.cpu
 
 
-def should_dequantize(policy: str, full_fine_tune: bool = False) -> bool:
-    """Apply a `quantized_base` policy (auto | keep | dequantize); full fine-tuning always needs floats."""
+QLORA_ABOVE_PARAMETERS = 1_000_000_000  # auto keeps bases this large quantized even where quantized kernels are slow
+
+
+def should_dequantize(policy: str, full_fine_tune: bool = False, num_parameters: int = 0) -> bool:
+    """Apply a `quantized_base` policy (auto | keep | dequantize); full fine-tuning always needs floats.
+    auto: keep the quantized weights (QLoRA) on a GPU, and everywhere for models over 1B parameters (their float
+    copy is what does not fit); dequantize smaller ones where MLX's quantized matmuls are slow (its CPU backend)."""
     if full_fine_tune or policy == "dequantize":
         return True
-    return policy == "auto" and quantized_kernels_slow()
+    return policy == "auto" and quantized_kernels_slow() and num_parameters <= QLORA_ABOVE_PARAMETERS
