@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
             c.runCreated.connect(self._run_created)
             c.trainBegan.connect(self._train_began)
             c.progress.connect(self.status.show_progress)
+            c.stepProgress.connect(lambda info: self.run_status.step_progress(info))
             c.metrics.connect(self._metrics)
             c.checkpointSaved.connect(self._checkpoint_saved)
             c.log.connect(self.training.append_log)

@@ -62,9 +62,10 @@ class RunStatus:
         self.started = time.time()
         self.last: dict = {}
         self.recent: deque[tuple[float, int, float]] = deque(maxlen=WINDOW)  # (time, step, tokens/s)
+        self.inside: dict = {}  # the latest progress inside the current step (a GRPO rollout, an evaluation)
 
     def add(self, record: dict) -> None:
-        self.last = record
+        self.last, self.inside = record, {}
         self.recent.append((float(record.get("time", time.time())), int(record["step"]),
                             float(record.get("tokens_per_sec") or 0.0)))
 
@@ -77,7 +78,15 @@ class RunStatus:
             return (self.recent[-1][0] - self.started) / (self.recent[-1][1] - self.start_step)
         return None
 
+    def step_progress(self, info: dict) -> None:
+        self.inside = info
+
     def text(self) -> str:
+        inside = self.inside
+        if inside:  # the first movement of a long step shows within a second
+            unit = "tokens" if inside.get("phase") == "rollout" else "batches"
+            return (f"step {inside['step']:,}/{self.total_steps:,} · {inside['phase']} {inside['done']:,}/"
+                    f"{inside['total']:,} {unit} · {inside['per_sec']:,.1f}/s")
         if not self.last:
             return f"step 0/{self.total_steps:,} · starting…"
         step = int(self.last["step"])

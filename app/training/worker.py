@@ -81,6 +81,12 @@ class SignalBridge(Callback):
     def on_log(self, message):
         self.worker.log.emit(str(message))
 
+    def wants_stop(self) -> bool:
+        return self.requests.stop
+
+    def on_progress(self, info):
+        self.worker.stepProgress.emit(dict(info))
+
     def should_stop(self) -> bool:
         """Step boundary: save if asked, wait while paused, then report the stop flag."""
         requests = self.requests
@@ -115,6 +121,7 @@ class RunSignals(QObject):
     runCreated = Signal(str)
     trainBegan = Signal(dict)
     progress = Signal(int, int)
+    stepProgress = Signal(dict)  # inside a long step: {"step", "phase", "done", "total", "per_sec"}
     metrics = Signal(dict)
     checkpointSaved = Signal(dict)
     log = Signal(str)
@@ -201,7 +208,7 @@ class TrainingController(RunSignals):
 
     runningChanged = Signal(bool)
 
-    SIGNALS = ("runCreated", "trainBegan", "progress", "metrics", "checkpointSaved", "log",
+    SIGNALS = ("runCreated", "trainBegan", "progress", "stepProgress", "metrics", "checkpointSaved", "log",
                "pausedChanged", "finished", "failed", "failedField")
 
     def __init__(self, parent=None):

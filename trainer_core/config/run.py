@@ -43,7 +43,7 @@ INT_LIMITS = {
     "eval_batches": 10_000_000, "keep_last": 100_000, "report_every": 10_000_000, "max_bad_steps": 1_000_000,
     "early_stopping_patience": 1_000_000, "num_samples": 1_000, "lora.rank": 4_096, "lora.num_layers": 10_000,
     "grpo.group_size": 1_024, "grpo.num_iterations": 1_000, "grpo.max_completion_length": 131_072,
-    "grpo.generation_batch_size": 65_536, "grpo.sample_every": 10_000_000,
+    "grpo.generation_batch_size": 65_536, "grpo.micro_batch_tokens": 1 << 30, "grpo.sample_every": 10_000_000,
 }
 
 
@@ -62,7 +62,7 @@ def best_eval_metric(method: str) -> tuple[str, str]:
 # Fields a resumed run may change: they do not alter the maths of the steps already taken.
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_every", "eval_every", "eval_batches", "keep_last", "report_every",
                      "gradient_checkpointing", "max_bad_steps", "early_stopping_patience", "output_dir", "run_name",
-                     "sample_prompts", "num_samples", "sample_max_tokens")
+                     "sample_prompts", "num_samples", "sample_max_tokens", "max_memory_gb")
 
 
 @dataclass
@@ -105,6 +105,7 @@ class RunConfig:
     keep_last: int = 3  # checkpoints kept (plus the best); 0 = keep all
     report_every: int = 1  # write a train record every N steps
     max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
+    max_memory_gb: float = 0.0  # checkpoint and stop when MLX's memory passes this; 0 = 85% of what is available
     early_stopping_patience: int = 0  # stop after N evaluations without a better eval loss; 0 = off
     sample_prompts: list[str] = field(default_factory=list)  # answered at every checkpoint; empty = taken from the data
     num_samples: int = 3  # prompts taken from the valid split (else train) when sample_prompts is empty; 0 = none
@@ -180,6 +181,7 @@ class RunConfig:
         need(self.report_every >= 1, "report_every", "report_every must be at least 1.")
         need(self.early_stopping_patience >= 0, "early_stopping_patience", "early_stopping_patience must be 0 (off) or more.")
         need(self.max_bad_steps >= 1, "max_bad_steps", "max_bad_steps must be at least 1.")
+        need(self.max_memory_gb >= 0, "max_memory_gb", "max_memory_gb must be 0 (85% of the available memory) or more.")
         need(0 <= self.val_fraction < 1, "val_fraction", "val_fraction must be in [0, 1).")
         need(all(isinstance(t, str) and t.strip() for t in self.sample_prompts), "sample_prompts",
              'sample_prompts must be a list of non-empty prompts, e.g. ["What is the capital of France?"].')

@@ -63,6 +63,8 @@ class GRPOConfig:
     reward_weights: list[float] = field(default_factory=list)  # empty = all 1.0
     reward_file: str = ""  # a Python file with user reward functions (runs your code)
     generation_batch_size: int = 0  # sequences sampled together; 0 = all batch_size x group_size at once
+    micro_batch_tokens: int = 1024  # update: rows x padded length per forward/backward pass (gradients summed
+    # over the passes: same result, less memory); 0 = all batch_size x group_size rows in one pass
     sample_every: int = 10  # write one group's completions to <run>/completions.jsonl every N rollouts; 0 = off
 
     def check(self, run, need) -> None:
@@ -85,6 +87,8 @@ class GRPOConfig:
              "grpo.reward_weights must be empty or have one weight per reward.")
         need(self.generation_batch_size >= 0, "grpo.generation_batch_size",
              "grpo.generation_batch_size must be 0 (all sequences of a batch at once) or positive.")
+        need(self.micro_batch_tokens >= 0, "grpo.micro_batch_tokens",
+             "grpo.micro_batch_tokens must be 0 (all rows in one pass) or positive.")
         need(self.sample_every >= 0, "grpo.sample_every", "grpo.sample_every must be 0 (off) or more.")
         need(run.method != "grpo" or self.max_completion_length < run.max_seq_length, "grpo.max_completion_length",
              "grpo.max_completion_length must be below max_seq_length (prompt + completion must fit in it).")

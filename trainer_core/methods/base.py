@@ -10,12 +10,15 @@ accumulation over micro-batches equal one big batch exactly.
 
 from __future__ import annotations
 
+from trainer_core.training.guard import NO_GUARD
+
 
 class Method:
     name = "base"
     metric_names: tuple[str, ...] = ()
     token_loss = False  # True when loss is a mean token cross-entropy (eval then reports perplexity)
     passes_per_batch = 1  # consecutive optimizer steps that reuse one collated batch (GRPO's num_iterations)
+    guard = NO_GUARD  # the loop's StepGuard (training/guard.py): long work in `collate` reports through it
 
     def __init__(self, config, tokenizer):
         self.config = config
@@ -48,7 +51,8 @@ class Method:
 
     def step_batches(self, batches: list[dict]) -> list[dict]:
         """The micro-batches collated for one optimizer step, seen together once (before `batch_for_step`):
-        a method may add what depends on all of them (GRPO's bnpo token total). Default: unchanged."""
+        a method may add what depends on all of them (GRPO's bnpo token total) or split them into smaller ones
+        (GRPO's passes over rows; the loop and evaluation sum over whatever comes back). Default: unchanged."""
         return batches
 
     def batch_for_step(self, batch: dict, step: int) -> dict:

@@ -41,6 +41,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from trainer_core.errors import UserError
+from trainer_core.training.head_loss import causal_token_nll
 from trainer_core.training.losses import token_nll
 from trainer_core.methods.base import Method
 from trainer_core.methods.reference import adapter_modules, frozen_base, reference_model
@@ -54,7 +55,8 @@ REFERENCE_FILE = "reference_logps.safetensors"
 # ---- the loss ----------------------------------------------------------------------
 def sequence_logps(model, input_ids: mx.array, target_mask: mx.array) -> mx.array:
     """Sum over each row of log p(token i | tokens < i) at positions where target_mask is True -> [rows] float32."""
-    token_logps = -token_nll(model(input_ids[:, :-1]), input_ids[:, 1:])
+    nll = causal_token_nll(model, input_ids[:, :-1], input_ids[:, 1:])  # the LM head fused, in chunks
+    token_logps = -(token_nll(model(input_ids[:, :-1]), input_ids[:, 1:]) if nll is None else nll)
     return (token_logps * target_mask[:, 1:].astype(mx.float32)).sum(axis=-1)
 
 

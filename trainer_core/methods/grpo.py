@@ -63,7 +63,7 @@ from trainer_core.data.tokenize import build_prompt
 from trainer_core.methods.base import Method
 from trainer_core.models import precision
 from trainer_core.methods.reference import adapter_modules, frozen_base, reference_model
-from trainer_core.methods.rollout import SamplingSettings, sample_completions, token_logprobs
+from trainer_core.methods.rollout import SamplingSettings, policy_logprobs, sample_completions
 
 ADVANTAGE_EPS = 1e-4
 SAMPLES_FILE = "completions.jsonl"
@@ -95,17 +95,14 @@ def policy_terms(model, batch: dict, *, temperature: float, epsilon_low: float, 
     """Per-token terms [N, L-1] aligned with the targets input_ids[:, 1:]: logp, ratio,
     clipped (bool), entropy, kl (β > 0) and per_token_loss; see the module doc."""
     ids, mask = batch["input_ids"], batch["completion_mask"]
-    logits = model(ids[:, :-1]).astype(mx.float32) / temperature
-    logp = token_logprobs(logits, ids[:, 1:], 1.0)
+    logp, entropy = policy_logprobs(model, ids, temperature, entropy=True)
     old = mx.where(batch["first_pass"], mx.stop_gradient(logp), batch["old_logp"])
     ratio = mx.exp(mx.where(mask, logp - old, 0.0))  # masked before exp: padding never overflows
     advantages = batch["advantages"][:, None]
     clipped_ratio = mx.clip(ratio, 1 - epsilon_low, 1 + epsilon_high)
     per_token = -mx.minimum(ratio * advantages, clipped_ratio * advantages)
-    detached = mx.stop_gradient(logits)
     clipped = ((ratio < 1 - epsilon_low) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
-    terms = {"logp": logp, "ratio": ratio, "clipped": clipped,
-             "entropy": mx.logsumexp(detached, axis=-1) - (mx.softmax(detached, axis=-1) * detached).sum(axis=-1)}
+    terms = {"logp": logp, "ratio": ratio, "clipped": clipped, "entropy": entropy}
     if beta:
         delta = mx.where(mask, batch["ref_logp"] - logp, 0.0)
         terms["kl"] = mx.exp(delta) - delta - 1
@@ -207,9 +204,11 @@ class GRPOMethod(Method):
         self.model.eval()
         try:
             rollout = sample_completions(self.model, prompts, self.sampling, self.eos_ids(), pad_id=self.pad_id(),
-                                         generation_batch_size=cfg.generation_batch_size)
+                                         generation_batch_size=cfg.generation_batch_size,
+                                         progress=lambda done, total: self.guard.progress("rollout", done, total))
         finally:
             self.model.train(training)
+        mx.clear_cache()  # the sampler's KV cache and prefill logits are gone: give their buffers back before the update
         texts = [self.tokenizer.decode(c[:-1] if stopped else c)  # for the rewards only; training keeps the ids
                  for c, stopped in zip(rollout.completions, rollout.stopped)]
         records = [e.record for e in examples for _ in range(group)]
@@ -241,9 +240,8 @@ class GRPOMethod(Method):
         parts = []
         with precision.computing_in(self.model, dtype):
             for i in range(0, input_ids.shape[0], size):
-                ids = input_ids[i:i + size]
-                logits = self.model(ids[:, :-1]).astype(mx.float32) / self.config.grpo.temperature
-                parts.append(mx.stop_gradient(token_logprobs(logits, ids[:, 1:], 1.0)))
+                logp, _ = policy_logprobs(self.model, input_ids[i:i + size], self.config.grpo.temperature)
+                parts.append(mx.stop_gradient(logp))
                 mx.eval(parts[-1])
         return mx.concatenate(parts)
 
@@ -253,14 +251,16 @@ class GRPOMethod(Method):
         with reference_model(self.model, self.frozen):
             parts = []
             for i in range(0, input_ids.shape[0], size):
-                ids = input_ids[i:i + size]
-                parts.append(token_logprobs(self.model(ids[:, :-1]), ids[:, 1:], self.config.grpo.temperature))
+                parts.append(policy_logprobs(self.model, input_ids[i:i + size], self.config.grpo.temperature)[0])
                 mx.eval(parts[-1])
         return mx.concatenate(parts)
 
     def step_batches(self, batches):
-        """Give each micro-batch the step's sequences / completion tokens, so bnpo and the per-token metrics
-        normalise over the whole accumulated batch."""
+        """Split each collated batch into passes of at most `micro_batch_tokens` (rows x padded length), whose
+        gradients the step accumulates (every loss term is a sum over rows, so the result is one pass's), and
+        give each pass the step's sequences / completion tokens, so bnpo and the per-token metrics normalise
+        over the whole step."""
+        batches = [part for b in batches for part in split_rows(b, self.config.grpo.micro_batch_tokens)]
         tokens = sum(float(b["completion_mask"].sum().item()) for b in batches)
         sequences = sum(b["completion_mask"].shape[0] for b in batches)
         share = mx.array(sequences / max(tokens, 1.0), dtype=mx.float32)
@@ -321,6 +321,17 @@ class GRPOMethod(Method):
     def pad_id(self) -> int:
         pad = getattr(self.tokenizer, "pad_token_id", None)
         return pad if isinstance(pad, int) else 0
+
+
+def split_rows(batch: dict, tokens: int) -> list[dict]:
+    """`batch` cut into consecutive row ranges of at most `tokens` (rows x padded length; at least one row)
+    each; per-row arrays are sliced, scalars shared. tokens = 0: the batch whole."""
+    n, width = batch["input_ids"].shape
+    rows = max(1, tokens // width) if tokens else n
+    if rows >= n:
+        return [batch]
+    return [{k: v[i:i + rows] if v.ndim and v.shape[0] == n else v for k, v in batch.items()}
+            for i in range(0, n, rows)]
 
 
 def rollout_batch(prompts, completions, logprobs, pad_id: int = 0) -> dict:

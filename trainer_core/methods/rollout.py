@@ -29,6 +29,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from trainer_core.errors import UserError
+from trainer_core.training import head_loss
 
 
 @dataclass
@@ -53,6 +54,26 @@ def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> m
     scaled = logits.astype(mx.float32) / temperature
     picked = mx.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
     return picked - mx.logsumexp(scaled, axis=-1)
+
+
+def policy_logprobs(model, ids: mx.array, temperature: float, entropy: bool = False):
+    """(log softmax(logits / T)[next token] [N, L-1] float32 for ids [N, L], the policy's entropy there without
+    gradient, or None unless `entropy`). Through the LM head fused with the log-softmax in chunks
+    (training/head_loss.py) where the model allows it, so the [N, L, vocab] float32 logits never exist whole
+    (they were GRPO's largest cost); else from the model's logits, as `token_logprobs`."""
+    split = head_loss.split_head(model)
+    if split is not None:
+        inner, weight = split
+        hidden = inner(ids[:, :-1])
+        scale = mx.array(1.0 / temperature, dtype=mx.float32)
+        logp = -head_loss.scaled_head_nll(hidden, weight, ids[:, 1:], scale)
+        return logp, head_loss.head_entropy(hidden, weight, 1.0 / temperature) if entropy else None
+    logits = model(ids[:, :-1]).astype(mx.float32) / temperature
+    logp = token_logprobs(logits, ids[:, 1:], 1.0)
+    if not entropy:
+        return logp, None
+    detached = mx.stop_gradient(logits)
+    return logp, mx.logsumexp(detached, axis=-1) - (mx.softmax(detached, axis=-1) * detached).sum(axis=-1)
 
 
 def _draw(logits: mx.array, settings: SamplingSettings) -> tuple[mx.array, mx.array]:
@@ -111,7 +132,7 @@ def batch_cache(model, left_padding: list[int]) -> list:
 
 
 def _sample_rows(model, prompts: list[list[int]], settings: SamplingSettings, eos_ids: set[int],
-                 pad_id: int) -> Rollout:
+                 pad_id: int, on_token) -> Rollout:
     longest = max(len(p) for p in prompts)
     padding = [longest - len(p) for p in prompts]
     tokens = mx.array([[pad_id] * pad + list(p) for pad, p in zip(padding, prompts)], dtype=mx.int32)
@@ -129,6 +150,7 @@ def _sample_rows(model, prompts: list[list[int]], settings: SamplingSettings, eo
         ended |= np.isin(sampled[-1], eos)
         if ended.all():
             break
+        on_token(len(prompts) * (t + 1))
         if t + 1 < settings.max_tokens:
             ids, logps = next_ids, next_logps
     ids_matrix, logp_matrix = np.stack(sampled, axis=1), np.stack(sampled_logps, axis=1)
@@ -143,10 +165,18 @@ def _sample_rows(model, prompts: list[list[int]], settings: SamplingSettings, eo
 
 
 def sample_completions(model, prompts: list[list[int]], settings: SamplingSettings, eos_ids,
-                       *, pad_id: int = 0, generation_batch_size: int = 0) -> Rollout:
-    """One completion per prompt row, `generation_batch_size` rows per batched pass (0 = all)."""
+                       *, pad_id: int = 0, generation_batch_size: int = 0, progress=None) -> Rollout:
+    """One completion per prompt row, `generation_batch_size` rows per batched pass (0 = all).
+    `progress(done, total)`, if given, is called after every sampled token with the row-tokens sampled so
+    far and at most to come (rows x max_tokens); it may raise to abandon the rollout (guard.py)."""
     size = generation_batch_size or len(prompts)
-    parts = [_sample_rows(model, prompts[i:i + size], settings, set(eos_ids), pad_id)
-             for i in range(0, len(prompts), size)]
+    total = len(prompts) * settings.max_tokens
+    parts = []
+    for i in range(0, len(prompts), size):
+        done = i * settings.max_tokens  # rows before this pass count as finished
+        parts.append(_sample_rows(model, prompts[i:i + size], settings, set(eos_ids), pad_id,
+                                  (lambda n, done=done: progress(done + n, total)) if progress else lambda n: None))
+        if progress:
+            progress((i + len(parts[-1].completions)) * settings.max_tokens, total)
     return Rollout([c for p in parts for c in p.completions], [x for p in parts for x in p.logprobs],
                    [s for p in parts for s in p.stopped])

@@ -32,12 +32,18 @@ class Callback:
     def on_save(self, info: dict) -> None: ...
     def on_event(self, info: dict) -> None: ...
     def on_log(self, message: str) -> None: ...
+    def on_progress(self, info: dict) -> None: ...  # inside a long step (guard.py); never written to metrics.jsonl
     def should_stop(self) -> bool:
+        return False
+
+    def wants_stop(self) -> bool:
+        """A stop request pending, polled inside long steps (guard.py): answers at once, with no side effects
+        (unlike should_stop at step boundaries, which may save or wait while paused)."""
         return False
 
 
 HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
-         "on_step_end", "on_evaluate", "on_save", "on_event", "on_log")
+         "on_step_end", "on_evaluate", "on_save", "on_event", "on_log", "on_progress")
 
 
 class CallbackList(Callback):
@@ -48,6 +54,9 @@ class CallbackList(Callback):
 
     def should_stop(self) -> bool:
         return any(c.should_stop() for c in self.callbacks)
+
+    def wants_stop(self) -> bool:
+        return any(c.wants_stop() for c in self.callbacks)
 
 
 def _fan_out(name):
@@ -201,4 +210,7 @@ class StopFlag(Callback):
         self.requested = True
 
     def should_stop(self) -> bool:
+        return self.requested
+
+    def wants_stop(self) -> bool:
         return self.requested

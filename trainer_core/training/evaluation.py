@@ -12,12 +12,15 @@ import math
 
 import mlx.core as mx
 
+from trainer_core.training.guard import NO_GUARD
+
 
 class Evaluation:
     def __init__(self, config, model, method, steps, valid_examples, world_size: int = 1, rank: int = 0):
         self.config, self.model, self.method, self.steps = config, model, method, steps
         self.valid_examples = valid_examples
         self.world_size, self.rank = world_size, rank
+        self.guard = NO_GUARD  # the loop's StepGuard: progress, Stop and the memory limit between batches
 
     def run(self) -> dict:
         """{"loss", "tokens"[, "perplexity"], method metrics...} over the valid split (eval mode, then train)."""
@@ -32,13 +35,17 @@ class Evaluation:
         mine = [(chunk, 1.0) for chunk in chunks[self.rank::self.world_size]] or [(chunks[0], 0.0)]
         total_loss = total_weight = 0.0
         sums: dict[str, float] = {}
-        for chunk, share in mine:
-            loss_sum, weight, metrics = self.steps.evaluate(self.method.collate([self.valid_examples[i] for i in chunk]))
-            mx.eval(loss_sum, weight, metrics)
-            total_loss += share * loss_sum.item()
-            total_weight += share * weight.item()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + share * v.item()
+        self.guard.progress("evaluation", 0, len(mine))
+        for done, (chunk, share) in enumerate(mine, 1):
+            batch = self.method.collate([self.valid_examples[i] for i in chunk])
+            for part in self.method.step_batches([batch]):  # GRPO: its rows in several passes
+                loss_sum, weight, metrics = self.steps.evaluate(part)
+                mx.eval(loss_sum, weight, metrics)
+                total_loss += share * loss_sum.item()
+                total_weight += share * weight.item()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + share * v.item()
+            self.guard.progress("evaluation", done, len(mine))
         self.model.train()
         if self.world_size > 1:
             totals = mx.distributed.all_sum(mx.array([total_loss, total_weight] + [sums[k] for k in sorted(sums)]))

@@ -7,6 +7,8 @@ backward). Here the loss takes the hidden states and the head's weight instead a
 chunk's logits, forms softmax - onehot in float32 (rounded once to the weights' dtype, as
 `losses.token_nll`) and returns hidden @ ... and, when the head is trained, its weight gradient.
 The result equals `losses.token_nll(model(ids), targets)` (same bf16 logits, same float32 reduction).
+`scaled_head_nll` also scales the float32 logits (GRPO's log softmax(logits / temperature)) and
+`head_entropy` gives the policy's entropy the same way, so GRPO and DPO never hold the whole logits either.
 
 Used only where a model's call is exactly `inner(ids)` then a plain head (`split_head`): the
 Llama / Qwen2 / Qwen3 / Phi-3 families with an unquantized, unadapted, bias-free head. Anything
@@ -52,33 +54,48 @@ def _picked(z: mx.array, t: mx.array) -> mx.array:
 
 
 @mx.custom_function
-def head_nll(hidden: mx.array, weight: mx.array, targets: mx.array) -> mx.array:
-    """-log softmax(hidden @ weight^T)[target] per position: hidden [..., D], weight [V, D],
-    targets [...] int -> [...] float32."""
+def scaled_head_nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array) -> mx.array:
+    """-log softmax(scale * float32(hidden @ weight^T))[target] per position: hidden [..., D], weight [V, D],
+    targets [...] int, scale a float32 scalar (GRPO's 1 / temperature; 1 for cross-entropy) -> [...] float32."""
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     out = []
     for s, e in _chunks(h.shape[0]):
-        z = _logits(h[s:e], weight)
-        out.append(mx.logsumexp(z.astype(mx.float32), axis=-1) - _picked(z, t[s:e]))
+        z = _logits(h[s:e], weight).astype(mx.float32) * scale
+        out.append(mx.logsumexp(z, axis=-1) - _picked(z, t[s:e]))
     return mx.concatenate(out).reshape(targets.shape)
 
 
-@head_nll.vjp
-def _head_nll_vjp(primals, cotangent, output):
-    hidden, weight, targets = primals
+@scaled_head_nll.vjp
+def _scaled_head_nll_vjp(primals, cotangent, output):
+    hidden, weight, targets, scale = primals
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    cot, nll = cotangent.reshape(-1), output.reshape(-1)
+    cot, nll = cotangent.reshape(-1) * scale, output.reshape(-1)
     d_hidden, d_weight = [], None
     for s, e in _chunks(h.shape[0]):
-        z = _logits(h[s:e], weight)
+        z = _logits(h[s:e], weight).astype(mx.float32) * scale
         lse = nll[s:e] + _picked(z, t[s:e])
         onehot = mx.arange(z.shape[-1]) == t[s:e, None]
-        g = ((mx.exp(z.astype(mx.float32) - lse[:, None]) - onehot) * cot[s:e, None]).astype(weight.dtype)
+        g = ((mx.exp(z - lse[:, None]) - onehot) * cot[s:e, None]).astype(weight.dtype)
         d_hidden.append(g @ weight)
         dw = g.T @ h[s:e]  # computed only if asked for (a frozen head's is never evaluated)
         d_weight = dw if d_weight is None else d_weight + dw
     return (mx.concatenate(d_hidden).reshape(hidden.shape).astype(hidden.dtype), d_weight.astype(weight.dtype),
-            mx.zeros_like(targets))
+            mx.zeros_like(targets), mx.zeros_like(scale))
+
+
+def head_nll(hidden: mx.array, weight: mx.array, targets: mx.array) -> mx.array:
+    """-log softmax(hidden @ weight^T)[target] per position (the cross-entropy: scale 1)."""
+    return scaled_head_nll(hidden, weight, targets, mx.array(1.0, dtype=mx.float32))
+
+
+def head_entropy(hidden: mx.array, weight: mx.array, scale: float = 1.0) -> mx.array:
+    """Entropy of softmax(scale * float32(hidden @ weight^T)) per position, in chunks, without gradient."""
+    h = mx.stop_gradient(hidden).reshape(-1, hidden.shape[-1])
+    out = []
+    for s, e in _chunks(h.shape[0]):
+        z = _logits(h[s:e], weight).astype(mx.float32) * scale
+        out.append(mx.logsumexp(z, axis=-1) - (mx.softmax(z, axis=-1) * z).sum(axis=-1))
+    return mx.stop_gradient(mx.concatenate(out).reshape(hidden.shape[:-1]))
 
 
 def causal_token_nll(model, inputs: mx.array, targets: mx.array):

@@ -37,6 +37,7 @@ from trainer_core.training.callbacks import Callback, CallbackList
 from trainer_core.training import loop_state
 from trainer_core.training.checkpoint import CheckpointManager, write_checkpoint_dir
 from trainer_core.training.evaluation import Evaluation
+from trainer_core.training.guard import StepGuard, StepInterrupted, memory_limit
 from trainer_core.training.optim import AdamW
 from trainer_core.training.schedules import schedule_for
 from trainer_core.training.step import CompiledSteps
@@ -145,6 +146,10 @@ class TrainingLoop:
     def train(self) -> TrainResult:
         """Train to total_steps (or a stop); raises collectives.RankFailure when another rank is lost.
         Every ending, an exception included, is reported as a `stopped` event (run_end.py)."""
+        # progress, Stop and the memory limit inside long steps (guard.py)
+        self.guard = StepGuard(self.callbacks, lambda: self.stop_requested or self.callbacks.wants_stop(),
+                               memory_limit(self.config.max_memory_gb), interruptible=self.world_size == 1)
+        self.method.guard = self.evaluation.guard = self.guard
         try:
             result = self._train_reporting_lost_ranks()
         except BaseException as e:
@@ -189,7 +194,7 @@ class TrainingLoop:
                                        "valid_examples": len(self.valid_examples)})
         if start_step == 0:
             self.callbacks.on_epoch_begin({"step": 0, "epoch": 0})
-        saved_at = evaluated_at = None
+        saved_at = evaluated_at = interrupted = None
         status = "finished"
         while self.step < self.total_steps:
             if self._stop_requested():
@@ -203,17 +208,25 @@ class TrainingLoop:
                                                  f"{patience} evaluations")
                 self.callbacks.on_log(self.early_stop_message)
                 break
-            self._train_step()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.valid_examples:
-                self.evaluate()
-                evaluated_at = self.step
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save_checkpoint()
-                saved_at = self.step
+            try:
+                self._train_step()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.valid_examples:
+                    self.evaluate()
+                    evaluated_at = self.step
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                    saved_at = self.step
+                self.guard.check_peak(self.step)
+            except StepInterrupted as stop:  # Stop or the memory limit inside a step, which was discarded
+                self.model.train()  # an evaluation may have been cut short
+                status, interrupted = "stopped", stop
+                break
         if status == "finished" and self.valid_examples and evaluated_at != self.step:
             self.evaluate()
         if self.step > start_step and saved_at != self.step:
             self.save_checkpoint()
+        if interrupted is not None and interrupted.reason == "out_of_memory":
+            raise UserError(interrupted.message, reason="out_of_memory")
         final = None
         if status == "finished":
             self.callbacks.on_epoch_end({"step": self.step, "epoch": self.epoch})
@@ -224,16 +237,27 @@ class TrainingLoop:
                                      "final_dir": final})
         return result
 
+    def _collate_cycle(self) -> None:
+        """At the start of a reuse cycle, draw and collate its micro-batches (GRPO: the rollout)."""
+        if self.step % self.passes == 0:
+            micro = [self._next_micro_batch() for _ in range(self.accumulation)]
+            collated = [self.method.collate(examples) for examples, _ in micro]
+            counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, collated)]
+            batches = self.method.step_batches(collated)  # may split them further (GRPO's passes over rows)
+            self.cycle = ([indices for _, indices in micro], batches, counts)
+
     def _train_step(self) -> None:
         cfg = self.config
         self.callbacks.on_step_begin({"step": self.step})
         started = time.perf_counter()
         mx.random.seed(step_seed(self.config.seed, self.step, self.rank))
-        if self.step % self.passes == 0:
-            micro = [self._next_micro_batch() for _ in range(self.accumulation)]
-            batches = self.method.step_batches([self.method.collate(examples) for examples, _ in micro])
-            counts = [self.method.batch_tokens(examples, b) for (examples, _), b in zip(micro, batches)]
-            self.cycle = ([indices for _, indices in micro], batches, counts)
+        self.guard.step = self.step
+        position = (self.epoch, self.batch_in_epoch, self.cycle)
+        try:
+            self._collate_cycle()
+        except StepInterrupted:  # the partial step is discarded: its batches are drawn again on resume
+            self.epoch, self.batch_in_epoch, self.cycle = position
+            raise
         cycle_indices, batches, counts = self.cycle
         batches = [self.method.batch_for_step(b, self.step) for b in batches]
         learning_rate = self.learning_rate(self.step)

@@ -87,8 +87,9 @@ def restore(loop, checkpoint) -> None:
     }
     loop.step, loop.epoch, loop.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     if state.get("cycle"):
+        count = 1 + max(int(k.split(".")[1]) for k in arrays if k.startswith("cycle."))  # step_batches may split
         batches = [{k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"cycle.{i}.")}
-                   for i in range(len(state["cycle"]["indices"]))]
+                   for i in range(count)]
         loop.cycle = (state["cycle"]["indices"], batches, state["cycle"]["counts"])
     loop.bad_steps = state.get("bad_steps", 0)
     loop.evals_without_improvement = state.get("evals_without_improvement", 0)

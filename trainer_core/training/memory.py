@@ -39,7 +39,8 @@ ADAPTER_ACTIVATION_HIDDEN = 6  # more per token and layer when LoRA/DoRA paths r
 OUTSIDE_BLOCKS_HIDDEN = 8  # per token, outside the blocks: embeddings, final norm, their gradients
 DIFFUSION_ACTIVATIONS = 1.6  # bidirectional attention and the masked copy of every row: measured
 LOGIT_COPIES = 2      # logits in the compute dtype + the loss's float32 gradient
-GRPO_LOGIT_COPIES = 7  # the policy terms: float32 logits / T, log-softmax, entropy's softmax, gradients
+GRPO_LOGIT_COPIES = 3  # one head chunk's float32 logits / T, its softmax (entropy) and gradient (head_loss.py)
+HEAD_CHUNK_TOKENS = 1024  # head_loss.CHUNK: the fused LM head's logits exist one chunk of tokens at a time
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,14 @@ def _grpo(est: MemoryEstimate, shape: ModelShape, config, longest_prompt: int | 
     kv_cache = sampled * tokens * shape.layers * 2 * shape.kv_width * shape.dtype_bytes
     prefill = sampled * prompt * shape.vocab * 4.0 + _activations_inference(shape, sampled, prompt)
     est.parts["rollout (sampling)"] = kv_cache + prefill
-    est.parts["activations"] = _activations(shape, config, rows, tokens)
-    est.parts["logits"] = _logits(shape, rows, tokens, GRPO_LOGIT_COPIES)
+    # the update runs over rows in passes of at most grpo.micro_batch_tokens (GRPOMethod.step_batches)
+    per_pass = min(rows, max(1, grpo.micro_batch_tokens // tokens)) if grpo.micro_batch_tokens else rows
+    est.parts["activations"] = _activations(shape, config, per_pass, tokens)
+    est.parts["logits"] = _logits(shape, 1, min(per_pass * tokens, HEAD_CHUNK_TOKENS), GRPO_LOGIT_COPIES)
     if grpo.beta and config.resolved_fine_tune_type == "full":
         est.parts["reference weights"] = shape.parameters * shape.dtype_bytes
     est.notes.append(f"{config.batch_size} prompts x group {grpo.group_size} = {rows} rows x {tokens} tokens "
-                     f"({prompt} prompt + {grpo.max_completion_length} completion)")
+                     f"({prompt} prompt + {grpo.max_completion_length} completion), {per_pass} rows per update pass")
 
 
 def _activations_inference(shape: ModelShape, rows: int, tokens: int) -> float:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from tqdm import tqdm
 
 from trainer_core.training.callbacks import Callback
+
+PIPED_PROGRESS_EVERY = 10.0  # seconds between progress lines when the output is not a terminal
 
 
 class TerminalProgress(Callback):
@@ -14,6 +17,7 @@ class TerminalProgress(Callback):
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.bar = None
+        self.said_progress = 0.0  # when a piped run last printed a progress line
 
     def _say(self, text: str) -> None:
         if self.bar is not None:
@@ -37,6 +41,17 @@ class TerminalProgress(Callback):
             self.bar.set_postfix_str(summary, refresh=True)
         else:
             self._say(f"step {m['step']} · epoch {m['epoch']:.2f} · {summary}")
+
+    def on_progress(self, info):
+        """Inside a long step (a GRPO rollout, an evaluation): items done / total and their rate; piped, a
+        line every PIPED_PROGRESS_EVERY seconds at most."""
+        unit = "tokens" if info["phase"] == "rollout" else "batches"
+        text = f"step {info['step']} {info['phase']}: {info['done']:,}/{info['total']:,} {unit} · {info['per_sec']:,.1f}/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+        elif time.monotonic() - self.said_progress >= PIPED_PROGRESS_EVERY:
+            self.said_progress = time.monotonic()
+            self._say(text)
 
     def on_evaluate(self, m):
         self._say(f"eval step {m['step']}: loss {m['loss']:.4f}")

@@ -93,3 +93,34 @@ def test_plain_path_where_the_head_is_not_plain(monkeypatch):
     assert head_loss.split_head(model) is None  # a head with a bias
     monkeypatch.setattr(head_loss, "ENABLED", False)
     assert head_loss.split_head(tiny(True)) is None
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_chunked_logprobs_and_entropy_equal_the_whole_logits(tied, dtype, monkeypatch):
+    """GRPO's log softmax(logits / T) and entropy, in chunks, against the same from the whole float32 logits
+    (1e-6: the chunks compute the same float32 numbers), and the gradient of their sum."""
+    monkeypatch.setattr(head_loss, "CHUNK", 10)
+    model, b = tiny(tied, dtype), batch()
+    ids, temperature = b["input_ids"], 0.7
+    inner, weight = head_loss.split_head(model)
+
+    def whole(m):
+        z = m(ids[:, :-1]).astype(mx.float32) / temperature
+        logp = mx.take_along_axis(z, ids[:, 1:, None], axis=-1)[..., 0] - mx.logsumexp(z, axis=-1)
+        return logp, mx.logsumexp(z, axis=-1) - (mx.softmax(z, axis=-1) * z).sum(axis=-1)
+
+    def chunked(m):
+        hidden = inner(ids[:, :-1])
+        scale = mx.array(1 / temperature, dtype=mx.float32)
+        return -head_loss.scaled_head_nll(hidden, weight, ids[:, 1:], scale), head_loss.head_entropy(hidden, weight, 1 / temperature)
+
+    (logp, entropy), (logp_c, entropy_c) = whole(model), chunked(model)
+    assert mx.abs(logp - logp_c).max().item() <= 1e-6 * max(1.0, mx.abs(logp).max().item())
+    assert mx.abs(entropy - entropy_c).max().item() <= 1e-6 * max(1.0, mx.abs(entropy).max().item())
+    plain = dict(tree_flatten(nn.value_and_grad(model, lambda m: whole(m)[0].sum())(model)[1]))
+    fused = dict(tree_flatten(nn.value_and_grad(model, lambda m: chunked(m)[0].sum())(model)[1]))
+    rtol = 1e-5 if dtype == mx.float32 else 1e-2
+    for k, g in plain.items():
+        assert mx.allclose(fused[k].astype(mx.float32), g.astype(mx.float32), rtol=rtol,
+                           atol=rtol * mx.abs(g).max().item()).item(), k

@@ -1,0 +1,96 @@
+"""Inside a long step: progress, stop requests and the memory limit, between a step's own items.
+
+A GRPO rollout samples hundreds of tokens for every row before its step can start, and a large evaluation
+runs many batches; without this, such a step is silent, deaf to Stop and blind to memory for minutes. The
+loop gives the method (and its Evaluation) a `StepGuard`; long work calls `guard.progress(phase, done,
+total)` between its items (the sampler: between generated tokens). Each call
+
+- raises `StepInterrupted("user")` when a stop was requested (Stop, SIGTERM; single-process runs only:
+  ranks of a data-parallel run stop together at a step boundary, never in the middle of a collective);
+- raises `StepInterrupted("out_of_memory")` when MLX's active memory passes the limit;
+- reports `on_progress({"step", "phase", "done", "total", "per_sec"})` to the callbacks when a phase
+  begins, when it is done and at most every PROGRESS_EVERY seconds between (the CLI bar and the GUI status show it; metrics.jsonl does not record it).
+
+The loop discards the interrupted step (its data position goes back, the last checkpoint stays the resume
+point), and also checks the step's peak (`check_peak`) after every step. The limit is `max_memory_gb`, or
+with 0 `DEFAULT_SHARE` of what memory.available_memory() says training may use. A single allocation
+that jumps past what the machine has is not caught here (the kernel may kill the process first); the
+pre-start estimate (memory.py) is the guard against that.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import mlx.core as mx
+
+from trainer_core.training.memory import available_memory
+
+PROGRESS_EVERY = 0.5  # seconds between on_progress reports
+DEFAULT_SHARE = 0.85  # of the available memory, when max_memory_gb = 0
+ADVICE = ("a smaller batch_size with more gradient_accumulation_steps, gradient_checkpointing = true, a shorter "
+          "max_seq_length, or for GRPO a smaller grpo.group_size, grpo.max_completion_length or "
+          "grpo.micro_batch_tokens")
+
+
+class StepInterrupted(Exception):
+    """A step given up part-way: reason "user" (a stop request) or "out_of_memory" (message says more)."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason, self.message = reason, message
+
+
+def memory_limit(max_memory_gb: float) -> int:
+    """The run's limit in bytes: max_memory_gb, else DEFAULT_SHARE of the available memory (0: unknown, none).
+    Off macOS "available" is what is still free, so what MLX already holds (the loaded model) is added."""
+    if max_memory_gb:
+        return int(max_memory_gb * 1e9)
+    available = available_memory()
+    held = mx.get_active_memory() if sys.platform != "darwin" else 0
+    return int(DEFAULT_SHARE * (available + held)) if available else 0
+
+
+def out_of_memory_message(peak: float, limit: int, where: str) -> str:
+    return (f"Out of memory {where}: peak {peak / 1e9:.2f} GB, limit {limit / 1e9:.2f} GB (max_memory_gb). "
+            f"The last checkpoint is the resume point. Try {ADVICE}; or raise max_memory_gb if the machine has "
+            "room.")
+
+
+class StepGuard:
+    """See the module doc. `should_stop()`: whether a stop was requested; `limit`: bytes (0 = none)."""
+
+    def __init__(self, callbacks=None, should_stop=lambda: False, limit: int = 0, interruptible: bool = True):
+        self.callbacks, self.should_stop, self.limit = callbacks, should_stop, limit
+        self.interruptible = interruptible
+        self.step = 0
+        self._phase, self._began, self._reported, self._done = None, 0.0, 0.0, 0
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """`done` of `total` items of `phase` ("rollout": tokens, "evaluation": batches) are done."""
+        now = time.monotonic()
+        first = phase != self._phase or done < self._done  # a new phase: reported at once
+        if first:
+            self._phase, self._began = phase, now
+        self._done = done
+        if self.interruptible and self.should_stop():
+            raise StepInterrupted("user")
+        active = mx.get_active_memory()
+        if self.limit and active > self.limit:
+            raise StepInterrupted("out_of_memory", out_of_memory_message(
+                active, self.limit, f"during the {phase} of step {self.step + 1}"))
+        if self.callbacks is not None and (first or now - self._reported >= PROGRESS_EVERY or done >= total):
+            self._reported = now
+            elapsed = now - self._began
+            self.callbacks.on_progress({"step": self.step + 1, "phase": phase, "done": done, "total": total,
+                                        "per_sec": done / elapsed if elapsed > 0 else 0.0})
+
+    def check_peak(self, step: int) -> None:
+        """After step `step`: raise StepInterrupted("out_of_memory") if its peak passed the limit."""
+        peak = mx.get_peak_memory()
+        if self.limit and peak > self.limit:
+            raise StepInterrupted("out_of_memory", out_of_memory_message(peak, self.limit, f"at step {step}"))
+
+
+NO_GUARD = StepGuard(interruptible=False)  # what a method has outside a run (tests, the CLI's sampling)
