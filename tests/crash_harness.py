@@ -55,8 +55,10 @@ class RunSpec:
     data: Path
     max_steps: int = 40
     save_every: int = 2
+    # every setting the CLI would otherwise recommend is given (warm-up included), so an in-process
+    # reference (runner.train, no recommendations) is the same run
     extra: tuple = ("--method", "lora", "--batch-size", "2", "--gradient-accumulation-steps", "2",
-                    "--learning-rate", "1e-2", "--eval-every", "10", "--set", "lora.dropout=0.1",
+                    "--learning-rate", "1e-2", "--warmup-steps", "0", "--eval-every", "10", "--set", "lora.dropout=0.1",
                     "--set", "keep_last=2", "--set", "sample_max_tokens=4")  # killed while sampling too
 
     def train_args(self, out: Path, name: str) -> list[str]:
