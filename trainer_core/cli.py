@@ -95,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--max-steps", type=int, default=None, help="extend or shorten the run")
     resume.add_argument("--checkpoint", default=None, metavar="CHECKPOINT_DIR",
                         help="resume from this checkpoint of the run (default: its latest)")
-
     resume.add_argument("--allow-model-change", action="store_true",
                         help="continue even though the base model's files changed (recorded as an event)")
+
     generate = sub.add_parser("generate", help="generate text with a model and optional checkpoint")
     generate.add_argument("--model", default=None, help="model folder, .gguf or 'demo' (default: the checkpoint's base)")
     generate.add_argument("--adapter", default=None, help="a checkpoint folder (checkpoints/step-NNNNNN or final/)")
