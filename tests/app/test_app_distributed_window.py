@@ -21,6 +21,7 @@ from app.main_window import MainWindow
 import mlx.core as mx
 from app.common.cli_line import cli_arguments
 from app.distributed.resume import resume_plan
+from app.runs.sidebar import summarize_run
 from tests.app.test_app_setup import ready
 from tests.train_helpers import write_chat_data
 from trainer_core.distributed import launch
@@ -227,7 +228,7 @@ def test_stop_then_the_sidebars_resume_continues_on_both_ranks_exactly(qtbot, wi
         assert window.stop_action.isEnabled() and window.tabs.currentWidget() is window.training
         qtbot.waitUntil(lambda: window.run_dir == run_dir, timeout=TIMEOUT)  # rank 0 resumed: the window follows
         qtbot.waitUntil(lambda: "rank 1 on " in window.training.banner.text(), timeout=TIMEOUT)  # who joined
-        assert window.sidebar.summary(run_dir).status == "running"
+        assert summarize_run(run_dir, window.sidebar.running).status == "running"  # what its next scan shows
     qtbot.waitUntil(lambda: not window.running, timeout=TIMEOUT)
     log = window.training.log.toPlainText()
     assert finished.args[0]["status"] == "finished" and finished.args[0]["step"] == MAX_STEPS, log
