@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
-from trainer_core.training.checkpoint import ADAPTER_CONFIG, WEIGHTS
+from trainer_core.training.checkpoint import ADAPTER_CONFIG, WEIGHTS, fsync_path
 from trainer_core.errors import UserError
 
 FORMATS = ("mlx-lm", "fused", "peft", "gguf", "ollama", "lmstudio")
@@ -306,14 +306,6 @@ def write_model_folder(loaded, folder: Path) -> None:
 
 # ---------------------------------------------------------------- atomic output
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _atomic_folder(out: Path, overwrite: bool = False):
     """Yield a temporary folder beside `out`; rename it to `out` when the block succeeds.
@@ -338,12 +330,12 @@ def _atomic_folder(out: Path, overwrite: bool = False):
         yield tmp
         for path in tmp.rglob("*"):
             if path.is_file():
-                _fsync(path)
-        _fsync(tmp)
+                fsync_path(path)
+        fsync_path(tmp)
         if out.is_dir():  # rename cannot replace a folder everywhere
             out.rename(old)
         tmp.rename(out)
-        _fsync(out.parent)
+        fsync_path(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

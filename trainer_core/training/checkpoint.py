@@ -34,7 +34,8 @@ OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (atomic writes: checkpoints, exports)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -75,8 +76,8 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
         (tmp / STATE).write_text(json.dumps(state, indent=2))
         writing = target
         for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         if target.exists():
             old = parent / f".old-{target.name}-{os.getpid()}-{time.monotonic_ns()}"
             target.rename(old)
@@ -84,7 +85,7 @@ def write_checkpoint_dir(target: Path, *, weights: dict, adapter_config: dict,
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
-        _fsync_path(parent)
+        fsync_path(parent)
     except (OSError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"Could not write {writing} (checkpoint {target.name}): {getattr(e, 'strerror', None) or e}. "

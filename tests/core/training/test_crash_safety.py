@@ -90,7 +90,7 @@ def test_interrupted_checkpoint_write_removes_its_temp_folder(tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint_module, "_fsync_path", interrupted)
+    monkeypatch.setattr(checkpoint_module, "fsync_path", interrupted)
     with pytest.raises(KeyboardInterrupt):
         manager.save(2, **_parts(2))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-000001"]
