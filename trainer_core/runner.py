@@ -37,6 +37,7 @@ from trainer_core.training.loop import TrainingLoop, TrainResult
 from trainer_core.training import memory
 from trainer_core.training.resume_checks import check_resumable, fingerprint
 from trainer_core.training.run_lock import RunLock
+from trainer_core.training.time_estimate import Rate, rate_from_records
 
 CONFIG_FILE = "config.toml"
 
@@ -268,6 +269,37 @@ def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train:
 def train(config: RunConfig, callbacks: list[Callback] | tuple = (), **world) -> TrainResult:
     """Run a new training run to the end (or until a callback asks to stop)."""
     return build_run(config, callbacks, **world).train()
+
+
+class _Timed(Callback):
+    def __init__(self, should_stop):
+        self.records: list[dict] = []
+        self.stop = should_stop
+
+    def on_step_end(self, metrics: dict) -> None:
+        self.records.append(metrics)
+
+    def should_stop(self) -> bool:
+        return self.stop()
+
+
+def measure_speed(config: RunConfig, steps: int = 4, should_stop=lambda: False) -> Rate | None:
+    """Time `steps` real optimizer steps of `config` (the Setup tab's time estimate, on first use of a model):
+    the same data, model and method, in a throw-away run folder; no checkpoint, evaluation or samples.
+    None when `should_stop()` ended it before a step after the first (compiling) one was timed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="speed-") as folder:
+        timed = _Timed(should_stop)
+        config = replace(config, max_steps=steps, output_dir=folder, run_name="speed", save_every=0, eval_every=0,
+                         val_fraction=0.0, num_samples=0, sample_prompts=[], report_every=1,
+                         dpo=replace(config.dpo, precompute_reference=False))
+        run = build_run(config, [timed])
+        run.loop.checkpoints = run.loop.final_dir = None
+        run.loop.valid_examples = []
+        run.train()
+    rows = config.batch_size * config.gradient_accumulation_steps
+    return rate_from_records(timed.records, rows)
 
 
 def load_run_config(run_dir: Path) -> RunConfig:

@@ -3,6 +3,6 @@
 The loop (`loop`) and its collaborators (`evaluation`, `loop_state`), the compiled step (`step`),
 AdamW with param groups (`optim`), LR schedules (`schedules`), token losses (`losses`), callbacks
 (`callbacks`), checkpoints and resume checks (`checkpoint`, `resume_checks`), the reductions over
-ranks that a step and the loop make (`collectives`) and the terminal progress bar (`progress`).
+ranks that a step and the loop make (`collectives`) the terminal progress bar (`progress`) and the run-time estimate (`time_estimate`).
 May import: `models`, `data` and the top-level contracts. Never a method, generation or export.
 """
