@@ -184,6 +184,7 @@ class MainWindow(QMainWindow):
         self.sidebar.set_running(self.run_dir)
         self.checkpoints.set_run(self.run_dir)
         self.training.load_history(self.run_dir)  # a resumed run: its earlier records first
+        self.setup.time_panel.follow_run(self.run_dir)  # its speed refines the next time estimate
         self._update_actions()
 
     def _ranks_joined(self, joined: list) -> None:
@@ -206,6 +207,7 @@ class MainWindow(QMainWindow):
         if record.get("event") == "samples":
             self.checkpoints.samples_written(record)
         if record.get("type") == "train":
+            self.setup.time_panel.live(record)
             self.run_status.add(record)
             self.sidebar.show_progress(int(record["step"]), self.run_status.total_steps)
         elif record.get("type") == "eval":

@@ -31,6 +31,7 @@ from app.setup.hparams_panel import HyperparametersPanel, LRPreview
 from app.setup.method_panel import LABELS, MethodPanel, method_available
 from app.setup.model_panel import ModelPanel
 from app.setup.recommended import Recommendations
+from app.setup.time_panel import TimePanel
 from trainer_core import resources
 from trainer_core.config import RunConfig
 from trainer_core.data import SFT_KINDS
@@ -70,6 +71,7 @@ class SetupPane(QScrollArea):
 
         self.memory_panel = MemoryPanel()
         self.memory_panel.fixRequested.connect(self.apply_fix)
+        self.time_panel = TimePanel()  # "Time ≈ 14 min on this Mac", under the memory line
         self.copy_cli_button = QPushButton("Copy as CLI")
         self.copy_cli_button.setToolTip("Copy the `finetune train …` command that runs this exact configuration "
                                         "(Distributed ticked: `python -m trainer_core.launch … -- train …`).")
@@ -84,6 +86,7 @@ class SetupPane(QScrollArea):
         self.notice.setWordWrap(True)
 
         self.model_panel.footer.addWidget(self.memory_panel)
+        self.model_panel.footer.addWidget(self.time_panel)
         content = QWidget()
         self.content = content
         top = QHBoxLayout()
@@ -223,6 +226,7 @@ class SetupPane(QScrollArea):
                                                  "polynomial_power", "lr_schedule")):
             self.lr_preview.show_schedule(config, total, per_epoch)
         self._show_memory(config)
+        self.time_panel.show_plan(config, total, self.dataset_panel.summary, not problems and not self.start_blocker())
         self.copy_cli_button.setEnabled(not problems)
         self._schedule_analysis(config)
         self.changed.emit()
@@ -288,6 +292,7 @@ class SetupPane(QScrollArea):
     def set_locked(self, locked: bool) -> None:
         """Read-only while a run trains (the run uses the config it started with)."""
         self.content.setEnabled(not locked)
+        self.time_panel.set_running(locked)
 
     # ---- CLI and presets ----------------------------------------------------------------
     def copy_cli(self) -> str:
