@@ -95,7 +95,7 @@ class ModelPanel(QGroupBox):
         self.combo.clear()
         self.combo.addItem(models.DEMO_NAME if models.demo_model_available() else "Demo model (not installed)",
                            models.DEMO_SPEC)
-        specs = [s for s in settings.recent(RECENT_KEY) if s != models.DEMO_SPEC]
+        specs = [s for s in settings.recent(RECENT_KEY) if s != models.DEMO_SPEC and not models.local_model_problem(s)]
         if self._spec not in specs and self._spec != models.DEMO_SPEC:
             specs.insert(0, self._spec)
         for spec in specs:
@@ -140,8 +140,10 @@ class ModelPanel(QGroupBox):
         spec = str(spec)
         changed = spec != self._spec
         self._spec = spec
-        if spec != models.DEMO_SPEC:
+        problem = models.local_model_problem(spec)
+        if spec != models.DEMO_SPEC and not problem:  # recents hold only models (a non-model: the reason, inline)
             settings.push_recent(RECENT_KEY, spec)
+
         self._fill()
         if changed:
             self._load_info()
@@ -170,6 +172,7 @@ class ModelPanel(QGroupBox):
         self.infoChanged.emit()
 
     def _info_failed(self, message: str) -> None:
-        self.info, self.error = None, message
+        not_a_model = self._spec != models.DEMO_SPEC and models.local_model_problem(self._spec)
+        self.info, self.error = None, message + (" It was not added to the recent models." if not_a_model else "")
         self.info_label.setText("")
         self.infoChanged.emit()

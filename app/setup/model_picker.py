@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, Q
                                QPushButton, QTabWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from app.common.tasks import LatestTask
+from trainer_core.models import loading as models
 
 SPEC_ROLE = Qt.UserRole
 LOCAL_COLUMNS = ["Model", "Size", "Can train?"]
@@ -128,8 +129,8 @@ class ModelPicker(QDialog):
         groups = {}
         if self._recent:
             groups["Recent"] = QTreeWidgetItem(self.local, ["Recent"])
-            for spec in self._recent:
-                self._item(groups["Recent"], [spec, ""], spec, "")
+            for spec in self._recent:  # one that is no longer a model (moved, deleted) is greyed with the reason
+                self._item(groups["Recent"], [spec, ""], spec, models.local_model_problem(spec) or "")
         for model in found:
             if model.source not in groups:
                 groups[model.source] = QTreeWidgetItem(self.local, [model.source])

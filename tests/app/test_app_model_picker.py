@@ -122,3 +122,48 @@ def test_a_typed_id_that_does_not_exist_says_so_inline(qtbot, picker, fake_hub):
 
 def test_progress_text():
     assert progress_text(120_000_000, 1_200_000_000, 10) == "120 MB of 1.2 GB · 12.0 MB/s · 1:30 left"
+
+
+def test_recents_refuse_a_folder_that_is_not_a_model(qtbot, tiny_model_dir, tmp_path, monkeypatch):
+    from app import settings
+    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))  # empty recents
+    from app.setup.model_panel import RECENT_KEY
+
+    notes = tmp_path / "my-notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("not a model", encoding="utf-8")
+    half = tmp_path / "half-download"
+    half.mkdir()
+    (half / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")  # no weights
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    for folder in (notes, half):
+        panel.select(str(folder))
+        qtbot.waitUntil(lambda: bool(panel.error), timeout=TIMEOUT)
+        assert str(folder) not in settings.recent(RECENT_KEY)
+        assert "not added to the recent models" in panel.error
+    panel.select(str(tiny_model_dir))  # a real model is remembered
+    qtbot.waitUntil(lambda: panel.info is not None, timeout=TIMEOUT)
+    assert settings.recent(RECENT_KEY) == [str(tiny_model_dir)]
+    settings.push_recent(RECENT_KEY, str(notes))  # an entry from an older version, or a folder emptied since
+    panel._fill()
+    combo = [panel.combo.itemData(i) for i in range(panel.combo.count())]
+    assert str(notes) not in combo and str(tiny_model_dir) in combo
+    picker = ModelPicker(settings.recent(RECENT_KEY))
+    qtbot.addWidget(picker)
+    picker._show_local([])
+    recent = items(picker.local)
+    refused = recent[f"Recent/{notes}"]
+    assert not refused.flags() & Qt.ItemIsEnabled and "no config.json" in refused.toolTip(0)
+    assert recent[f"Recent/{tiny_model_dir}"].flags() & Qt.ItemIsEnabled
+
+
+def test_local_model_problem_names_what_is_missing(tmp_path, tiny_model_dir):
+    from trainer_core.models.loading import local_model_problem
+
+    assert local_model_problem(str(tiny_model_dir)) is None and local_model_problem("demo") is None
+    assert local_model_problem("org/name") is None  # a Hugging Face id: checked when it resolves
+    assert "does not exist" in local_model_problem(str(tmp_path / "gone"))
+    assert "no config.json" in local_model_problem(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    assert "not a .gguf" in local_model_problem(str(tmp_path / "notes.txt"))

@@ -93,6 +93,22 @@ def resolve_model_path(spec: str) -> Path:
     return path.resolve()
 
 
+def local_model_problem(spec: str) -> str | None:
+    """Why the local path `spec` is not a model (no such path; a folder without config.json or model*.safetensors;
+    a file that is not a GGUF), or None. 'demo' and Hugging Face ids pass unchecked; only small files are read."""
+    spec = str(spec).strip()
+    if spec == DEMO_SPEC or (not Path(spec).expanduser().exists() and hub_ids.parse(spec) is not None):
+        return None
+    try:
+        path = resolve_model_path(spec)
+        if path.is_dir():
+            _read_config(path)
+            _weight_files(path)
+    except UserError as e:
+        return e.message
+    return None
+
+
 def _starts_like_gguf(path: Path) -> bool:
     """A GGUF without the .gguf name: Ollama keeps its models as blobs/sha256-<digest>."""
     try:
