@@ -161,3 +161,25 @@ def test_the_setup_tab_edits_the_sample_settings_and_keeps_a_presets_prompts(qtb
     length.setValue(32)
     config = pane.config()
     assert (config.num_samples, config.sample_max_tokens, config.sample_prompts) == (0, 32, ["Mine?"])
+
+
+def test_a_long_answer_is_shown_whole(qtbot):
+    from app.checkpoints.samples_view import SamplesView
+
+    view = SamplesView()
+    qtbot.addWidget(view)
+    view.resize(380, 500)
+    view.show()
+    answer = " ".join(f"word{i}" for i in range(400)) + " THE-END"
+    view.show_samples("Samples at step 9", [{"prompt": "short?", "answer": "yes"},
+                                           {"prompt": "Tell me everything", "answer": answer}])
+    assert view.texts()[1] == ("Tell me everything", answer)  # the cell holds it all, wrapped
+    qtbot.waitUntil(lambda: view.table.verticalScrollBar().isVisible() and not view._fit.isActive())
+    assert view.table.wordWrap() and view.table.rowHeight(1) >= view.table.sizeHintForRow(1) > 3 * view.table.rowHeight(0)
+    assert view.detail.toPlainText() == "Prompt:\nshort?\n\nAnswer:\nyes"  # the first row until another is chosen
+    view.table.selectRow(1)
+    assert view.detail.toPlainText().endswith(answer) and "THE-END" in view.detail.toPlainText()
+    view.show_samples("Samples at step 10", [{"prompt": "other", "answer": "new"}])
+    assert view.detail.toPlainText().endswith("new")  # never a stale sample from the previous checkpoint
+    view.show_samples("Samples", None)
+    assert view.detail.toPlainText() == "" and view.detail.isHidden()
