@@ -18,7 +18,7 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QTabWidget
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QSplitter, QTabWidget
 
 from app import settings
 from app.actions import build_actions, keys
@@ -285,7 +285,7 @@ class MainWindow(QMainWindow):
 
     # ---- files -------------------------------------------------------------------------
     def open_run(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open a run folder (holds metrics.jsonl)")
+        path = settings.ask_path(self, "folder", "runs", "Open a run folder (holds metrics.jsonl)", fallback=runs_root())
         if path:
             self.show_run(Path(path))
 

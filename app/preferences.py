@@ -55,7 +55,8 @@ class PreferencesDialog(QDialog):
         layout.addWidget(buttons)
 
     def _browse(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Runs folder", self.root.text())
+        path = QFileDialog.getExistingDirectory(self, "Runs folder",
+                                                self.root.text().strip() or str(default_runs_root()))
         if path:
             self.root.setText(path)
 

@@ -37,13 +37,31 @@ def push_recent(key: str, item: str) -> list[str]:
     return items
 
 
-def dialog_folder(key: str) -> str:
-    """Where a file dialog for `key` opens: the folder last used for it, else the user's Documents."""
+def dialog_folder(key: str, fallback: str | Path = "") -> str:
+    """Where a file dialog for `key` opens: the folder last used for it, else `fallback` (an existing folder),
+    else the user's Documents; never the program's own (current) folder."""
     from PySide6.QtCore import QStandardPaths
     last = str(settings().value(f"folders/{key}", "") or "")
-    if last and Path(last).is_dir():
-        return last
+    for folder in (last, str(fallback or "")):
+        if folder and Path(folder).is_dir():
+            return folder
     return QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+
+
+def ask_path(parent, kind: str, key: str, title: str, name: str = "", filters: str = "",
+             fallback: str | Path = "") -> str:
+    """A file dialog (`kind`: save | open | folder) opening in `dialog_folder(key, fallback)` (with `name` as the
+    suggested file name); the chosen path's folder is remembered for `key`. "" when cancelled."""
+    from PySide6.QtWidgets import QFileDialog
+    start = dialog_folder(key, fallback)
+    if kind == "folder":
+        path = QFileDialog.getExistingDirectory(parent, title, start)
+    else:
+        ask = QFileDialog.getSaveFileName if kind == "save" else QFileDialog.getOpenFileName
+        path, _ = ask(parent, title, str(Path(start) / name) if name else start, filters)
+    if path:  # a chosen folder: the next dialog opens beside it, where its siblings are
+        remember_folder(key, str(Path(path).parent) if kind == "folder" else path)
+    return path
 
 
 def remember_folder(key: str, path: str) -> None:

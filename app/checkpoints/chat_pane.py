@@ -15,10 +15,12 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QTextBrowser, QVBoxLayout, QWidget)
 
+from app import settings
 from app.checkpoints.generation_worker import Generator
+from trainer_core.paths import default_runs_root
 
 BASE_ONLY = "(base model only)"
 
@@ -139,7 +141,8 @@ class ChatPane(QWidget):
         self.checkpoint.blockSignals(False)
 
     def _choose_checkpoint(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a checkpoint folder (step-NNNNNN or final)")
+        path = settings.ask_path(self, "folder", "checkpoints", "Choose a checkpoint folder (step-NNNNNN or final)",
+                                 fallback=default_runs_root())
         if path:
             self.set_checkpoints([self.checkpoint.itemData(i) for i in range(1, self.checkpoint.count())], path)
 

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QFileSystemWatcher, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
                                QProgressBar, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QToolButton,
                                QVBoxLayout, QWidget)
 
+from app import settings
 from app.checkpoints.checkpoint_list import CheckpointRow, human_size, list_checkpoints
 from app.checkpoints.export_menu import DEFAULT_GGUF_TYPE, ExportMenu
 from app.checkpoints.push_dialog import ask_push
@@ -381,8 +382,9 @@ class CheckpointsPane(QWidget):
         self._update_buttons()
 
     def _choose_folder(self, checkpoint: Path, fmt: str) -> Path | None:
-        suggested = str(checkpoint.parent.parent / f"export-{checkpoint.name}-{fmt}")
-        path, _ = QFileDialog.getSaveFileName(self, f"Export {checkpoint.name} as {fmt} (a new folder)", suggested)
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        path = settings.ask_path(self, "save", "export-model", f"Export {checkpoint.name} as {fmt} (a new folder)",
+                                 f"{run.name}-{checkpoint.name}-{fmt}")
         return Path(path) if path else None
 
     def _ask(self, title: str, text: str) -> bool:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal, Slot
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from app import settings
 from app.common.cli_line import cli_arguments
 from app.common.form import invalid_palette
 from trainer_core.distributed import launch
@@ -184,7 +185,9 @@ class DistributedPanel(QGroupBox):
             if self.enabled() and self.problem() is None else "")
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Host file", self.hostfile.text(), "Host files (*.json)")
+        path = settings.ask_path(self, "open", "hostfiles", "Host file", filters="Host files (*.json)",
+                                 fallback=Path(self.hostfile.text().strip()).parent if self.hostfile.text().strip()
+                                 else "")
         if path:
             self.hostfile.setText(path)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import (QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMenu, QPushButton,
+from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMenu, QPushButton,
                                QTextBrowser, QVBoxLayout)
 
 from app import settings
@@ -165,8 +165,8 @@ class DatasetPanel(QGroupBox):
                 menu.addAction(path, lambda p=path: self.path.editor.setText(p))
 
     def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a data file", "",
-                                              "Datasets (*.jsonl *.json *.csv *.tsv *.parquet);;All files (*)")
+        path = settings.ask_path(self, "open", "data", "Choose a data file",
+                                 filters="Datasets (*.jsonl *.json *.csv *.tsv *.parquet);;All files (*)")
         if path:
             self.path.editor.setText(path)
 
@@ -176,7 +176,7 @@ class DatasetPanel(QGroupBox):
             self.path.editor.setText(dialog.chosen)
 
     def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose a folder holding train.jsonl")
+        path = settings.ask_path(self, "folder", "data", "Choose a folder holding train.jsonl")
         if path:
             self.path.editor.setText(path)
 

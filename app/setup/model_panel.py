@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QVBoxLayout
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout
 
 from app import settings
 from app.common.form import BoundField
@@ -115,9 +115,9 @@ class ModelPanel(QGroupBox):
             self.open_picker()
             return
         if data == CHOOSE_FOLDER:
-            path = QFileDialog.getExistingDirectory(self, "Choose a model folder (config.json + *.safetensors)")
+            path = settings.ask_path(self, "folder", "models", "Choose a model folder (config.json + *.safetensors)")
         elif data == CHOOSE_GGUF:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose a GGUF model", "", "GGUF models (*.gguf)")
+            path = settings.ask_path(self, "open", "models", "Choose a GGUF model", filters="GGUF models (*.gguf)")
         else:
             path = data
         if path:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
                                QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from app import settings
@@ -215,10 +215,7 @@ class TrainingPane(QWidget):
     def _save_path(self, title: str, name: str, kind: str) -> str:
         """A save dialog opening in the folder last exported to (else Documents), named after the run."""
         stem = f"{self.run_dir.name}-{name}" if self.run_dir else name
-        path, _ = QFileDialog.getSaveFileName(self, title, str(Path(settings.dialog_folder("exports")) / stem), kind)
-        if path:
-            settings.remember_folder("exports", path)
-        return path
+        return settings.ask_path(self, "save", "exports", title, stem, kind)
 
     def export_png(self) -> None:
         path = self._save_path("Export plots as PNG", "plots.png", "PNG (*.png)")
