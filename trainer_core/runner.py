@@ -33,6 +33,7 @@ from trainer_core.models.recompute import recompute_blocks
 from trainer_core.paths import default_runs_root
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.training.checkpoint import CheckpointManager, read_state
+from trainer_core.training.heartbeat import Heartbeat
 from trainer_core.training.loop import TrainingLoop, TrainResult
 from trainer_core.training import memory
 from trainer_core.training.resume_checks import check_resumable, fingerprint
@@ -211,7 +212,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
                             "run to a writable place and resume the copy.", field="output_dir") from None
         raise UserError(f"Cannot write the run folder {run_dir}: {e.strerror or e}. Choose a writable output_dir.",
                         field="output_dir") from None
-    own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt")] if writer else []
+    own = [MetricsWriter(run_dir / "metrics.jsonl"), LogWriter(run_dir / "log.txt"),  # + where a native crash hit
+           Heartbeat(run_dir, config.method, loaded.info.name)] if writer else []
     prompts = choose_prompts(config, splits) if writer else []  # answered at every checkpoint (samples.py)
     samples = CheckpointSamples(loaded.model, loaded.tokenizer, prompts, config, method) if prompts else None
     if samples is not None:

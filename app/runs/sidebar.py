@@ -7,9 +7,11 @@ again when the folder changes (QFileSystemWatcher) or a run starts or ends.
 Status: "running" for the folder the window is training or another process holds
 (its run.lock), else what the last `stopped` event says (finished; stopped by the
 user; failed, with the reason: NaN loss, out of memory, disk full, an error); a
-run without one was interrupted (app quit, crash, power loss): "stopped" when it
-has a checkpoint or trained steps to continue from, "failed" when it never
-trained a step. `reason` says why, for the row's tooltip and status text.
+run without one was interrupted (a native crash, killed by the system, power loss): "crashed", with
+trainer_core.training.heartbeat's line ("The app quit unexpectedly during step 7 of this run (diffusion
+on gemma2)…"), or "failed" when it never trained a step. `reason` says why, for the row's tooltip, the
+line under the list and the Training tab's banner. Resume is offered only from a complete checkpoint
+(`resume_step`), never from step 0 as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QInputDialog, QLa
 
 from app.common.reveal import reveal_in_file_manager
 from app.common.tasks import LatestTask
-from trainer_core.training import run_end
+from trainer_core.training import heartbeat, run_end
 from trainer_core.training.callbacks import read_metrics
 from trainer_core.training.run_lock import holder
 from trainer_core.config import best_eval_metric
 
 COLUMNS = ("Run", "Status", "Method", "Steps", "Best eval", "Date", "Model", "Dataset")
-STATUS_MARK = {"running": "●", "finished": "✓", "stopped": "■", "failed": "✕"}  # glyphs DejaVu Sans has too
+STATUS_MARK = {"running": "●", "finished": "✓", "stopped": "■", "failed": "✕", "crashed": "✕"}  # DejaVu Sans has them
 
 
 @dataclass
@@ -49,13 +51,25 @@ class RunSummary:
     checkpoints: int
     reason: str = ""  # why it is not running (the stopped event), or who runs it
     ended: str = ""  # the stopped event's reason: finished | user | nan | out_of_memory | disk_full | error
+    resume_step: int | None = None  # the newest complete checkpoint's step: where Resume continues
 
     @property
     def resumable(self) -> bool:
-        return self.status in ("stopped", "failed") and bool(self.checkpoints or self.steps)
+        return self.status in ("stopped", "failed", "crashed") and self.resume_step is not None
+
+    @property
+    def resume_note(self) -> str:
+        """The Resume button's tooltip for this run: from which step, or why not."""
+        if self.resumable:
+            return f"Continue {self.name} from its checkpoint at step {self.resume_step:,}"
+        if self.status in ("stopped", "failed", "crashed"):
+            return f"{self.name} has no complete checkpoint to resume from: start it again from Setup."
+        return "Continue the selected stopped run from its latest checkpoint"
 
     @property
     def status_text(self) -> str:
+        if self.status == "crashed":
+            return f"{STATUS_MARK['crashed']} quit unexpectedly"
         short = {"nan": "NaN loss", "out_of_memory": "out of memory", "disk_full": "disk full"}
         return f"{STATUS_MARK.get(self.status, '')} {self.status}" + (f": {short[self.ended]}" if self.ended in short
                                                                      else "")
@@ -96,15 +110,16 @@ def summarize_run(run_dir: Path, running: Path | None = None) -> RunSummary:
     elif ends:  # written before runs recorded why they ended
         status = str(ends[-1].get("status", "finished"))
     else:
-        status = "stopped" if checkpoints or steps else "failed"
-        reason = (f"Interrupted during step {steps + 1}: the program quit or crashed before the run ended."
-                  if checkpoints or steps else "It never trained a step.")
+        model_name = Path(str(config.get("model", "?"))).name or "?"
+        crash = heartbeat.interruption(run_dir, steps, str(config.get("method", "?")), model_name)
+        status, reason = ("crashed", crash.text) if crash else ("failed", "It never trained a step.")
     return RunSummary(path=run_dir, name=run_dir.name, method=str(config.get("method", "?")),
                       model=Path(str(config.get("model", "?"))).name or "?",
                       dataset=Path(str(config.get("data", "?"))).name or "?", status=status, steps=steps,
                       total_steps=total, best_eval=(min if mode == "min" else max)(evals) if evals else None,
                       date=(run_dir / "config.toml").stat().st_mtime if (run_dir / "config.toml").exists() else 0.0,
-                      checkpoints=checkpoints, reason=reason, ended=ended)
+                      checkpoints=checkpoints, reason=reason, ended=ended,
+                      resume_step=heartbeat.latest_checkpoint_step(run_dir))
 
 
 def scan_runs(root: Path, running: Path | None = None) -> list[RunSummary]:
@@ -278,6 +293,10 @@ class RunsSidebar(QWidget):
     def _update_buttons(self) -> None:
         run = self.summary(self.current()) if self.current() else None
         self.resume_button.setEnabled(run is not None and run.resumable and self.running is None)
+        self.resume_button.setToolTip(run.resume_note if run else "Continue the selected stopped run from its "
+                                      "latest checkpoint")
+        if self.runs:  # a run that died without a word says so here (its row's tooltip too)
+            self.message.setText(run.reason if run is not None and run.status == "crashed" else "")
 
     # ---- actions ------------------------------------------------------------------------
     def _menu(self, position) -> None:

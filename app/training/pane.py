@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPlain
 from app import settings
 from app.training.metrics_store import AXES, MetricsStore
 from trainer_core.training.callbacks import read_metrics
+from trainer_core.training.heartbeat import crashed
 from app.training.plots import TrainingPlots
 
 REDRAW_MS = 100  # shortest wait between ticks (one plot per tick, 4 plots)
@@ -141,12 +142,15 @@ class TrainingPane(QWidget):
         run_dir = Path(run_dir)
         self.begin_run()
         self.run_dir = run_dir
-        for record in read_metrics(run_dir / "metrics.jsonl"):
+        records = read_metrics(run_dir / "metrics.jsonl")
+        for record in records:
             self.store.add(record)
         log = run_dir / "log.txt"
         if log.is_file():
             self.log.setPlainText(log.read_text(encoding="utf-8", errors="replace")[-200_000:])
-        self.set_banner(f"{run_dir.name} — {len(self.store)} steps from {run_dir}")
+        crash = crashed(run_dir, records) if (run_dir / "config.toml").is_file() else None  # died without a word
+        self.set_banner(f"{run_dir.name}: {crash.text}" if crash else
+                        f"{run_dir.name} — {len(self.store)} steps from {run_dir}", "error" if crash else "")
         self.plots.redraw(force=True)
 
     def load_history(self, run_dir: Path) -> int:

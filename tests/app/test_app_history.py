@@ -37,7 +37,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> Path:
 def test_scan_derives_status_steps_and_best_eval(runs):
     found = {r.name: r for r in scan_runs(runs, running=runs / "gamma-failed")}
     assert found["alpha-finished"].status == "finished"
-    assert found["beta-interrupted"].status == "stopped"
+    assert found["beta-interrupted"].status == "crashed"
     assert found["gamma-failed"].status == "running"
     assert {r.name: r.status for r in scan_runs(runs)}["gamma-failed"] == "failed"
     alpha = found["alpha-finished"]
@@ -51,7 +51,7 @@ def test_sidebar_lists_filters_and_offers_resume_for_stopped_runs(qtbot, runs):
     qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 3, timeout=10_000)
     sidebar.filter.setText("interrupted")
     assert sidebar.tree.topLevelItemCount() == 1
-    assert "stopped" in sidebar.tree.topLevelItem(0).text(1)
+    assert "quit unexpectedly" in sidebar.tree.topLevelItem(0).text(1)
     with qtbot.waitSignal(sidebar.runSelected) as selected:
         sidebar.tree.topLevelItem(0).setSelected(True)
     assert selected.args == [str(runs / "beta-interrupted")]
@@ -170,10 +170,46 @@ def test_status_says_why_a_run_ended_and_who_holds_it(runs, tmp_path):
     assert oom.status_text.endswith("failed: out of memory") and "peak 30 GB" in oom.reason
     assert summarize_run(runs / "alpha-finished").reason.startswith("Run finished at step 6")
     interrupted = summarize_run(runs / "beta-interrupted")
-    assert interrupted.status == "stopped" and "quit or crashed" in interrupted.reason
+    assert interrupted.status == "crashed" and "quit unexpectedly" in interrupted.reason
     lock = RunLock(root / "oom").acquire()  # as a terminal `finetune resume` would
     try:
         held = summarize_run(root / "oom")
         assert held.status == "running" and not held.resumable and "process" in held.reason
     finally:
         lock.release()
+
+
+@pytest.mark.parametrize("save_every", [3, 0])
+def test_a_run_the_os_killed_says_so_and_resumes_only_from_its_checkpoint(qtbot, tiny_model_dir, tmp_path,
+                                                                           save_every):
+    """The app's process (Qt loaded) SIGKILLed mid-run: the relaunched window's sidebar and Training tab say during
+    which step it died; Resume continues from the last checkpoint, or is disabled saying there is none."""
+    from app.training.pane import TrainingPane
+    from tests.core.training.test_heartbeat import kill_mid_run
+    from trainer_core.training.heartbeat import latest_checkpoint_step, read_heartbeat
+
+    run = kill_mid_run(tiny_model_dir, tmp_path, "lora-killed", save_every=save_every, kill_after=6, app=True)
+    step, checkpoint = read_heartbeat(run)["step"], latest_checkpoint_step(run)
+    assert (checkpoint is not None) == bool(save_every)
+    sidebar = RunsSidebar(run.parent)
+    qtbot.addWidget(sidebar)
+    qtbot.waitUntil(lambda: sidebar.tree.topLevelItemCount() == 1, timeout=10_000)
+    row = sidebar.tree.topLevelItem(0)
+    assert row.text(1) == "✕ quit unexpectedly"
+    model = Path(str(tiny_model_dir)).name
+    said = f"The app quit unexpectedly {'right after' if read_heartbeat(run)['phase'] == 'after' else 'during'} step {step}"
+    assert row.toolTip(1).startswith(said) and f"of this run (lora on {model})" in row.toolTip(1)
+    sidebar.select(run)
+    assert sidebar.message.text() == row.toolTip(1)
+    if checkpoint is not None:
+        assert sidebar.resume_button.isEnabled()
+        assert sidebar.resume_button.toolTip() == f"Continue lora-killed from its checkpoint at step {checkpoint}"
+        assert f"Resume continues from the checkpoint at step {checkpoint}." in row.toolTip(1)
+    else:  # never a Resume that silently starts again from step 0
+        assert not sidebar.resume_button.isEnabled()
+        assert "no complete checkpoint to resume from" in sidebar.resume_button.toolTip()
+        assert "nothing to resume" in row.toolTip(1)
+    pane = TrainingPane()
+    qtbot.addWidget(pane)
+    pane.load_run(run)
+    assert pane.banner.text() == f"lora-killed: {row.toolTip(1)}" and pane.banner.property("level") == "error"
