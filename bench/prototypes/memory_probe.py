@@ -1,6 +1,6 @@
 """Where the gpu case's peak memory goes: one LoRA step of the bench's gpu model at a fixed shape, several ways.
 usage: memory_probe.py [--tiny] VARIANT   (fwd | grad | step, each optionally + "-ckptattn": the fused attention
-under mx.checkpoint, so its backward recomputes it instead of keeping anything of it); one variant per process.
+under mx.checkpoint, so its backward recomputes it instead of keeping anything of it, or "-ckptblock": every block); one variant per process.
 Prints the peak above the weights and what the stored activations should take (bf16, per token and layer: the
 block's inputs/norms 6 x hidden, k/v 4 x kv width, the MLP's gate/up/silu/product 4 x intermediate)."""
 import sys, json, argparse, pathlib
@@ -56,6 +56,10 @@ if a.variant.endswith("-ckptattn"):
         return mx.checkpoint(lambda q, k, v: fast_sdpa(q, k, v, cache=cache, scale=scale, mask=mask))(q, k, v)
     llama.scaled_dot_product_attention = ckpt_sdpa
     a.variant = a.variant[:-len("-ckptattn")]
+if a.variant.endswith("-ckptblock"):  # every block recomputed (gradient_checkpointing = true), for comparison
+    from trainer_core.models.recompute import recompute_blocks
+    recompute_blocks(model)
+    a.variant = a.variant[:-len("-ckptblock")]
 if a.variant == "step":
     run.steps = CompiledSteps(model, SFT(), AdamW(dict(tree_flatten(model.trainable_parameters()))), 1.0, 1,
                               compute_dtype=precision.compute_dtype(model, True))

