@@ -32,6 +32,7 @@ CASES = {
     "lora-2x256": ("lora", ["batch_size=2", "max_seq_length=256"]),
     "lora-4x512": ("lora", ["batch_size=4", "max_seq_length=512"]),
     "lora-4x2048": ("lora", ["batch_size=4", "max_seq_length=2048"]),
+    "lora-4x2048-gc": ("lora", ["batch_size=4", "max_seq_length=2048", "gradient_checkpointing=true"]),
     "full-1x128": ("sft", ["batch_size=1", "max_seq_length=128"]),
     "full-2x256": ("sft", ["batch_size=2", "max_seq_length=256"]),
     "dpo-1x256": ("dpo", ["batch_size=1", "max_seq_length=256"]),
@@ -42,7 +43,7 @@ CASES = {
     "diffusion-2x256": ("diffusion", ["batch_size=2", "max_seq_length=256"]),
     "diffusion-4x512": ("diffusion", ["batch_size=4", "max_seq_length=512"]),
 }
-DEFAULT_CASES = [c for c in CASES if c not in ("lora-4x2048", "grpo-defaults")]
+DEFAULT_CASES = [c for c in CASES if c not in ("lora-4x2048", "lora-4x2048-gc", "grpo-defaults")]
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
 
 

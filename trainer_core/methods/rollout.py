@@ -66,7 +66,7 @@ def policy_logprobs(model, ids: mx.array, temperature: float, entropy: bool = Fa
         inner, weight = split
         hidden = inner(ids[:, :-1])
         scale = mx.array(1.0 / temperature, dtype=mx.float32)
-        logp = -head_loss.scaled_head_nll(hidden, weight, ids[:, 1:], scale)
+        logp = -head_loss.scaled_head_nll(hidden, weight, ids[:, 1:], scale, head_loss.head_trained(model))
         return logp, head_loss.head_entropy(hidden, weight, 1.0 / temperature) if entropy else None
     logits = model(ids[:, :-1]).astype(mx.float32) / temperature
     logp = token_logprobs(logits, ids[:, 1:], 1.0)

@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from trainer_core.errors import UserError
+from trainer_core.models.attention import use_chunked_attention
 from trainer_core.models.precision import keep_master_weights
 
 LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
@@ -65,7 +66,10 @@ def prepare_for_training(model, config) -> dict:
     full: every float parameter trains (a quantized base is refused: load it dequantized); a 16-bit model
     gets float32 master weights with `[precision] master_weights = "fp32"` (precision.py).
     lora/dora: the base is frozen and adapters are added to the last `num_layers` blocks.
+    Either way its attention runs in chunks of query rows on the CPU (attention.py: the scores of long rows
+    never exist whole; same values).
     """
+    use_chunked_attention(model)
     kind = config.resolved_fine_tune_type
     if kind == "full":
         if is_quantized(model):

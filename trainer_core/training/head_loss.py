@@ -3,7 +3,7 @@
 `model(ids)` ends in one matmul, hidden [B, L, D] @ W[V, D]^T, whose [B, L, V] output the loss
 keeps for the backward pass (bf16 at 4 x 1024 x 32k: 262 MB, plus the float32 softmax of the
 backward). Here the loss takes the hidden states and the head's weight instead and works on
-`CHUNK` rows at a time: the forward keeps only the per-token loss; the backward recomputes each
+`chunk_rows(vocab)` rows at a time: the forward keeps only the per-token loss; the backward recomputes each
 chunk's logits, forms softmax - onehot in float32 (rounded once to the weights' dtype, as
 `losses.token_nll`) and returns hidden @ ... and, when the head is trained, its weight gradient.
 The result equals `losses.token_nll(model(ids), targets)` (same bf16 logits, same float32 reduction).
@@ -20,7 +20,12 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-CHUNK = 1024  # rows of logits per chunk ([1024, 32k] bf16: 66 MB)
+CHUNK = 1024  # at most this many rows of logits per chunk
+# and at most about this many logits: MLX keeps up to 10 operations in flight (its MAX_ACTIVE_TASKS), each
+# holding its chunk-sized output, so the chunk's size sets the head's peak. Measured on the CPU (8192 tokens,
+# 49k vocab, float32): 1024 rows 2.16 GB, 256 rows 0.54 GB, 128 rows 0.27 GB, all equally fast
+CHUNK_ELEMENTS = 1 << 23  # 128 rows of a 49k vocab, 256 of a 32k one
+MIN_ROWS = 16
 ENABLED = True  # bench/prototypes/gpu_levers.py switches it off to measure the plain path
 _PLAIN_HEAD_MODULES = {"mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3", "mlx_lm.models.phi3"}
 
@@ -41,8 +46,18 @@ def split_head(model):
     return (inner, head.weight) if ok else None
 
 
-def _chunks(n: int):
-    return [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk: a power of two whose [rows, vocab] logits hold at most CHUNK_ELEMENTS, within
+    MIN_ROWS..CHUNK."""
+    rows = MIN_ROWS
+    while 2 * rows * vocab <= CHUNK_ELEMENTS:
+        rows *= 2
+    return max(1, min(CHUNK, rows))
+
+
+def _chunks(n: int, vocab: int):
+    step = chunk_rows(vocab)
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
 def _logits(h: mx.array, weight: mx.array) -> mx.array:
@@ -53,49 +68,77 @@ def _picked(z: mx.array, t: mx.array) -> mx.array:
     return mx.take_along_axis(z, t[:, None], axis=-1)[:, 0].astype(mx.float32)
 
 
-@mx.custom_function
-def scaled_head_nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array) -> mx.array:
-    """-log softmax(scale * float32(hidden @ weight^T))[target] per position: hidden [..., D], weight [V, D],
-    targets [...] int, scale a float32 scalar (GRPO's 1 / temperature; 1 for cross-entropy) -> [...] float32."""
+def _nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array) -> mx.array:
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     out = []
-    for s, e in _chunks(h.shape[0]):
-        z = _logits(h[s:e], weight).astype(mx.float32) * scale
+    for s, e in _chunks(h.shape[0], weight.shape[0]):
+        # chunk i + 1 waits for chunk i's result (mx.depends): without it MLX's scheduler computes every chunk's
+        # logits before any log-sum-exp, all alive at once (measured: 1.6 GB for 8192 tokens of a 49k vocab)
+        rows = h[s:e] if not out else mx.depends(h[s:e], out[-1])
+        z = _logits(rows, weight).astype(mx.float32) * scale
         out.append(mx.logsumexp(z, axis=-1) - _picked(z, t[s:e]))
     return mx.concatenate(out).reshape(targets.shape)
 
 
-@scaled_head_nll.vjp
-def _scaled_head_nll_vjp(primals, cotangent, output):
+def _nll_vjp(primals, cotangent, output, weight_grad: bool):
     hidden, weight, targets, scale = primals
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     cot, nll = cotangent.reshape(-1) * scale, output.reshape(-1)
     d_hidden, d_weight = [], None
-    for s, e in _chunks(h.shape[0]):
-        z = _logits(h[s:e], weight).astype(mx.float32) * scale
+    for s, e in _chunks(h.shape[0], weight.shape[0]):
+        # one chunk at a time, as in the forward (4.8 GB -> one chunk's temporaries for 8192 tokens of a 49k
+        # vocab); the head's gradient joins the chain only when it is wanted: a frozen head's is never evaluated
+        after = [d_hidden[-1]] + ([d_weight] if weight_grad else []) if d_hidden else []
+        rows = mx.depends(h[s:e], after) if after else h[s:e]
+        z = _logits(rows, weight).astype(mx.float32) * scale
         lse = nll[s:e] + _picked(z, t[s:e])
         onehot = mx.arange(z.shape[-1]) == t[s:e, None]
         g = ((mx.exp(z - lse[:, None]) - onehot) * cot[s:e, None]).astype(weight.dtype)
         d_hidden.append(g @ weight)
-        dw = g.T @ h[s:e]  # computed only if asked for (a frozen head's is never evaluated)
+        dw = g.T @ rows
         d_weight = dw if d_weight is None else d_weight + dw
     return (mx.concatenate(d_hidden).reshape(hidden.shape).astype(hidden.dtype), d_weight.astype(weight.dtype),
             mx.zeros_like(targets), mx.zeros_like(scale))
 
 
-def head_nll(hidden: mx.array, weight: mx.array, targets: mx.array) -> mx.array:
+def _custom(weight_grad: bool):
+    fn = mx.custom_function(_nll)
+    fn.vjp(lambda primals, cotangent, output: _nll_vjp(primals, cotangent, output, weight_grad))
+    return fn
+
+
+_NLL = {True: _custom(True), False: _custom(False)}
+
+
+def scaled_head_nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array,
+                    weight_grad: bool = True) -> mx.array:
+    """-log softmax(scale * float32(hidden @ weight^T))[target] per position: hidden [..., D], weight [V, D],
+    targets [...] int, scale a float32 scalar (GRPO's 1 / temperature; 1 for cross-entropy) -> [...] float32.
+    `weight_grad=False` (a frozen head) only saves memory: the head's gradient is still right if asked for."""
+    return _NLL[bool(weight_grad)](hidden, weight, targets, scale)
+
+
+def head_nll(hidden: mx.array, weight: mx.array, targets: mx.array, weight_grad: bool = True) -> mx.array:
     """-log softmax(hidden @ weight^T)[target] per position (the cross-entropy: scale 1)."""
-    return scaled_head_nll(hidden, weight, targets, mx.array(1.0, dtype=mx.float32))
+    return scaled_head_nll(hidden, weight, targets, mx.array(1.0, dtype=mx.float32), weight_grad)
 
 
 def head_entropy(hidden: mx.array, weight: mx.array, scale: float = 1.0) -> mx.array:
     """Entropy of softmax(scale * float32(hidden @ weight^T)) per position, in chunks, without gradient."""
     h = mx.stop_gradient(hidden).reshape(-1, hidden.shape[-1])
     out = []
-    for s, e in _chunks(h.shape[0]):
-        z = _logits(h[s:e], weight).astype(mx.float32) * scale
+    for s, e in _chunks(h.shape[0], weight.shape[0]):
+        rows = h[s:e] if not out else mx.depends(h[s:e], out[-1])
+        z = _logits(rows, weight).astype(mx.float32) * scale
         out.append(mx.logsumexp(z, axis=-1) - (mx.softmax(z, axis=-1) * z).sum(axis=-1))
     return mx.stop_gradient(mx.concatenate(out).reshape(hidden.shape[:-1]))
+
+
+def head_trained(model) -> bool:
+    """Whether the head weight `split_head` returns is trained (full fine-tuning), not frozen (LoRA)."""
+    args = getattr(model, "args", None)
+    head = model.model.embed_tokens if getattr(args, "tie_word_embeddings", False) else getattr(model, "lm_head", None)
+    return head is not None and "weight" in head.trainable_parameters()
 
 
 def causal_token_nll(model, inputs: mx.array, targets: mx.array):
@@ -105,4 +148,4 @@ def causal_token_nll(model, inputs: mx.array, targets: mx.array):
     if split is None:
         return None
     inner, weight = split
-    return head_nll(inner(inputs), weight, targets)
+    return head_nll(inner(inputs), weight, targets, head_trained(model))

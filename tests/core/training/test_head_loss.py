@@ -124,3 +124,50 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_logits(tied, dtype, monkey
     for k, g in plain.items():
         assert mx.allclose(fused[k].astype(mx.float32), g.astype(mx.float32), rtol=rtol,
                            atol=rtol * mx.abs(g).max().item()).item(), k
+
+
+def test_chunk_rows_follow_the_vocabulary(monkeypatch):
+    assert head_loss.chunk_rows(49152) == 128  # the demo: 128 x 49152 <= 2**23 < 256 x 49152
+    assert head_loss.chunk_rows(32000) == 256
+    assert head_loss.chunk_rows(97) == head_loss.CHUNK
+    assert head_loss.chunk_rows(10_000_000) == head_loss.MIN_ROWS
+    monkeypatch.setattr(head_loss, "CHUNK", 10)
+    assert head_loss.chunk_rows(97) == 10
+
+
+def test_frozen_head_flag_changes_no_number(monkeypatch):
+    """weight_grad=False only drops the head's gradient from the chunk chain: values and gradients are equal."""
+    monkeypatch.setattr(head_loss, "CHUNK", 8)
+    model = tiny(True, lora=False)
+    inner, weight = head_loss.split_head(model)
+    assert head_loss.head_trained(model) and not head_loss.head_trained(tiny(True))
+    ids = batch()["input_ids"]
+    hidden = inner(ids[:, :-1])
+    results = [mx.grad(lambda h, w: head_loss.head_nll(h, w, ids[:, 1:], flag).sum(), argnums=(0, 1))(hidden, weight)
+               for flag in (True, False)]
+    for a, b in zip(*results):
+        assert mx.array_equal(a, b).item()
+
+
+def test_chunked_head_backward_holds_a_few_chunks():
+    """4096 tokens x 8192 vocab: 134 MB of float32 logits whole; in chunks of 128 rows (4 MB) the backward stays
+    far below one whole copy (MLX keeps at most ~10 operations, each a chunk, in flight)."""
+    h = mx.random.normal((4096, 64), key=mx.random.key(1)) * 0.1
+    w = mx.random.normal((8192, 64), key=mx.random.key(2)) * 0.1
+    t = mx.random.randint(0, 8192, (4096,), key=mx.random.key(3))
+    mx.eval(h, w, t)
+    assert head_loss.chunk_rows(8192) == 1024
+    grad = mx.grad(lambda h: head_loss.head_nll(h, w, t, False).sum())
+
+    def peak(rows):
+        head_loss.CHUNK = rows
+        try:
+            mx.synchronize()
+            mx.reset_peak_memory()
+            before = mx.get_active_memory()
+            mx.eval(grad(h))
+            return mx.get_peak_memory() - before
+        finally:
+            head_loss.CHUNK = 1024
+    whole, chunked = peak(4096), peak(128)
+    assert whole > 134e6 and chunked < 134e6 / 2, (whole, chunked)
