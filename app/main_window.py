@@ -105,6 +105,7 @@ class MainWindow(QMainWindow):
         self.distributed.ranksJoined.connect(self._ranks_joined)
         self.distributed.failed.connect(self.setup.distributed.show_failure)
         self.setup.changed.connect(self._update_actions)
+        self.setup.memory_panel.startAnywayRequested.connect(lambda: self.start(force=True))
         self.sidebar.runSelected.connect(lambda path: self.show_history_run(Path(path)))
         self.sidebar.resumeRequested.connect(lambda path: self.resume(Path(path)))
         self.sidebar.newRunRequested.connect(lambda: self.tabs.setCurrentWidget(self.setup))
@@ -132,9 +133,10 @@ class MainWindow(QMainWindow):
         self.open_config_action.setEnabled(self.run_dir is not None)
 
     # ---- running -------------------------------------------------------------------------
-    def start(self) -> bool:
-        """Start a run with the Setup pane's config; False (and nothing happens) if blocked."""
-        if self.running or self.setup.start_blocker() is not None:
+    def start(self, force: bool = False) -> bool:
+        """Start a run with the Setup pane's config; False (and nothing happens) if blocked. `force`: Start anyway
+        (past the memory estimate, in the window and in the run's own pre-start check)."""
+        if self.running or self.setup.start_blocker(ignore_memory=force) is not None:
             return False
         config = self.setup.config()
         if not self.setup.method_panel.rewards.allows(config, self.confirm_reward_file):
@@ -149,7 +151,7 @@ class MainWindow(QMainWindow):
             self.distributed.start(config, panel.hosts(), panel.backend_name(), settings_dir() / "launch",
                                    self.setup.total_steps(config)[0])
         else:
-            self.controller.start(config)
+            self.controller.start(config, force=force)
         return True
 
     def resume(self, run_dir: Path, checkpoint: Path | None = None) -> bool:

@@ -1,7 +1,7 @@
 """`finetune` / `python -m trainer_core`: the headless program (names fixed in DESIGN.md).
 
     finetune train [CONFIG.toml] --method ... --model PATH --data PATH [flags] [--set k=v ...]
-    finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR]
+    finetune resume RUN_DIR [--max-steps N] [--checkpoint CHECKPOINT_DIR] [--force]
     finetune generate --model PATH [--adapter CHECKPOINT_DIR] --prompt TEXT
     finetune export CHECKPOINT_DIR|MODEL --format mlx-lm|fused|peft|gguf|ollama|lmstudio [--out DIR]
                     [--gguf-type T] [--quantize 4|8 [--group-size 64]] [--system TEXT] [--overwrite]
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume from this checkpoint of the run (default: its latest)")
     resume.add_argument("--allow-model-change", action="store_true",
                         help="continue even though the base model's files changed (recorded as an event)")
+    resume.add_argument("--force", action="store_true",
+                        help="continue even when the estimated peak memory is above what is available")
 
     generate = sub.add_parser("generate", help="generate text with a model and optional checkpoint")
     generate.add_argument("--model", default=None, help="model folder, .gguf or 'demo' (default: the checkpoint's base)")
@@ -248,7 +250,7 @@ def _train_or_resume(args, world) -> int:
         else:
             run = runner.prepare_resume(args.run_dir, max_steps=args.max_steps, callbacks=callbacks,
                                         checkpoint=args.checkpoint, allow_model_change=args.allow_model_change,
-                                        **ranks)
+                                        force=args.force, **ranks)
         result = run.train()
     except KeyboardInterrupt:
         if run is None or not stop.training:

@@ -312,7 +312,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 
 def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(), checkpoint: Path | None = None,
-                   allow_model_change: bool = False, **world) -> Run:
+                   allow_model_change: bool = False, force: bool = False, **world) -> Run:
     """Rebuild a run from its folder and restore its latest (or the given) checkpoint.
 
     A run stopped before its first checkpoint (killed while loading, say) starts
@@ -320,6 +320,7 @@ def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(),
     restored step opens the new records in metrics.jsonl (see `read_metrics`).
     Settings that may change on resume (config.RESUMABLE_CHANGES: max_steps, epochs,
     intervals, samples...) are taken from the run's config.toml as it is now.
+    The memory estimate is checked as for a new run (refused above the available memory unless `force`).
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -333,7 +334,7 @@ def prepare_resume(run_dir: Path, *, max_steps: int | None = None, callbacks=(),
         distributed.agree({"checkpoint to resume from": checkpoint.name if checkpoint else None})
     state = read_state(checkpoint) if checkpoint is not None else None
     run = build_run(config, callbacks, run_dir=run_dir, resume_from=(checkpoint, state) if state else None,
-                    allow_model_change=allow_model_change, **world)
+                    allow_model_change=allow_model_change, force=force, **world)
     try:
         if state is not None:
             run.loop.restore(checkpoint)

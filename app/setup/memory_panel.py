@@ -2,11 +2,15 @@
 
     panel.show_estimate(info, config, longest)   info: ModelInfo; longest: the longest tokenised example
     panel.fixRequested(list)                     `--set` assignments of the fix clicked (the pane applies them)
+    panel.blocker()                              over the limit: why Start is held back (the pane's start_blocker)
+    panel.startAnywayRequested()                 "Start anyway" clicked: start with these settings (`--force`)
 
 The estimate is trainer_core.training.memory's (the same one `finetune train --dry-run` prints and the
 pre-start check uses); over the limit the fixes it suggests (smaller batch + accumulation, gradient
 checkpointing, shorter max length, smaller GRPO group, LoRA) appear as buttons with their new estimate,
-one under the other so the panel stays narrow (the Setup tab fits a 1280-pixel-wide window).
+one under the other so the panel stays narrow (the Setup tab fits a 1280-pixel-wide window), and below
+them "Start anyway": the estimate can be pessimistic, or the user may accept swapping. Start itself is held
+back while the estimate is over (the run's own pre-start check would refuse it after loading the model).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ MAX_FIXES = 4
 
 class MemoryPanel(QWidget):
     fixRequested = Signal(list)
+    startAnywayRequested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -36,13 +41,26 @@ class MemoryPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.label)
         layout.addLayout(self.fix_list)
+        self.start_anyway = QPushButton("Start anyway")
+        self.start_anyway.setToolTip("Start with these settings even though the estimate is above what is "
+                                     "available: the run may swap heavily or be killed (finetune train --force)")
+        self.start_anyway.clicked.connect(self.startAnywayRequested)
+        self.start_anyway.hide()
+        layout.addWidget(self.start_anyway, 0, Qt.AlignLeft)
         self.estimate: memory.MemoryEstimate | None = None
+        self.over = ""  # over the limit: "X GB of Y GB", else ""
 
     def text(self) -> str:
         return self.label.text()
 
+    def blocker(self) -> str | None:
+        """Why Start waits while the estimate is over the limit, or None."""
+        return (f"Estimated peak memory {self.over} available: choose a fix under the memory estimate, or "
+                "Start anyway." if self.over else None)
+
     def waiting(self) -> None:
-        self.estimate = None
+        self.estimate, self.over = None, ""
+        self.start_anyway.hide()
         self._set("Memory estimate: waiting for the model and valid settings.", warning=False)
         self._show_fixes([])
 
@@ -55,6 +73,8 @@ class MemoryPanel(QWidget):
         available = memory.available_memory()
         gb = memory.gigabytes
         over = bool(available) and est.peak > available
+        self.over = f"{gb(est.peak)} is more than the {gb(available)}" if over else ""
+        self.start_anyway.setVisible(over)
         text = f"Memory ≈ {gb(est.peak)}" + (f" of {gb(available)} available" if available else "")
         if over:
             text = f"⚠ {text}: more than this machine can give the run. One click lowers it:"

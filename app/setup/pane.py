@@ -3,7 +3,8 @@
     pane.config()          -> the RunConfig the form describes (a copy; fields the
                               form lacks keep the loaded preset's values)
     pane.start_blocker()   -> None, or why Start is disabled (invalid field, unusable
-                              data, 0% trained tokens, method not in this build, ...)
+                              data, 0% trained tokens, method not in this build, estimated
+                              memory over the limit unless ignore_memory: "Start anyway", ...)
     pane.set_config(cfg)   -> load a preset / config.toml into the form
     pane.changed           -> fires (debounced) whenever the above may have changed
     pane.distributed       -> the Distributed group (off: train in this process); its host file
@@ -169,8 +170,8 @@ class SetupPane(QScrollArea):
         self.refresh()
         return True
 
-    def start_blocker(self) -> str | None:
-        """Why Start is disabled now, or None."""
+    def start_blocker(self, ignore_memory: bool = False) -> str | None:
+        """Why Start is disabled now, or None; `ignore_memory`: not for the memory estimate (Start anyway)."""
         problems = self.problems()
         if problems:
             name, message = next(iter(problems.items()))
@@ -201,7 +202,7 @@ class SetupPane(QScrollArea):
             return (f"The training split has {summary.train_examples} usable examples, fewer than one optimizer "
                     f"step (batch size {config.batch_size}{processes} × accumulation "
                     f"{config.gradient_accumulation_steps}).")
-        return None
+        return None if ignore_memory else self.memory_panel.blocker()
 
     def total_steps(self, config: RunConfig) -> tuple[int | None, int | None]:
         """(total optimizer steps, steps per epoch) at the global batch (× the Distributed processes);

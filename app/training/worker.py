@@ -141,10 +141,11 @@ class TrainingWorker(RunSignals):
       failed(str message) and failedField(str field, str message) for a UserError naming a field.
     """
 
-    def __init__(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None):
+    def __init__(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None, force: bool = False):
         super().__init__()
         self.config = config
         self.resume = resume
+        self.force = force  # start even if the memory estimate is above what is available ("Start anyway")
         self.requests = _Requests()
         self.bridge = SignalBridge(self, self.requests)
         self.loop = None
@@ -171,9 +172,10 @@ class TrainingWorker(RunSignals):
             self.log.emit("Loading the model and tokenising the data…")
             if self.resume is not None:
                 run_dir, checkpoint = self.resume
-                run = runner.prepare_resume(run_dir, callbacks=[self.bridge], checkpoint=checkpoint or None)
+                run = runner.prepare_resume(run_dir, callbacks=[self.bridge], checkpoint=checkpoint or None,
+                                            force=self.force)
             else:
-                run = runner.build_run(self.config, [self.bridge])
+                run = runner.build_run(self.config, [self.bridge], force=self.force)
             run_dir = str(run.run_dir)
             self.loop = run.loop
             self.bridge.loop = run.loop
@@ -221,14 +223,16 @@ class TrainingController(RunSignals):
     def running(self) -> bool:
         return self.thread is not None
 
-    def start(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None) -> None:
-        """Train `config` on a new thread, or with `resume=(run_dir, checkpoint or None)` continue that run."""
+    def start(self, config: RunConfig | None, resume: tuple[str, str | None] | None = None,
+              force: bool = False) -> None:
+        """Train `config` on a new thread, or with `resume=(run_dir, checkpoint or None)` continue that run;
+        `force`: past the pre-start memory check."""
         if self.running:
             raise RuntimeError("a run is already in progress")
         collect_on_gui_thread()
         thread = QThread()
         thread.setObjectName("training")
-        worker = TrainingWorker(config, resume)
+        worker = TrainingWorker(config, resume, force)
         worker.moveToThread(thread)
         for name in self.SIGNALS:
             getattr(worker, name).connect(getattr(self, name))
