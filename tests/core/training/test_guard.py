@@ -116,3 +116,50 @@ def test_stop_during_a_rollout_discards_the_step_and_resumes_exactly(tmp_path, t
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")) == ["step-000001"]
     assert runner.resume(run_dir).step == 3
     assert train_losses(run_dir) == pytest.approx(train_losses(tmp_path / "runs" / "full"), rel=1e-6, abs=1e-7)
+
+
+class MlxLimit(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_step_end(self, metrics):
+        self.seen.append(mx.get_memory_limit())
+
+
+def test_mlx_memory_limit_is_the_runs_limit_while_it_trains(tmp_path, tiny_model_dir):
+    before = mx.get_memory_limit()
+    probe = MlxLimit()
+    build(tiny_model_dir, tmp_path, max_steps=2, max_memory_gb=3.5, callbacks=[probe]).train()
+    assert probe.seen == [min(3_500_000_000, before)] * 2
+    assert mx.get_memory_limit() == before  # restored: the GUI's chat shares the process
+    probe = MlxLimit()
+    build(tiny_model_dir, tmp_path / "huge", max_steps=1, max_memory_gb=before * 4 / 1e9, callbacks=[probe]).train()
+    assert probe.seen == [before] and mx.get_memory_limit() == before  # never raised above MLX's own
+
+
+def test_mlx_memory_limit_holds_back_run_ahead():
+    """Why the limit is set (guard.mlx_memory_limit): the fused head's backward in 16 chunks of 256 rows x 8192
+    logits (8 MB each) peaks with several chunks in flight; held to a limit just above the live set, lower."""
+    from trainer_core.training import head_loss
+    h = mx.random.normal((4096, 64), key=mx.random.key(1)) * 0.1
+    w = mx.random.normal((8192, 64), key=mx.random.key(2)) * 0.1
+    t = mx.random.randint(0, 8192, (4096,), key=mx.random.key(3))
+    mx.eval(h, w, t)
+    grad = mx.grad(lambda h: head_loss.head_nll(h, w, t, False).sum())
+
+    def peak():
+        mx.synchronize()
+        mx.reset_peak_memory()
+        before = mx.get_active_memory()
+        mx.eval(grad(h))
+        return mx.get_peak_memory() - before
+    assert head_loss.chunk_rows(8192) == 1024
+    previous = head_loss.CHUNK
+    head_loss.CHUNK = 256
+    try:
+        free = peak()
+        with guard.mlx_memory_limit(mx.get_active_memory() + 20_000_000):
+            held = peak()
+    finally:
+        head_loss.CHUNK = previous
+    assert free > 3 * 8_388_608 and held < free / 2, (free, held)
