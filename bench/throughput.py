@@ -621,6 +621,8 @@ def main(argv=None) -> int:
                    help="override our RunConfig (as finetune --set), e.g. max_grad_norm=0")
     p.add_argument("--ours-plain-head", action="store_true",
                    help="ours without the LM head fused with the loss (training/head_loss.py): whole logits first")
+    p.add_argument("--ours-head-chunk-elements", type=int,
+                   help="logits per chunk of the fused LM-head loss (head_loss: default 2**23 on CPU, 2**25 on GPU)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -629,6 +631,10 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
+    if args.ours_head_chunk_elements:
+        from trainer_core.training import head_loss
+        head_loss.CHUNK_ELEMENTS = head_loss.GPU_CHUNK_ELEMENTS = args.ours_head_chunk_elements
+        head_loss.CHUNK = max(head_loss.CHUNK, args.ours_head_chunk_elements)
     names = [c.strip() for c in args.case.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown:

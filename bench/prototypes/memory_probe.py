@@ -17,7 +17,11 @@ from trainer_core.training.step import CompiledSteps
 
 p = argparse.ArgumentParser(); p.add_argument("--tiny", action="store_true"); p.add_argument("variant")
 p.add_argument("--batch", type=int, default=4); p.add_argument("--seq", type=int, default=1024)
+p.add_argument("--plain-head", action="store_true"); p.add_argument("--head-chunk", type=int)
 a = p.parse_args()
+from trainer_core.training import head_loss
+head_loss.ENABLED = not a.plain_head
+head_loss.CHUNK = a.head_chunk or head_loss.CHUNK
 H, NL, F, HEADS, KV, V = (64, 2, 128, 4, 2, 512) if a.tiny else (1536, 24, 4096, 12, 4, 32000)
 cfg = dict(model_type="llama", hidden_size=H, num_hidden_layers=NL, intermediate_size=F, num_attention_heads=HEADS,
            num_key_value_heads=KV, vocab_size=V, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False)

@@ -131,6 +131,9 @@ def test_chunk_rows_follow_the_vocabulary(monkeypatch):
     assert head_loss.chunk_rows(32000) == 256
     assert head_loss.chunk_rows(97) == head_loss.CHUNK
     assert head_loss.chunk_rows(10_000_000) == head_loss.MIN_ROWS
+    assert head_loss.chunk_rows(32000, mx.gpu) == 1024  # bigger chunks keep a GPU busy
+    assert head_loss.chunk_rows(49152, mx.gpu) == 512
+    assert head_loss.chunk_rows(49152, mx.cpu) == 128
     monkeypatch.setattr(head_loss, "CHUNK", 10)
     assert head_loss.chunk_rows(97) == 10
 
