@@ -1,13 +1,14 @@
 """Screenshots of the real window (for the README), taken with Qt itself.
 
-    xvfb-run -s "-screen 0 1400x900x24" python -m app.screenshot --out resources/screenshots \
-        [--model PATH | --tiny] [--steps 150] [--setup-only]
+    FINETUNE_STUDIO_HOME=$(mktemp -d) xvfb-run -s "-screen 0 1440x900x24" python -m app.screenshot \
+        --out resources/screenshots [--size 1440x900] [--model PATH | --tiny] [--steps 150] [--setup-only]
 
-Writes main-window.png (Setup tab on the demo model and data),
+Writes main-window.png (Setup tab on the demo model and data, once its time estimate is measured),
 training.png (Training tab during a short run of `--model`; `--tiny` builds a
 small random Llama with the test suite's helper, for machines where the demo
 model trains too slowly) and checkpoints.png (Checkpoints tab after the run, one
-checkpoint selected, its samples on the right). Uses the same MainWindow as `python -m app`, and
+checkpoint selected, its samples on the right) and chat.png (Chat tab: the run's final checkpoint answering
+"What is the capital city of Velmora?"). Uses the same MainWindow as `python -m app`, and
 prints the GUI thread's event-loop latency measured during the run.
 """
 
@@ -67,7 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="train a small random Llama (tests/tiny_model.py)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--setup-only", action="store_true", help="only main-window.png (no training)")
+    parser.add_argument("--size", default="1440x900", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
+    width, height = (int(n) for n in args.size.lower().split("x"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     application = create_application()
@@ -75,10 +78,11 @@ def main(argv=None) -> int:
 
     window = MainWindow(default_config())
     window.setup.recommend.follow()
-    window.resize(1360, 900)
+    window.resize(width, height)
     window.show()
     setup = window.setup
     wait(lambda: setup.dataset_panel.summary is not None and setup.model_panel.info is not None, 60)
+    wait(lambda: setup.time_panel.text().startswith("Time ≈"), 120)  # measured on first use
     wait(lambda: False, 0.5)
     window.grab().save(str(out / "main-window.png"))
     if args.setup_only:
@@ -111,8 +115,15 @@ def main(argv=None) -> int:
     window.checkpoints.select_step(window.checkpoints.rows[1].step)
     wait(lambda: False, 0.5)
     window.grab().save(str(out / "checkpoints.png"))
-    print(f"wrote {out / 'main-window.png'}, {out / 'training.png'} and {out / 'checkpoints.png'}")
+    final = runs / config.run_name / "final"
+    window.open_chat(str(runs / config.run_name), str(final))
+    window.chat.send("What is the capital city of Velmora?")
+    wait(lambda: window.chat.last_answer() and not window.chat.generating, 300)
+    wait(lambda: False, 0.5)
+    window.grab().save(str(out / "chat.png"))
+    print(f"wrote main-window.png, training.png, checkpoints.png and chat.png in {out}")
     print(f"event-loop latency while training: {probe.summary()}")
+    window.shutdown()  # the generation thread ends before Qt tears down (else "QThread: Destroyed while running")
     window.close()
     return 0
 
