@@ -10,6 +10,11 @@ config and the longest tokenised example.
 
     .venv/bin/python bench/memory_estimate.py                       # every case on the demo model
     .venv/bin/python bench/memory_estimate.py --case lora-4x2048 --json out.json
+    .venv/bin/python bench/memory_estimate.py --measured out.json   # estimates again, measured peaks reused
+    .venv/bin/python bench/memory_estimate.py --measured out.json --markdown   # the README / RESULTS.md table
+
+`--measured` re-estimates (runner.plan_run: data and model loaded, nothing trained) against the peaks an
+earlier run measured, for tuning the estimate's constants without training again.
 """
 
 from __future__ import annotations
@@ -62,19 +67,36 @@ def write_data(method: str, folder: Path, rows: int = 16) -> Path:
     return folder
 
 
+def case_config(case: str, model: str, steps: int, work: Path):
+    from trainer_core.config import RunConfig
+    method, overrides = CASES[case]
+    config = RunConfig.from_dict({"method": method, "model": model, "data": str(write_data(method, work / "data")),
+                                  "output_dir": str(work / "runs"), "max_steps": steps, "save_every": 0,
+                                  "eval_every": 0, "num_samples": 0}, source="bench")
+    return config.with_overrides(overrides).validate()
+
+
+def row(case: str, est, measured: float) -> dict:
+    return {"case": case, "method": CASES[case][0], "estimated_gb": round(est.peak / 1e9, 3),
+            "measured_gb": round(measured, 3), "error": round(est.peak / 1e9 / measured - 1, 3),
+            "parts_gb": {k: round(v / 1e9, 3) for k, v in est.parts.items() if v}}
+
+
+def estimate_only(case: str, model: str, steps: int, measured: float) -> dict:
+    """The estimate for one case (nothing trained) against an earlier measured peak."""
+    from trainer_core import runner
+    return row(case, runner.plan_run(case_config(case, model, steps, Path(tempfile.mkdtemp(prefix="mem-bench-")))),
+               measured)
+
+
 def measure(case: str, model: str, steps: int) -> dict:
     """Train one case in this process; {case, method, estimated_gb, measured_gb, ...}."""
     import mlx.core as mx
     from trainer_core import runner
-    from trainer_core.config import RunConfig
     from trainer_core.training.callbacks import Callback
 
-    method, overrides = CASES[case]
-    work = Path(tempfile.mkdtemp(prefix="mem-bench-"))
-    config = RunConfig.from_dict({"method": method, "model": model, "data": str(write_data(method, work / "data")),
-                                  "output_dir": str(work / "runs"), "max_steps": steps, "save_every": 0,
-                                  "eval_every": 0, "num_samples": 0}, source="bench")
-    config = config.with_overrides(overrides).validate()
+    method = CASES[case][0]
+    config = case_config(case, model, steps, Path(tempfile.mkdtemp(prefix="mem-bench-")))
 
     class Peaks(Callback):
         peaks: list[float] = []
@@ -88,10 +110,7 @@ def measure(case: str, model: str, steps: int) -> dict:
     est = run.memory
     mx.reset_peak_memory()
     run.train()
-    measured = max(Peaks.peaks)
-    return {"case": case, "method": method, "estimated_gb": round(est.peak / 1e9, 3),
-            "measured_gb": round(measured, 3), "error": round(est.peak / 1e9 / measured - 1, 3),
-            "parts_gb": {k: round(v / 1e9, 3) for k, v in est.parts.items() if v}}
+    return row(case, est, max(Peaks.peaks))
 
 
 def main() -> int:
@@ -100,22 +119,38 @@ def main() -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--measured", default=None, help="a --json file of an earlier run: estimate its cases "
+                        "again against its measured peaks, training nothing")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one case
+    parser.add_argument("--measured-gb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.case, args.model, args.steps)))
+        print(json.dumps(estimate_only(args.case, args.model, args.steps, args.measured_gb) if args.measured_gb
+                         else measure(args.case, args.model, args.steps)))
         return 0
+    earlier = {r["case"]: r["measured_gb"] for r in json.loads(Path(args.measured).read_text())} \
+        if args.measured else {}
+    cases = list(earlier) if args.measured else args.case.split(",")
     rows = []
-    print(f"{'case':<16} {'estimated GB':>12} {'measured GB':>12} {'error':>7}")
-    for case in args.case.split(","):
+    if args.markdown:
+        print("| case (method batch × length) | estimated GB | measured GB | error |\n|---|---|---|---|")
+    else:
+        print(f"{'case':<16} {'estimated GB':>12} {'measured GB':>12} {'error':>7}")
+    for case in cases:
+        extra = ["--measured-gb", str(earlier[case])] if case in earlier else []
         out = subprocess.run([sys.executable, __file__, "--one", "--case", case, "--model", args.model,
-                              "--steps", str(args.steps)], capture_output=True, text=True)
+                              "--steps", str(args.steps), *extra], capture_output=True, text=True)
         if out.returncode:
             print(f"{case:<16} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{case:<16} {row['estimated_gb']:>12.2f} {row['measured_gb']:>12.2f} {row['error']:>+7.0%}", flush=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(result)
+        if args.markdown:
+            print(f"| {case} | {result['estimated_gb']:.2f} | {result['measured_gb']:.2f} | {result['error']:+.0%} |", flush=True)
+        else:
+            print(f"{case:<16} {result['estimated_gb']:>12.2f} {result['measured_gb']:>12.2f} {result['error']:>+7.0%}",
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

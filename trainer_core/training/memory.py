@@ -11,7 +11,10 @@
                    update's new copy
   activations      per token and layer, what the backward pass keeps (gradient checkpointing: each
                    block's input plus one block's activations); includes attention scores [heads, T]
-  logits           [rows, tokens, vocab]: the logits, the loss's float32 pass and its gradient
+                   unless attention runs in chunks (CPU, rows longer than a chunk: then the chunks MLX
+                   holds in flight, once)
+  logits           the LM head fused with the loss (Llama/Mistral/Qwen/Phi-3 float heads): the chunks MLX
+                   holds in flight; else [rows, tokens, vocab]: the logits, the float32 pass, the gradient
   reference        DPO's reference pass (eager, before the step), the full-FT frozen base of DPO/GRPO
   rollout          GRPO's sampling: the KV cache of batch x group rows of prompt + completion, the
                    prefill logits; the old/reference log-prob passes; the loss runs over rows x tokens
@@ -39,8 +42,12 @@ ADAPTER_ACTIVATION_HIDDEN = 6  # more per token and layer when LoRA/DoRA paths r
 OUTSIDE_BLOCKS_HIDDEN = 8  # per token, outside the blocks: embeddings, final norm, their gradients
 DIFFUSION_ACTIVATIONS = 1.6  # bidirectional attention and the masked copy of every row: measured
 LOGIT_COPIES = 2      # logits in the compute dtype + the loss's float32 gradient
-GRPO_LOGIT_COPIES = 3  # one head chunk's float32 logits / T, its softmax (entropy) and gradient (head_loss.py)
-HEAD_CHUNK_TOKENS = 1024  # head_loss.CHUNK: the fused LM head's logits exist one chunk of tokens at a time
+# MLX runs up to 10 operations ahead of the computation, each holding its output: the fused LM head
+# (head_loss.py) and chunked attention (models/attention.py) hold about this many chunks at once (measured on
+# the demo: head backward 10.7 chunks of [128, 49152] float32, one layer's attention backward 8.2 of 32 MB)
+HEAD_CHUNKS_IN_FLIGHT, ATTENTION_CHUNKS_IN_FLIGHT = 11, 8
+GRPO_LOGIT_COPIES = 3  # without the fused head: float32 logits / T, the softmax (entropy) and the gradient
+FUSED_HEAD_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")  # head_loss.split_head's families
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class ModelShape:
     kv_width: int            # key/value heads x head dim
     weight_bytes: float      # bytes per stored base weight (quantized: bits/8 + scales)
     dtype_bytes: int         # bytes per element the model computes in (2: bf16/fp16, 4: float32)
+    fused_head: bool = False  # the LM head runs fused with the loss in chunks (head_loss.split_head)
 
     @classmethod
     def from_info(cls, info, model_config: dict | None = None, *, dequantized: bool = False) -> "ModelShape":
@@ -77,8 +85,9 @@ class ModelShape:
             weight_bytes = quantized / 8 + 4 / 32  # a 16-bit scale and bias per group of 32
         else:
             weight_bytes = float(dtype_bytes)
+        fused = str(info.architecture).lower() in FUSED_HEAD_ARCHITECTURES and weight_bytes >= 2  # a float head
         return cls(info.num_parameters, h, layers, info.vocab_size, intermediate, heads, kv_width,
-                   weight_bytes, dtype_bytes)
+                   weight_bytes, dtype_bytes, fused)
 
 
 def bits_of(quantization: str) -> int:
@@ -122,23 +131,40 @@ def trainable_parameters(shape: ModelShape, config) -> int:
     return per_layer * layers
 
 
+def chunked_attention(rows: int, heads: int, tokens: int) -> int:
+    """Query rows per chunk when attention runs in chunks (models/attention.py: on the CPU, rows longer than one
+    chunk), else 0 (whole [rows, heads, tokens, tokens] scores)."""
+    import mlx.core as mx
+    from trainer_core.models.attention import chunk_rows
+    step = chunk_rows(rows, heads, tokens)
+    return step if tokens > step and mx.default_device() == mx.cpu else 0
+
+
 def _activations(shape: ModelShape, config, rows: int, tokens: int) -> float:
-    """Bytes the forward pass keeps for the backward one (rows x tokens), gradient checkpointing included."""
+    """Bytes the forward pass keeps for the backward one (rows x tokens), gradient checkpointing included.
+    Chunked attention keeps no [heads, tokens] scores per token; its chunks in flight are counted once."""
     adapters = config.resolved_fine_tune_type != "full"
+    chunk = chunked_attention(rows, shape.heads, tokens)
     per_token_layer = (ACTIVATION_HIDDEN + (ADAPTER_ACTIVATION_HIDDEN if adapters else 0)) * shape.hidden \
         + ACTIVATION_INTERMEDIATE * shape.intermediate + ACTIVATION_KV * shape.kv_width \
-        + ACTIVATION_SCORES * shape.heads * tokens
+        + (0 if chunk else ACTIVATION_SCORES * shape.heads * tokens)
     one_block = rows * tokens * per_token_layer * shape.dtype_bytes
     outside = rows * tokens * OUTSIDE_BLOCKS_HIDDEN * shape.hidden * shape.dtype_bytes
+    attention = ATTENTION_CHUNKS_IN_FLIGHT * rows * shape.heads * chunk * tokens * 4.0 if chunk else 0.0
     if config.gradient_checkpointing:
         # each block's input, plus the block being recomputed and its backward's temporaries (~2 blocks)
-        return rows * tokens * shape.hidden * shape.dtype_bytes * shape.layers + 2 * one_block + outside
-    return one_block * shape.layers + outside
+        return rows * tokens * shape.hidden * shape.dtype_bytes * shape.layers + 2 * one_block + outside + attention
+    return one_block * shape.layers + outside + attention
 
 
-def _logits(shape: ModelShape, rows: int, tokens: int, copies: float = LOGIT_COPIES) -> float:
-    """The [rows, tokens, vocab] logits in the compute dtype plus `copies - 1` float32 passes over them."""
-    return rows * tokens * shape.vocab * (shape.dtype_bytes + 4.0 * (copies - 1))
+def _logits(shape: ModelShape, rows: int, tokens: int, copies: float = LOGIT_COPIES, fused: bool = True) -> float:
+    """The LM head's output: fused with the loss (head_loss.py), the chunks MLX holds in flight (float32); else
+    the [rows, tokens, vocab] logits in the compute dtype plus `copies - 1` float32 passes over them."""
+    whole = rows * tokens * shape.vocab * (shape.dtype_bytes + 4.0 * (copies - 1))
+    if not (fused and shape.fused_head):
+        return whole
+    from trainer_core.training.head_loss import chunk_rows
+    return min(whole, HEAD_CHUNKS_IN_FLIGHT * chunk_rows(shape.vocab) * shape.vocab * 4.0)
 
 
 def row_tokens(config, longest_tokens: int | None) -> int:
@@ -171,7 +197,7 @@ def estimate(shape: ModelShape, config, longest_tokens: int | None = None) -> Me
         tokens = row_tokens(config, longest_tokens)
         est.parts["activations"] = _activations(shape, config, rows, tokens) * \
             (DIFFUSION_ACTIVATIONS if method == "diffusion" else 1.0)
-        est.parts["logits"] = _logits(shape, rows, tokens)
+        est.parts["logits"] = _logits(shape, rows, tokens, fused=method != "diffusion")  # diffusion: whole logits
         if method == "dpo":
             reference = 0.0 if config.dpo.precompute_reference else _logits(shape, rows, tokens, 2)
             frozen = shape.parameters * shape.dtype_bytes if full and not config.dpo.precompute_reference else 0.0
@@ -201,7 +227,7 @@ def _grpo(est: MemoryEstimate, shape: ModelShape, config, longest_prompt: int | 
     # the update runs over rows in passes of at most grpo.micro_batch_tokens (GRPOMethod.step_batches)
     per_pass = min(rows, max(1, grpo.micro_batch_tokens // tokens)) if grpo.micro_batch_tokens else rows
     est.parts["activations"] = _activations(shape, config, per_pass, tokens)
-    est.parts["logits"] = _logits(shape, 1, min(per_pass * tokens, HEAD_CHUNK_TOKENS), GRPO_LOGIT_COPIES)
+    est.parts["logits"] = _logits(shape, per_pass, tokens, GRPO_LOGIT_COPIES)
     if grpo.beta and config.resolved_fine_tune_type == "full":
         est.parts["reference weights"] = shape.parameters * shape.dtype_bytes
     est.notes.append(f"{config.batch_size} prompts x group {grpo.group_size} = {rows} rows x {tokens} tokens "

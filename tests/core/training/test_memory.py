@@ -23,6 +23,7 @@ CASES = {  # method -> settings; rows fill max_seq_length, GRPO samples to max_c
     "dpo": dict(batch_size=2, max_seq_length=256),
     "grpo": dict(batch_size=2, max_seq_length=160, grpo={"group_size": 4, "max_completion_length": 64, "beta": 0.04}),
     "diffusion": dict(batch_size=4, max_seq_length=256),
+    "lora-long": dict(batch_size=2, max_seq_length=2048),  # attention in chunks (CPU): no [T, T] scores kept
 }
 
 
@@ -32,8 +33,8 @@ def wide_model_dir(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("wide-llama"), hidden=256, layers=2, vocab=2048)
 
 
-def long_text(i: int) -> str:
-    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(400))
+def long_text(i: int, words: int = 400) -> str:
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(words))
 
 
 def write_data(method: str, folder):
@@ -42,7 +43,7 @@ def write_data(method: str, folder):
     elif method == "grpo":
         records = [{"prompt": f"Count to {i}.", "answer": str(i)} for i in range(8)]
     else:
-        records = [{"text": long_text(i)} for i in range(8)]
+        records = [{"text": long_text(i, 3000 if method == "lora-long" else 400)} for i in range(8)]
     write_jsonl(folder / "train.jsonl", records)
     return folder
 
@@ -59,8 +60,8 @@ class Peaks(Callback):
 def test_estimate_is_within_25_percent_of_the_measured_peak(method, wide_model_dir, tmp_path):
     settings = dict(CASES[method])
     grpo = settings.pop("grpo", None)
-    config = make_config(wide_model_dir, write_data(method, tmp_path / "data"), tmp_path / "runs", method=method,
-                         max_steps=1, num_samples=0, **settings)
+    config = make_config(wide_model_dir, write_data(method, tmp_path / "data"), tmp_path / "runs",
+                         method=method.split("-")[0], max_steps=1, num_samples=0, **settings)
     if grpo:
         config = config.with_overrides([f"grpo.{k}={v}" for k, v in grpo.items()])
     peaks = Peaks()
@@ -68,6 +69,8 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(method, wide_model_d
     mx.clear_cache()
     baseline = mx.get_active_memory()
     run = runner.build_run(config, [peaks])
+    if method == "lora-long":
+        assert memory.chunked_attention(2, 4, 2049) and "logits" in run.memory.parts
     if method == "grpo":  # sample every completion to max_completion_length: the case the estimate describes
         run.loop.method.eos_ids = lambda: set()
     estimated = run.memory.peak
@@ -75,3 +78,40 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(method, wide_model_d
     run.train()
     measured = max(peaks.peaks) - baseline
     assert estimated == pytest.approx(measured, rel=0.25), (method, estimated / 1e6, measured / 1e6, run.memory.parts)
+
+
+DEMO = memory.ModelShape(parameters=134_515_008, hidden=576, layers=30, vocab=49152, intermediate=1536, heads=9,
+                         kv_width=192, weight_bytes=4.0, dtype_bytes=4, fused_head=True)
+
+
+def lora(**fields) -> RunConfig:
+    return RunConfig(method="lora", model="demo", data="demo", **fields).validate()
+
+
+def test_fused_head_and_chunked_attention_terms(monkeypatch):
+    """The parts computed by hand for the demo at 4 x 2048 on the CPU: the LM head's chunks in flight
+    (11 x 128 rows x 49152 x 4 bytes), attention without [T, T] scores (64-row chunks, 8 in flight)."""
+    monkeypatch.setattr(memory, "chunked_attention", lambda rows, heads, tokens: 64 if tokens > 64 else 0)
+    est = memory.estimate(DEMO, lora(batch_size=4, max_seq_length=2048), 2048)
+    assert est.parts["logits"] == 11 * 128 * 49152 * 4
+    tokens = 4 * 2049
+    per_token_layer = (4 + 6) * 576 + 4 * 1536 + 4 * 192
+    expected = tokens * per_token_layer * 4 * 30 + tokens * 8 * 576 * 4 + 8 * 4 * 9 * 64 * 2049 * 4
+    assert est.parts["activations"] == pytest.approx(expected)
+    checkpointed = memory.estimate(DEMO, lora(batch_size=4, max_seq_length=2048, gradient_checkpointing=True), 2048)
+    assert checkpointed.parts["activations"] == pytest.approx(
+        tokens * 576 * 4 * 30 + 2 * tokens * per_token_layer * 4 + tokens * 8 * 576 * 4 + 8 * 4 * 9 * 64 * 2049 * 4)
+    assert checkpointed.peak < 3e9 < est.peak  # measured (bench/memory_estimate.py): 2.50 GB and 13.03 GB
+    # whole scores where attention is not chunked (a GPU, or rows within one chunk): quadratic in the length
+    monkeypatch.setattr(memory, "chunked_attention", lambda rows, heads, tokens: 0)
+    whole = memory.estimate(DEMO, lora(batch_size=4, max_seq_length=2048), 2048)
+    assert whole.parts["activations"] - expected == pytest.approx(
+        tokens * 1.3 * 9 * 2049 * 4 * 30 - 8 * 4 * 9 * 64 * 2049 * 4)
+
+
+def test_unfused_head_keeps_whole_logits():
+    shape = memory.ModelShape(**{**DEMO.__dict__, "fused_head": False})
+    est = memory.estimate(shape, lora(batch_size=2, max_seq_length=256), 256)
+    assert est.parts["logits"] == 2 * 257 * 49152 * (4 + 4)  # logits + the loss's float32 gradient
+    fused = memory.estimate(DEMO, lora(batch_size=2, max_seq_length=256), 256)
+    assert fused.parts["logits"] == min(2 * 257 * 49152 * 8, 11 * 128 * 49152 * 4)
