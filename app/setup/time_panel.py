@@ -76,6 +76,7 @@ class TimePanel(QLabel):
             self._ask_to_measure(key, ready)
 
     def _ask_to_measure(self, key: str, ready: bool) -> None:
+        self._timer.stop()  # a measurement is only ever started for the plan shown now, when it is ready
         why = self._failed.get(key)
         if why:
             self.setText(f"Time: unknown — measuring failed ({why}). <a href='measure'>Try again</a>")
