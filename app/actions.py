@@ -13,15 +13,11 @@ from PySide6.QtGui import QAction, QFontMetrics, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QSizePolicy, QStyle, QTableWidget,
                                QTableWidgetItem, QToolBar, QVBoxLayout)
 
+from app.common.keys import keys
 from app.common.reveal import reveal_logs
 from trainer_core.logging_setup import log_file
 
 TABS = ("Setup", "Training", "Checkpoints", "Chat", "Compare runs")
-
-
-def keys(sequence) -> str:
-    """The platform's text for a shortcut: '⌘R' on macOS, 'Ctrl+R' elsewhere."""
-    return QKeySequence(sequence).toString(QKeySequence.NativeText)
 
 
 class ElidedLabel(QLabel):

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox
 
 from app import settings
 from app.checkpoints.generation_worker import Generator
+from app.common.keys import keys
 from trainer_core.paths import default_runs_root
 
 BASE_ONLY = "(base model only)"
@@ -89,7 +90,7 @@ class ChatPane(QWidget):
         self.transcript.setPlaceholderText("Pick a checkpoint in the Checkpoints tab (Chat), or type below to talk "
                                            "to the base model.")
         self.input = QPlainTextEdit()
-        self.input.setPlaceholderText("Message — ⌘↩ to send")
+        self.input.setPlaceholderText(f"Message — {keys(Qt.CTRL | Qt.Key_Return)} to send")
         self.input.setMaximumHeight(90)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLin
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
 
 from app.checkpoints.generation_worker import Generator
+from app.common.keys import MULTI_CLICK
 from app.common.plot_style import style_plot
 from app.common.tasks import LatestTask
 from trainer_core.training.callbacks import read_metrics
@@ -68,7 +69,7 @@ class RunsCompare(QWidget):
         self.curves: list[pg.PlotDataItem] = []
         self._task = LatestTask()
         self.destroyed.connect(self._task.cancel)  # no late answer for a deleted widget
-        self.hint = QLabel("Select two or more runs in the sidebar (⌘-click) to overlay their loss curves.")
+        self.hint = QLabel(f"Select two or more runs in the sidebar ({MULTI_CLICK}) to overlay their loss curves.")
         self.hint.setWordWrap(True)
         self.plot = pg.PlotWidget()
         style_plot(self.plot)
@@ -115,7 +116,7 @@ class RunsCompare(QWidget):
             for column, value in enumerate(values, start=1):
                 self.table.setItem(row, column, QTableWidgetItem("—" if value is None else str(value)))
         self.hint.setText(f"{len(runs)} run(s) · {len(diff)} config field(s) differ"
-                          if len(runs) > 1 else "Select two or more runs in the sidebar (⌘-click) to compare them.")
+                          if len(runs) > 1 else f"Select two or more runs in the sidebar ({MULTI_CLICK}) to compare them.")
         self.shown.emit(len(runs))
 
 

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPlain
                                QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from app import settings
+from app.common.keys import keys
 from app.training.metrics_store import AXES, MetricsStore
 from trainer_core.training.callbacks import read_metrics
 from trainer_core.training.heartbeat import crashed
@@ -32,7 +33,7 @@ class TrainingPane(QWidget):
         super().__init__(parent)
         self.store = MetricsStore()
         self.run_dir: Path | None = None
-        self.banner = QLabel("No run yet. Set up a run and press Start (⌘R).")
+        self.banner = QLabel(f"No run yet. Set up a run and press Start ({keys('Ctrl+R')}).")
         self.banner.setObjectName("banner")
         self.banner.setWordWrap(True)
         self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)

@@ -9,6 +9,7 @@ import io
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import QLabel
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
 from app.actions import keys, shortcut_rows, shortcuts_dialog
@@ -121,3 +122,21 @@ def test_settings_come_back_in_a_new_window(qtbot, window):
     qtbot.addWidget(again)
     assert again.restore() and again.training.log_y.isChecked()
     assert again.training.smoothing.value() == 50 and again.setup.config().learning_rate == 3e-4
+
+
+def test_hints_name_this_platforms_keys(qtbot):
+    """No macOS glyph in a Linux window: the chat's send hint, the Training banner and the compare hint."""
+    import sys
+    from app.checkpoints.chat_pane import ChatPane
+    from app.checkpoints.compare_pane import RunsCompare
+    from app.training.pane import TrainingPane
+    texts = []
+    for cls in (ChatPane, TrainingPane, RunsCompare):
+        pane = cls()
+        qtbot.addWidget(pane)
+        texts += [pane.input.placeholderText()] if cls is ChatPane else []
+        texts += [label.text() for label in pane.findChildren(QLabel)]
+    hints = " ".join(texts)
+    assert "to send" in hints and "press Start" in hints and "to overlay" in hints
+    if sys.platform != "darwin":
+        assert "⌘" not in hints and "Ctrl+Return to send" in hints and "Ctrl+R" in hints and "Ctrl-click" in hints
