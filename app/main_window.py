@@ -149,7 +149,7 @@ class MainWindow(QMainWindow):
             panel.show_status(f"Launching on {panel.world_size()} processes ({panel.backend_name()})…")
             self.training.append_log(panel.status.text())
             self.distributed.start(config, panel.hosts(), panel.backend_name(), settings_dir() / "launch",
-                                   self.setup.total_steps(config)[0])
+                                   self.setup.total_steps(config)[0], force=force)
         else:
             self.controller.start(config, force=force)
         return True

@@ -222,15 +222,17 @@ class DistributedLauncher(QObject):
         return self.process is not None
 
     def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path,
-              starting_port: int | None = None) -> str:
-        """Launch `config` on `hosts` (already expanded); returns the run folder rank 0 will write.
+              starting_port: int | None = None, force: bool = False) -> str:
+        """Launch `config` on `hosts` (already expanded); returns the run folder rank 0 will write. `force`:
+        `finetune train --force` (Start anyway past the memory estimate).
         `workdir` receives the expanded host file and the stop file. `starting_port`: default a free
         one when every rank is local (launch.local_starting_port), else mlx.launch's."""
         config = copy.deepcopy(config)
         config.run_name = config.run_name or f"{config.method}-distributed-{time.strftime('%Y%m%d-%H%M%S')}"
         config.validate()
         run_dir = Path(config.output_dir or _default_runs_root()).expanduser() / config.run_name
-        return self._launch(cli_arguments(config), run_dir, hosts, backend, workdir, starting_port)
+        args = cli_arguments(config) + (["--force"] if force else [])
+        return self._launch(args, run_dir, hosts, backend, workdir, starting_port)
 
     def resume(self, run_dir: Path, checkpoint: Path | None, hosts: list[dict], backend: str, workdir: Path,
                starting_port: int | None = None) -> str:

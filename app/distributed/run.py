@@ -80,9 +80,11 @@ class DistributedRun(RunSignals):
     def running(self) -> bool:
         return self.launcher.running
 
-    def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path, total_steps: int) -> str:
-        """Launch `config` on the expanded `hosts`; returns the run folder rank 0 writes."""
-        run_dir = Path(self.launcher.start(config, hosts, backend, workdir))
+    def start(self, config: RunConfig, hosts: list[dict], backend: str, workdir: Path, total_steps: int,
+              force: bool = False) -> str:
+        """Launch `config` on the expanded `hosts`; returns the run folder rank 0 writes. `force`: Start anyway
+        (`train --force`: past the ranks' memory check)."""
+        run_dir = Path(self.launcher.start(config, hosts, backend, workdir, force=force))
         # A folder that is already there is not this run's (rank 0 refuses to write into it): never follow it.
         return self._begin(run_dir, backend, total_steps, follow=not run_dir.exists(), resuming=False)
 

@@ -56,3 +56,17 @@ def test_a_launcher_that_cannot_start_fails_with_one_message(qtbot, tmp_path, ti
         run.start(config, LOCAL * 2, "ring", tmp_path / "launch", total_steps=1)
     assert failed.args[0].startswith(f"Could not start mlx.launch with {tmp_path / 'no-python'}")
     assert states == [True, False] and not run.running
+
+
+def test_start_anyway_passes_force_to_every_rank(qtbot, tmp_path, tiny_model_dir, monkeypatch):
+    """Start anyway with Distributed ticked: the ranks run `finetune train --force` (past their memory check)."""
+    config = RunConfig(method="lora", model=str(tiny_model_dir), data=str(write_chat_data(tmp_path / "data")),
+                       output_dir=str(tmp_path / "runs"), run_name="r", max_steps=1)
+    run = DistributedRun()
+    launched = []
+    monkeypatch.setattr(run.launcher, "_launch", lambda args, run_dir, *rest: launched.append(args) or str(run_dir))
+    monkeypatch.setattr(run, "_begin", lambda run_dir, *a, **k: str(run_dir))
+    run.start(config, LOCAL * 2, "ring", tmp_path / "launch", total_steps=1)
+    run.start(config, LOCAL * 2, "ring", tmp_path / "launch", total_steps=1, force=True)
+    assert launched[0][0] == "train" and "--force" not in launched[0]
+    assert launched[1] == launched[0] + ["--force"]
