@@ -122,12 +122,13 @@ def summarize_run(run_dir: Path, running: Path | None = None) -> RunSummary:
                       resume_step=heartbeat.latest_checkpoint_step(run_dir))
 
 
-def scan_runs(root: Path, running: Path | None = None) -> list[RunSummary]:
-    """Summaries of the run folders directly under `root`, newest first."""
+def scan_runs(root: Path, running: Path | None = None, also=()) -> list[RunSummary]:
+    """Summaries of the run folders directly under `root`, plus the run folders `also` that lie elsewhere (a run
+    started from a config whose output_dir is not the runs folder), newest first."""
     root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [summarize_run(p, running) for p in root.iterdir() if (p / "config.toml").is_file()]
+    folders = [p for p in root.iterdir() if (p / "config.toml").is_file()] if root.is_dir() else []
+    folders += [Path(p) for p in also if Path(p) not in folders and (Path(p) / "config.toml").is_file()]
+    runs = [summarize_run(p, running) for p in folders]
     return sorted(runs, key=lambda r: r.date, reverse=True)
 
 
@@ -151,6 +152,7 @@ class RunsSidebar(QWidget):
         super().__init__(parent)
         self.root = Path(root)
         self.running: Path | None = None
+        self.elsewhere: list[Path] = []  # runs of this session outside the runs folder (their own output_dir)
         self.paused = False
         self.runs: list[RunSummary] = []
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
@@ -209,6 +211,8 @@ class RunsSidebar(QWidget):
     def set_running(self, run_dir: Path | None) -> None:
         self.running = Path(run_dir) if run_dir else None
         self.paused = False
+        if self.running is not None and self.running.parent != self.root and self.running not in self.elsewhere:
+            self.elsewhere.append(self.running)  # listed too, so the run being trained is always in the list
         self.refresh()
 
     def set_paused(self, paused: bool) -> None:
@@ -218,8 +222,8 @@ class RunsSidebar(QWidget):
 
     def refresh(self) -> None:
         """Rescan the runs root off the GUI thread."""
-        root, running = self.root, self.running
-        self._task.start(lambda task: scan_runs(root, running), self._scanned, self._scan_failed)
+        root, running, elsewhere = self.root, self.running, list(self.elsewhere)
+        self._task.start(lambda task: scan_runs(root, running, elsewhere), self._scanned, self._scan_failed)
 
     def _scanned(self, runs: list[RunSummary]) -> None:
         self.runs = runs

@@ -143,3 +143,32 @@ def test_open_a_finished_run_from_disk(qtbot, window):
     window.show_run(run_dir)
     assert len(window.training.store) == 8 and len(window.training.store.checkpoints) == 2
     assert "window-run" in window.windowTitle()
+
+
+def test_sidebar_lists_the_running_run_even_outside_the_runs_folder(qtbot, window):
+    """A config whose output_dir is not the window's runs folder (here tmp_path/runs): the run Start begins is still
+    listed, as running, and stays listed after it ends."""
+    assert window.setup.config().output_dir and Path(window.setup.config().output_dir) != window.sidebar.root
+    with qtbot.waitSignal(window.controller.runCreated, timeout=TIMEOUT):
+        window.start_action.trigger()
+    run_dir = window.run_dir
+    qtbot.waitUntil(lambda: window.sidebar.summary(run_dir) is not None, timeout=10_000)
+    assert window.sidebar.summary(run_dir).status == "running"
+    assert not window.sidebar.message.text().startswith("No runs yet")
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: window.sidebar.summary(run_dir) is not None
+                    and window.sidebar.summary(run_dir).status == "finished", timeout=10_000)
+
+
+def test_start_puts_the_run_in_the_windows_runs_folder(qtbot, window):
+    """With no output_dir of its own, the run goes into the runs folder the sidebar shows, and is listed there."""
+    config = window.setup.config()
+    config.output_dir = ""
+    window.setup.set_config(config)
+    qtbot.waitUntil(window.start_action.isEnabled, timeout=TIMEOUT)
+    with qtbot.waitSignal(window.controller.runCreated, timeout=TIMEOUT):
+        window.start_action.trigger()
+    assert window.run_dir.parent == window.sidebar.root
+    qtbot.waitUntil(lambda: window.sidebar.summary(window.run_dir) is not None, timeout=10_000)
+    assert window.sidebar.summary(window.run_dir).status == "running"
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=TIMEOUT)
