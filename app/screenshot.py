@@ -1,23 +1,29 @@
 """Screenshots of the real window (for the README), taken with Qt itself.
 
-    FINETUNE_STUDIO_HOME=$(mktemp -d) xvfb-run -s "-screen 0 1440x900x24" python -m app.screenshot \
-        --out resources/screenshots [--size 1440x900] [--model PATH | --tiny] [--steps 150] [--setup-only]
+    xvfb-run -a -s "-screen 0 1440x900x24" python -m app.screenshot \
+        --out resources/screenshots [--size 1440x900] [--model PATH | --tiny] [--steps N] [--setup-only]
 
 Writes main-window.png (Setup tab on the demo model and data, once its time estimate is measured),
-training.png (Training tab during a short run of `--model`; `--tiny` builds a
-small random Llama with the test suite's helper, for machines where the demo
-model trains too slowly) and checkpoints.png (Checkpoints tab after the run, one
-checkpoint selected, its samples on the right) and chat.png (Chat tab: the run's final checkpoint answering
-"What is the capital city of Velmora?"). Uses the same MainWindow as `python -m app`, and
-prints the GUI thread's event-loop latency measured during the run.
+training.png (Training tab during a run of `--model` started with Start, on the Setup tab's own recommended
+settings; `--steps` only shortens it with max steps; `--tiny` builds a small random Llama with the test suite's
+helper, for machines where the demo model trains too slowly), checkpoints.png (Checkpoints tab after the run, its
+newest step checkpoint selected, its samples on the right) and chat.png (Chat tab: the run's final checkpoint
+answering "What is the capital city of Velmora?"). Uses the same MainWindow as `python -m app`; the run goes where
+Start puts it, the window's runs folder, so the sidebar lists it while it trains. Unless FINETUNE_STUDIO_HOME is
+set, it is set to a new temporary folder (settings, runs, caches): nothing is written into the user's own folders.
+Prints the GUI thread's event-loop latency measured during the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
+
+# Before anything reads the settings or the runs folder: a fresh home, never the user's own.
+os.environ.setdefault("FINETUNE_STUDIO_HOME", tempfile.mkdtemp(prefix="finetune-screenshots-"))
 
 import app  # noqa: F401  (trainer_core before mlx / Qt)
 from app.__main__ import create_application, default_config
@@ -66,7 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="resources/screenshots")
     parser.add_argument("--model", default="demo", help="model for the training screenshot")
     parser.add_argument("--tiny", action="store_true", help="train a small random Llama (tests/tiny_model.py)")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="max steps (default 0: the recommended epochs, 300 steps on the demo)")
     parser.add_argument("--setup-only", action="store_true", help="only main-window.png (no training)")
     parser.add_argument("--size", default="1440x900", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
@@ -93,30 +100,31 @@ def main(argv=None) -> int:
     if args.tiny:
         from tests.tiny_model import make_tiny_llama
         model = str(make_tiny_llama(Path(tempfile.mkdtemp()) / "tiny-llama", hidden=128, layers=4))
-    runs = Path(tempfile.mkdtemp()) / "runs"
-    config = setup.config()
-    config.model, config.output_dir, config.run_name = model, str(runs), "lora-demo-data"
-    config.max_steps, config.eval_every, config.save_every = args.steps, max(1, args.steps // 6), args.steps // 3
-    config.learning_rate, config.warmup_steps, config.batch_size = 2e-3, args.steps // 10, 8
-    setup.set_config(config)
+    config = setup.config()  # the recommended settings main-window.png shows; checkpoints / evals every 100 / 50
+    if model != config.model or args.steps:
+        config.model, config.max_steps = model, args.steps or config.max_steps
+        setup.set_config(config)
     wait(lambda: window.start_action.isEnabled(), 60)
     if not window.start():
         print("could not start:", setup.start_blocker())
         return 1
     probe = LatencyProbe()
-    live_at = int(args.steps * 0.7)
+    wait(lambda: window.run_dir is not None or not window.controller.running, 300)
+    run_dir = window.run_dir  # where Start put it: the window's runs folder, listed in the sidebar
+    total = setup.total_steps(config)[0]
+    live_at = int(total * 0.7)
     wait(lambda: window.run_status.last.get("step", 0) >= live_at or not window.controller.running, 600)
     wait(lambda: False, 0.6)  # let the plots catch up
     window.grab().save(str(out / "training.png"))
     wait(lambda: not window.controller.running, 600)
-    window.sidebar.set_root(runs)  # the run in the sidebar, without writing into the user's runs folder
     window.tabs.setCurrentWidget(window.checkpoints)
-    wait(lambda: len(window.checkpoints.rows) >= 3 and window.checkpoints.rows[1].samples, 30)
-    window.checkpoints.select_step(window.checkpoints.rows[1].step)
+    def step_rows():
+        return [row for row in window.checkpoints.rows if row.path.name != "final"]
+    wait(lambda: len(step_rows()) >= 2 and all(row.samples for row in step_rows()), 60)
+    window.checkpoints.select_step(step_rows()[-1].step)
     wait(lambda: False, 0.5)
     window.grab().save(str(out / "checkpoints.png"))
-    final = runs / config.run_name / "final"
-    window.open_chat(str(runs / config.run_name), str(final))
+    window.open_chat(str(run_dir), str(run_dir / "final"))
     window.chat.send("What is the capital city of Velmora?")
     wait(lambda: window.chat.last_answer() and not window.chat.generating, 300)
     wait(lambda: False, 0.5)
