@@ -183,6 +183,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
                f"{len(train_examples)} train / {len(valid_examples)} valid examples")
     shape = memory.ModelShape.from_info(read_model_info(config.model), loaded.config, dequantized=dequantize)
     longest = max((method.length(e) for e in train_examples), default=None)
+    if "gradient_checkpointing" in recommend and not config.gradient_checkpointing:
+        _recommend_checkpointing(config, loaded.model, shape, longest, log)
     estimate = memory.estimate(shape, config, longest)
     log.on_log("Memory estimate:\n" + "\n".join(estimate.lines()))
     if plan_only:
@@ -254,6 +256,16 @@ def _recommend(config: RunConfig, unset, splits, world_size: int, log) -> None:
         values = ", ".join(f"{name} = {value}" for name, value in used.items())
         log.on_log(f"Recommended for {config.method} ({config.resolved_fine_tune_type}) on {parameters / 1e6:.0f}M "
                    f"parameters and {len(splits.train)} train records: {values} (set any of them to choose your own)")
+
+
+def _recommend_checkpointing(config: RunConfig, model, shape, longest, log) -> None:
+    """Turn gradient checkpointing on where it at least halves the estimated peak (memory.checkpointing_pays)."""
+    pays, without, with_it = memory.checkpointing_pays(shape, config, longest)
+    if pays:
+        config.gradient_checkpointing = True
+        recompute_blocks(model)
+        log.on_log(f"Recommended: gradient_checkpointing = true (estimated peak {without / 1e9:.2f} GB without it, "
+                   f"{with_it / 1e9:.2f} GB with it, about a third slower a step; set it to false to choose speed)")
 
 
 def _join(log, config: RunConfig, run_dir: Path, run_fingerprint: dict, n_train: int, n_valid: int,

@@ -24,6 +24,18 @@ from trainer_core.training import memory
 MAX_FIXES = 4
 
 
+def model_shape(info, config) -> memory.ModelShape:
+    """The estimate's view of the model as this config will train it (a quantized base dequantized or not)."""
+    full = config.resolved_fine_tune_type == "full"
+    return memory.ModelShape.from_info(info, dequantized=should_dequantize(config.quantized_base, full,
+                                                                           info.num_parameters))
+
+
+def checkpointing_recommended(info, config, longest: int | None) -> bool:
+    """The recommended gradient_checkpointing (memory.checkpointing_pays, the CLI's rule too)."""
+    return memory.checkpointing_pays(model_shape(info, config), config, longest)[0]
+
+
 class MemoryPanel(QWidget):
     fixRequested = Signal(list)
     startAnywayRequested = Signal()
@@ -65,9 +77,7 @@ class MemoryPanel(QWidget):
         self._show_fixes([])
 
     def show_estimate(self, info, config, longest: int | None) -> None:
-        full = config.resolved_fine_tune_type == "full"
-        dequantized = should_dequantize(config.quantized_base, full, info.num_parameters)
-        shape = memory.ModelShape.from_info(info, dequantized=dequantized)
+        shape = model_shape(info, config)
         est = memory.estimate(shape, config, longest)
         self.estimate = est
         available = memory.available_memory()

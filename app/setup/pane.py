@@ -22,7 +22,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import (QApplication, QFileDialog, QHBoxLayout, QLabel, QMenu, QPushButton, QScrollArea,
                                QVBoxLayout, QWidget)
 
-from app.setup.memory_panel import MemoryPanel
+from app.setup.memory_panel import MemoryPanel, checkpointing_recommended
 from app.common.cli_line import cli_command, launch_cli_command
 from app.setup.dataset_analysis import AnalysisRequest, steps_per_epoch
 from app.setup.dataset_panel import DatasetPanel
@@ -40,6 +40,8 @@ from trainer_core.errors import UserError
 from trainer_core.paths import settings_dir
 
 KIND_FOR_METHOD = {"dpo": ("preference",), "grpo": ("prompt_answer",)}
+# fields the memory estimate reads: while one is invalid there is no estimate (nor a checkpointing recommendation)
+MEMORY_FIELDS = {"batch_size", "max_seq_length", "fine_tune_type", "lora.rank", "lora.num_layers", "lora.dora"}
 LONG_SEQUENCE = 32_768  # max seq length above this gets a warning (memory grows with it)
 
 
@@ -234,9 +236,14 @@ class SetupPane(QScrollArea):
 
     def _recommend(self, config: RunConfig) -> None:
         info, summary = self.model_panel.info, self.dataset_panel.summary
+        extra = {}
+        if info is not None and summary is not None and summary.stats is not None \
+                and not MEMORY_FIELDS & set(self.problems()):
+            extra["gradient_checkpointing"] = checkpointing_recommended(info, config, max(summary.stats.lengths,
+                                                                                          default=None))
         self.recommend.update(config.method, config.resolved_fine_tune_type, info.num_parameters if info else None,
                               summary.train_examples if summary else None, config.batch_size * self.distributed.world_size(),
-                              config.gradient_accumulation_steps, summary.sample if summary else None)
+                              config.gradient_accumulation_steps, summary.sample if summary else None, extra)
         self.recommend.refresh()
 
     def _notes(self, config: RunConfig) -> None:
@@ -279,8 +286,7 @@ class SetupPane(QScrollArea):
 
     def _show_memory(self, config: RunConfig) -> None:
         info = self.model_panel.info
-        needed = {"batch_size", "max_seq_length", "fine_tune_type", "lora.rank", "lora.num_layers", "lora.dora"}
-        if info is None or needed & set(self.problems()):
+        if info is None or MEMORY_FIELDS & set(self.problems()):
             self.memory_panel.waiting()
             return
         stats = self.dataset_panel.summary.stats if self.dataset_panel.summary else None

@@ -16,10 +16,13 @@ from app.common.form import Form, format_float
 from trainer_core.config.recommend import recommended
 
 SHORT = {"learning_rate": "learning rate", "warmup_steps": "warmup", "epochs": "epochs", "max_steps": "max steps",
-         "grpo.rewards": "rewards", "grpo.reward_weights": "reward weights"}
+         "grpo.rewards": "rewards", "grpo.reward_weights": "reward weights",
+         "gradient_checkpointing": "save memory"}
 
 
 def shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, float):
         return format_float(value)
     if isinstance(value, list):
@@ -64,15 +67,17 @@ class Recommendations(QObject):
         return name not in self.put or self._value(name) != self.put[name]
 
     def update(self, method: str, fine_tune_type: str, num_parameters, train_examples, batch_size: int,
-               accumulation: int, records=None) -> bool:
-        """Apply the recommendation for this situation if it changed; True if a field changed."""
+               accumulation: int, records=None, extra: dict | None = None) -> bool:
+        """Apply the recommendation for this situation if it changed; True if a field changed. `extra`: values
+        recommended from what only the window knows here (gradient_checkpointing, from the memory estimate)."""
+        extra = extra or {}
         situation = (method, fine_tune_type, num_parameters, train_examples, batch_size, accumulation,
-                     len(records or []))
+                     len(records or []), tuple(sorted(extra.items())))
         if situation == self._situation:
             return False
         self._situation = situation
         self.values = recommended(method, fine_tune_type, num_parameters, train_examples, max(1, batch_size),
-                                  max(1, accumulation), records)
+                                  max(1, accumulation), records) | extra
         changed = False
         if self.following:
             for name, value in self.values.items():

@@ -180,3 +180,32 @@ def test_typing_past_a_spin_box_maximum_says_why(qtbot, pane):
     assert "5000 is not allowed: batch_size is a whole number from 1 to 4,096." in field.message.text()
     qtbot.keyClicks(box.lineEdit(), "\b")
     assert box.value() == 50 and not field.message.text()
+
+
+def test_save_memory_is_ticked_for_long_rows_unless_the_user_unticked_it(qtbot, pane, tmp_path, monkeypatch):
+    from tests.tiny_model import make_tiny_llama
+    from trainer_core.training import memory
+    monkeypatch.setattr(memory, "CHECKPOINTING_SAVES", 0)  # the tiny model saves megabytes, not gigabytes
+    deep = make_tiny_llama(tmp_path / "deep", layers=8)  # enough blocks that keeping block inputs pays
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(f'{{"text": "{" ".join(["purple sand island"] * 300)} {i}"}}\n' for i in range(24)))
+    pane.model_panel.select(str(deep))
+    qtbot.waitUntil(lambda: pane.model_panel.info is not None and pane.model_panel.info.num_layers == 8,
+                    timeout=TIMEOUT)
+    pane.recommend.follow()
+    pane.form["max_seq_length"].set_value(1024)
+    pane.form["data"].editor.setText(str(data))
+    ready(qtbot, pane)
+    qtbot.waitUntil(lambda: pane.config().gradient_checkpointing, timeout=TIMEOUT)
+    pane.form["gradient_checkpointing"].set_value(False)  # the user chooses speed
+    pane.form["batch_size"].set_value(4)
+    pane.refresh()
+    ready(qtbot, pane)
+    assert not pane.config().gradient_checkpointing
+    assert "save memory on" in pane.recommend.reset_label.text()
+    pane.recommend.reset_label.linkActivated.emit("reset")
+    assert pane.config().gradient_checkpointing
+    pane.form["max_seq_length"].set_value(8)  # short rows: no longer worth a third of the speed
+    pane.refresh()
+    ready(qtbot, pane)
+    qtbot.waitUntil(lambda: not pane.config().gradient_checkpointing, timeout=TIMEOUT)

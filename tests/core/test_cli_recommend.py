@@ -27,7 +27,7 @@ def test_only_fields_left_unset_are_recommended(tmp_path):
     toml = tmp_path / "start.toml"
     toml.write_text('method = "grpo"\nwarmup_steps = 3\n[grpo]\nrewards = ["exact_match"]\n')
     args = cli.build_parser().parse_args(["train", str(toml), "--learning-rate", "0.1", "--set", "epochs=2"])
-    assert cli.recommended_unset(args) == {"max_steps", "grpo.reward_weights"}
+    assert cli.recommended_unset(args) == {"max_steps", "grpo.reward_weights", "gradient_checkpointing"}
     args = cli.build_parser().parse_args(["train"])
     assert cli.recommended_unset(args) == set(RECOMMENDED)
 

@@ -56,7 +56,10 @@ def recommended_rewards(records: list[dict]) -> tuple[list[str], list[float]]:
     return names, (weights if any(w != 1.0 for w in weights) else [])
 
 
-RECOMMENDED = ("learning_rate", "epochs", "max_steps", "warmup_steps", "grpo.rewards", "grpo.reward_weights")
+# gradient_checkpointing is decided from the memory estimate once the model and the tokenised data are known
+# (training/memory.checkpointing_pays; runner._build for the CLI, the Setup tab for the window)
+RECOMMENDED = ("learning_rate", "epochs", "max_steps", "warmup_steps", "grpo.rewards", "grpo.reward_weights",
+               "gradient_checkpointing")
 SAMPLE_RECORDS = 200  # the first train records the GRPO rewards are chosen from (the window's sample too)
 RUN_LENGTH = ("epochs", "max_steps")  # chosen together: a user's either keeps the recommendation off both
 

@@ -239,6 +239,20 @@ def _activations_inference(shape: ModelShape, rows: int, tokens: int) -> float:
     return rows * tokens * (4 * shape.hidden + 2 * shape.intermediate + shape.heads * tokens) * shape.dtype_bytes
 
 
+# Gradient checkpointing costs about a third more time a step; it is recommended only where it pays in memory:
+# when it at least halves the estimated peak and saves at least this much (long rows, big batches).
+CHECKPOINTING_SAVES = 2e9
+
+
+def checkpointing_pays(shape: ModelShape, config, longest_tokens: int | None = None) -> tuple[bool, float, float]:
+    """Whether gradient checkpointing is recommended for `config` (whatever its own setting), with the estimated
+    peaks without and with it (bytes). Machine-independent, so the window, the CLI and every rank agree."""
+    from dataclasses import replace
+    without = estimate(shape, replace(config, gradient_checkpointing=False), longest_tokens).peak
+    with_it = estimate(shape, replace(config, gradient_checkpointing=True), longest_tokens).peak
+    return (with_it <= without / 2 and without - with_it >= CHECKPOINTING_SAVES), without, with_it
+
+
 @dataclass(frozen=True)
 class Fix:
     """One change that lowers the estimate: a label and the `--set` assignments that make it."""
