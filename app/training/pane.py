@@ -51,15 +51,15 @@ class TrainingPane(QWidget):
         self.follow.setCheckable(True)
         self.follow.setChecked(True)
         self.follow.setToolTip("Keep the whole run in view; zooming or panning turns this off.")
-        self.metric = QComboBox()
-        self.metric.setToolTip("What the fourth plot (bottom right) shows: a group of the method's metrics, "
+        self.fourth_plot = QComboBox()
+        self.fourth_plot.setToolTip("What the fourth plot (bottom right) shows: a group of the method's metrics, "
                                "or throughput")
-        self.metric.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        self.fourth_plot.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         export_png = QPushButton("Export PNG…")
         export_csv = QPushButton("Export CSV…")
         controls = QHBoxLayout()
         for widget in (QLabel("x-axis"), self.axis, QLabel("   Smoothing"), self.smoothing, self.smoothing_label,
-                       self.log_y, self.follow, QLabel("   Fourth plot"), self.metric):
+                       self.log_y, self.follow, QLabel("   Fourth plot"), self.fourth_plot):
             controls.addWidget(widget)
         controls.addStretch(1)
         controls.addWidget(export_png)
@@ -69,7 +69,7 @@ class TrainingPane(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(LOG_LINES)
-        self.log.setLineWrapMode(QPlainTextEdit.NoWrap)
+        self.log.setLineWrapMode(QPlainTextEdit.WidgetWidth)  # long lines (advice, paths) read whole
         self.log.setObjectName("log")
         self.log_toggle = QToolButton()
         self.log_toggle.setText("Log")
@@ -102,7 +102,7 @@ class TrainingPane(QWidget):
         self.smoothing.valueChanged.connect(self._smoothing_changed)
         self.log_y.toggled.connect(self.plots.set_log_y)
         self.follow.toggled.connect(self.plots.set_follow)
-        self.metric.activated.connect(lambda _: self.plots.set_method_group(self.metric.currentText()))
+        self.fourth_plot.activated.connect(lambda _: self.plots.set_method_group(self.fourth_plot.currentText()))
         self._fill_metrics()
         self.plots.followChanged.connect(self.follow.setChecked)
         export_png.clicked.connect(self.export_png)
@@ -187,13 +187,13 @@ class TrainingPane(QWidget):
     def _fill_metrics(self) -> None:
         """Offer every metric group the run has reported so far (new ones appear as they arrive)."""
         labels = list(self.plots.groups())
-        if labels != [self.metric.itemText(i) for i in range(self.metric.count())]:
+        if labels != [self.fourth_plot.itemText(i) for i in range(self.fourth_plot.count())]:
             current = self.plots.shown_group or labels[0]
-            self.metric.blockSignals(True)
-            self.metric.clear()
-            self.metric.addItems(labels)
-            self.metric.setCurrentText(current if current in labels else labels[0])
-            self.metric.blockSignals(False)
+            self.fourth_plot.blockSignals(True)
+            self.fourth_plot.clear()
+            self.fourth_plot.addItems(labels)
+            self.fourth_plot.setCurrentText(current if current in labels else labels[0])
+            self.fourth_plot.blockSignals(False)
 
     # ---- controls ----------------------------------------------------------------------
     def remember_options(self) -> None:

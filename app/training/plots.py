@@ -262,10 +262,13 @@ class TrainingPlots(QWidget):
             self.method_legend.clear()
             for key, curve in self.method_curves.items():
                 curve.setVisible(key in keys)
-                if key in keys:
+                if key in keys and len(keys) > 1:  # one curve: the title and axis name it, no box over the peaks
                     self.method_legend.addItem(curve, key.replace("_", " ") if key != "tokens_per_sec" else "tokens/s")
+            self.method_legend.setVisible(len(keys) > 1)
             title = "Throughput" if label == "tokens/s" else f"{TITLES['method']}: {label}"
-            self.widgets["method"].getPlotItem().setTitle(title, size="10pt")
+            item = self.widgets["method"].getPlotItem()
+            item.setTitle(title, size="10pt")
+            item.setLabel("left", label if len(keys) == 1 else "")
         for key in keys:
             self.method_curves[key].setData(x, self.store.series(key), connect="finite")
         banded = "reward_mean" in keys and "reward_std" in self.store.columns

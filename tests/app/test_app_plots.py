@@ -75,21 +75,25 @@ def test_method_plot_shows_one_group_with_a_std_band(qtbot):
     plots.redraw()
     assert plots.shown_group == "rewards"
     assert plots.method_curves["reward_mean"].isVisible() and plots.band.isVisible()
+    assert plots.method_legend.isVisible() and len(plots.method_legend.items) > 1  # several curves: named
     assert list(plots.band_upper.getData()[1][:1]) == [0.75] and list(plots.band_lower.getData()[1][:1]) == [0.25]
     assert math.isnan(store.series("reward_mean")[1])
     plots.set_method_group("kl")
     assert plots.method_curves["kl"].isVisible() and not plots.method_curves["reward_mean"].isVisible()
     assert not plots.band.isVisible()
     assert plots.widgets["method"].getPlotItem().titleLabel.text.endswith("kl")
+    # one curve: no legend box over its peaks; the axis names it
+    assert not plots.method_legend.isVisible() and not plots.method_legend.items
+    assert plots.widgets["method"].getPlotItem().getAxis("left").labelText == "kl"
 
 
 def test_pane_offers_metric_groups_as_they_arrive(qtbot):
     pane = TrainingPane()
     qtbot.addWidget(pane)
-    assert [pane.metric.itemText(i) for i in range(pane.metric.count())] == ["tokens/s"]
+    assert [pane.fourth_plot.itemText(i) for i in range(pane.fourth_plot.count())] == ["tokens/s"]
     pane.add_metrics(train_record(1, 2.0, mask_ratio=0.4))
     pane._fill_metrics()
-    assert [pane.metric.itemText(i) for i in range(pane.metric.count())] == ["mask ratio", "tokens/s"]
+    assert [pane.fourth_plot.itemText(i) for i in range(pane.fourth_plot.count())] == ["mask ratio", "tokens/s"]
 
 
 def test_downsampling_keeps_the_extremes(qtbot):
@@ -175,3 +179,13 @@ def test_hover_reads_out_the_nearest_step(qtbot):
     hover._moved((scene_pos,))
     assert hover.label.isVisible()
     assert hover.label.toPlainText().startswith("step 4 · loss 6 · EMA") and "eval 5.5" in hover.label.toPlainText()
+
+
+def test_long_log_lines_wrap_instead_of_hiding_behind_a_scroll_bar(qtbot):
+    pane = TrainingPane()
+    qtbot.addWidget(pane)
+    pane.resize(900, 700)
+    pane.show()
+    pane.append_log("The quantized base is dequantized for training " * 8)
+    qtbot.waitUntil(lambda: pane.log.isVisible())
+    assert pane.log.horizontalScrollBar().maximum() == 0
