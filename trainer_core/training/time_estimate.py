@@ -1,7 +1,7 @@
 """How long a run will take on this computer: the tokens it processes over a measured speed.
 
     work = workload(total_steps, rows_per_step, dataset_tokens=..., dataset_rows=..., epochs=..., max_steps=...)
-    rate = load_rate(rate_key(config))                 # cached per model x method x fine-tune type
+    rate = load_rate(rate_key(config))                 # cached per model x method x fine-tune type (x recompute)
     seconds = estimate_seconds(work, rate)             # None when the rate cannot price this work
     format_duration(seconds)                           # "≈ 14 min"
 
@@ -45,8 +45,10 @@ class Workload:
 
 
 def rate_key(config) -> str:
-    """What the speed depends on most: the model, the method and what trains (LoRA or full weights)."""
-    return f"{config.model}|{config.method}|{config.resolved_fine_tune_type}"
+    """What the speed depends on most: the model, the method, what trains (LoRA or full weights) and whether
+    activations are recomputed (gradient checkpointing: about a third slower)."""
+    key = f"{config.model}|{config.method}|{config.resolved_fine_tune_type}"
+    return key + "|recompute" if config.gradient_checkpointing else key
 
 
 def rates_path() -> Path:

@@ -45,13 +45,15 @@ def test_rate_skips_the_compiling_first_step_and_takes_the_median():
     assert te.rate_from_records(records[:1], 4) is None
 
 
-def test_rates_are_cached_per_model_method_and_type(tmp_path):
+def test_rates_are_cached_per_model_method_type_and_recompute(tmp_path):
     path = tmp_path / "speed.json"
     lora = RunConfig(model="m1", method="lora")
     te.save_rate(te.rate_key(lora), te.Rate(900.0, 3.0), path)
     assert te.load_rate(te.rate_key(lora), path).tokens_per_sec == 900.0
     assert te.load_rate(te.rate_key(RunConfig(model="m1", method="sft")), path) is None  # full weights: not priced
     assert te.load_rate(te.rate_key(RunConfig(model="m2", method="lora")), path) is None
+    recomputed = RunConfig(model="m1", method="lora", gradient_checkpointing=True)  # ~1/3 slower: its own speed
+    assert te.load_rate(te.rate_key(recomputed), path) is None
     path.write_text("{not json", encoding="utf-8")
     assert te.load_rate(te.rate_key(lora), path) is None  # a broken cache is only a missing estimate
 
