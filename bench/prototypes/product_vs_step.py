@@ -5,8 +5,9 @@ usage: product_vs_step.py [--dims H,LAYERS,FFN,HEADS,KV,VOCAB] [--batch 4] [--se
 Builds one random bf16 Llama (throughput.build_llama), then in this process:
   product  runner.build_run(...).train() on the bench's synthetic rows (every row max_seq_length), peak per step
            from metrics.jsonl, and the whole run's peak (samples, final save included)
-  step     CompiledSteps on the product's own loaded model and first collated batch (the bench's memory_probe way)
-and prints both above the weights. Run on the GPU machine with the gpu case's dims, or on the CPU smaller.
+  step     CompiledSteps on the product's own loaded model and first collated batch, twice (the memory_probe way),
+           then over the run's successive batches (a new batch each step: the running peak per step)
+and prints them above the weights. Run on the GPU machine with the gpu case's dims, or on the CPU smaller.
 """
 from __future__ import annotations
 
@@ -68,10 +69,18 @@ def main():
     base = mx.get_active_memory()
     steps.train_step([batch], 1e-5)
     mx.synchronize()
+    alone = mx.get_peak_memory() - base
+    fresh()  # the bare step over the run's successive batches (new arrays each step), peak since this reset
+    series = []
+    for i in range(a.steps):
+        steps.train_step([run.loop.method.collate(run.loop.train_examples[i * a.batch:(i + 1) * a.batch])], 1e-5)
+        mx.synchronize()
+        series.append(round((mx.get_peak_memory() - base) / 1e9, 3))
     print(json.dumps({"device": str(mx.default_device()), "weights_gb": round(weights / 1e9, 3),
+                      "step_over_new_batches_above_gb": series,
                       "product_per_step_above_gb": per_step,
                       "product_whole_run_above_gb": round((whole - weights) / 1e9, 3),
-                      "step_alone_above_gb": round((mx.get_peak_memory() - base) / 1e9, 3),
+                      "step_alone_above_gb": round(alone / 1e9, 3),
                       "batch_shape": list(batch["input_ids"].shape), "set": a.assignments}))
 
 
