@@ -236,11 +236,12 @@ class SetupPane(QScrollArea):
 
     def _recommend(self, config: RunConfig) -> None:
         info, summary = self.model_panel.info, self.dataset_panel.summary
-        extra = {}
+        extra, why = {}, ""
         if info is not None and summary is not None and summary.stats is not None \
                 and not MEMORY_FIELDS & set(self.problems()):
-            extra["gradient_checkpointing"] = checkpointing_recommended(info, config, max(summary.stats.lengths,
-                                                                                          default=None))
+            longest = max(summary.stats.lengths, default=None)
+            extra["gradient_checkpointing"], why = checkpointing_recommended(info, config, longest)
+        self.form["gradient_checkpointing"].set_note(why)
         self.recommend.update(config.method, config.resolved_fine_tune_type, info.num_parameters if info else None,
                               summary.train_examples if summary else None, config.batch_size * self.distributed.world_size(),
                               config.gradient_accumulation_steps, summary.sample if summary else None, extra)

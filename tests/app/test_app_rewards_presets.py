@@ -197,6 +197,8 @@ def test_save_memory_is_ticked_for_long_rows_unless_the_user_unticked_it(qtbot, 
     pane.form["data"].editor.setText(str(data))
     ready(qtbot, pane)
     qtbot.waitUntil(lambda: pane.config().gradient_checkpointing, timeout=TIMEOUT)
+    note = pane.form["gradient_checkpointing"].message
+    assert "Recommended for rows this long" in note.text() and note.isVisibleTo(pane)  # says why
     pane.form["gradient_checkpointing"].set_value(False)  # the user chooses speed
     pane.form["batch_size"].set_value(4)
     pane.refresh()
@@ -209,3 +211,4 @@ def test_save_memory_is_ticked_for_long_rows_unless_the_user_unticked_it(qtbot, 
     pane.refresh()
     ready(qtbot, pane)
     qtbot.waitUntil(lambda: not pane.config().gradient_checkpointing, timeout=TIMEOUT)
+    assert not pane.form["gradient_checkpointing"].message.text()
