@@ -37,7 +37,8 @@ class Task(QObject):
         super().__init__()
         self.fn, self.on_done, self.on_error, self.on_progress = fn, on_done, on_error, on_progress
         self._cancelled = threading.Event()
-        self.finished = threading.Event()
+        self.finished = threading.Event()  # the job returned (pool thread)
+        self.ended = False  # ...and its result or failure has been delivered (GUI thread)
         self._result.connect(self._deliver_result)
         self._failure.connect(self._deliver_failure)
         self._progress.connect(self._deliver_progress)
@@ -72,11 +73,13 @@ class Task(QObject):
 
     @Slot(object)
     def _deliver_result(self, result) -> None:
+        self.ended = True  # no longer running, already inside on_done
         if not self.cancelled:
             self.on_done(result)
 
     @Slot(str)
     def _deliver_failure(self, message: str) -> None:
+        self.ended = True
         if not self.cancelled:
             self.on_error(message)
 
@@ -86,7 +89,8 @@ class Task(QObject):
             self.on_progress(message)
 
     @Slot()
-    def _forget(self) -> None:
+    def _forget(self) -> None:  # queued after _result/_failure, so it runs after their delivery
+        self.ended = True  # (a job that raised past both, or whose result was dropped)
         _live.pop(self, None)
 
 
@@ -141,4 +145,6 @@ class LatestTask:
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.finished.is_set()
+        """Until the result has reached on_done / on_error: a job that has returned but whose result is still
+        queued for the GUI thread is running (else a caller sees neither a result nor work in progress)."""
+        return self.task is not None and not self.task.ended
