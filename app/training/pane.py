@@ -53,7 +53,7 @@ class TrainingPane(QWidget):
         self.follow.setToolTip("Keep the whole run in view; zooming or panning turns this off.")
         self.fourth_plot = QComboBox()
         self.fourth_plot.setToolTip("What the fourth plot (bottom right) shows: a group of the method's metrics, "
-                               "or throughput")
+                                    "or throughput")
         self.fourth_plot.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         export_png = QPushButton("Export PNG…")
         export_csv = QPushButton("Export CSV…")

@@ -32,13 +32,17 @@ def ms(fn, n=5):
     return statistics.median(times) * 1000
 
 
-def main():
-    model_dir, data_dir = sys.argv[1], sys.argv[2]
+def first_batch(model_dir: str, data_dir: str):
+    """The product's training loop for a LoRA run of the model on the data (batch 4) and its first collated batch."""
     config = RunConfig(method="lora", model=model_dir, data=data_dir, batch_size=4, max_steps=1, save_every=0,
-                       eval_every=0, num_samples=0, output_dir=tempfile.mkdtemp(), run_name="split").validate()
+                       eval_every=0, num_samples=0, output_dir=tempfile.mkdtemp(), run_name="probe").validate()
     loop = runner.build_run(config).loop
+    return loop, loop.method.collate(loop.train_examples[:4])
+
+
+def main():
+    loop, batch = first_batch(sys.argv[1], sys.argv[2])
     model, method = loop.model, loop.method
-    batch = method.collate(loop.train_examples[:4])
     rows = batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
     forward = mx.compile(lambda b: method.loss(model, b)[0], inputs=[model.state])
     grad = nn.value_and_grad(model, lambda m, b: method.loss(m, b)[0])

@@ -7,21 +7,18 @@ is ~17 M exps forward and again backward per demo step. Here the head + cross-en
 whose forward evaluates the body's hidden states, computes the token NLLs and d(loss)/d(hidden) with numpy (its
 vectorised exp, OpenBLAS matmuls, 128-row chunks) and whose vjp hands back that gradient, so the step cannot be
 compiled. Prints the loss and LoRA gradients against the product's (compiled) path and both step times."""
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trainer_core  # noqa: E402,F401  (OpenBLAS before MLX)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
-from trainer_core import runner  # noqa: E402
-from trainer_core.config import RunConfig  # noqa: E402
+from cpu_split import first_batch, ms  # noqa: E402
 
 ROWS = 128
 
@@ -57,22 +54,9 @@ def numpy_head(weight: mx.array):
     return head
 
 
-def ms(fn, n=5):
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
 def main():
-    config = RunConfig(method="lora", model=sys.argv[1], data=sys.argv[2], batch_size=4, max_steps=1, save_every=0,
-                       eval_every=0, num_samples=0, output_dir=tempfile.mkdtemp(), run_name="nphead").validate()
-    loop = runner.build_run(config).loop
+    loop, batch = first_batch(sys.argv[1], sys.argv[2])
     model, method = loop.model, loop.method
-    batch = method.collate(loop.train_examples[:4])
     head = numpy_head(model.model.embed_tokens.weight)
 
     def ours_loss(m, b):

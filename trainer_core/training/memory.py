@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trainer_core.data.batching import padded_length
 from trainer_core.errors import UserError
@@ -247,7 +247,6 @@ CHECKPOINTING_SAVES = 2e9
 def checkpointing_pays(shape: ModelShape, config, longest_tokens: int | None = None) -> tuple[bool, float, float]:
     """Whether gradient checkpointing is recommended for `config` (whatever its own setting), with the estimated
     peaks without and with it (bytes). Machine-independent, so the window, the CLI and every rank agree."""
-    from dataclasses import replace
     without = estimate(shape, replace(config, gradient_checkpointing=False), longest_tokens).peak
     with_it = estimate(shape, replace(config, gradient_checkpointing=True), longest_tokens).peak
     return (with_it <= without / 2 and without - with_it >= CHECKPOINTING_SAVES), without, with_it
