@@ -1,20 +1,18 @@
 """Packaging (issue 13), the parts Linux can check: setup_py2app.py's description of the
 .app, the resource locator from a checkout / an installed wheel / a simulated bundle,
-the icon files, the program log, first-launch folders, drag-and-drop and "Reveal Logs"."""
+the icon files, and what a first launch of the bundle writes. The program log and user folders:
+test_program_log.py; dropping files on the window: test_drag_and_drop.py."""
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
 import importlib.util
-import logging
-import logging.handlers
 import os
 import shutil
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 import trainer_core
-from trainer_core import logging_setup, paths, resources
+from trainer_core import resources
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -306,60 +304,7 @@ def test_locator_from_an_installed_wheel(wheel, tmp_path):
     assert (Path(demo) / "train.jsonl").is_file() and Path(demo).name == "demo_preference"
 
 
-# ---------------------------------------------------------------- log file and first launch
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, sys.excepthook, threading.excepthook)
-    yield
-    for handler in root.handlers[:]:
-        if handler not in saved[0]:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(saved[1])
-    sys.excepthook, threading.excepthook = saved[2], saved[3]
-    logging.captureWarnings(False)
-
-
-def test_log_file_rotates_under_the_log_dir(tmp_path, monkeypatch, restore_logging):
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    path = logging_setup.setup_logging("test-program")
-    assert path == paths.log_dir() / "fine-tune-studio.log" == tmp_path / "home" / "logs" / "fine-tune-studio.log"
-    logging_setup.setup_logging("test-program")  # a second call replaces, never duplicates
-    ours = [h for h in logging.getLogger().handlers if isinstance(h, logging.handlers.RotatingFileHandler)
-            and Path(h.baseFilename) == path]
-    assert len(ours) == 1 and ours[0].maxBytes > 0 and ours[0].backupCount > 0
-    logging.getLogger("trainer_core.somewhere").info("a line for the bug report")
-    text = path.read_text(encoding="utf-8")
-    assert "test-program started: Fine-Tune Studio" in text and "a line for the bug report" in text
-
-
-def test_uncaught_exceptions_reach_the_log(tmp_path):
-    env = {**os.environ, "FINETUNE_STUDIO_HOME": str(tmp_path / "home")}
-    code = ("from trainer_core.logging_setup import setup_logging; import threading; setup_logging('crashy'); "
-            "t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join(); raise ValueError('boom')")
-    result = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and result.stderr.count("ValueError: boom") == 1  # not printed twice
-    text = (tmp_path / "home" / "logs" / "fine-tune-studio.log").read_text(encoding="utf-8")
-    assert "ZeroDivisionError" in text and "ValueError: boom" in text
-
-
-def test_user_folders_follow_platformdirs(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_") and k != "FINETUNE_STUDIO_HOME"}
-    env["HOME"] = str(tmp_path / "user")
-    code = ("import json, platformdirs; from trainer_core import paths; made = paths.ensure_user_dirs(); "
-            "name = paths.APP_NAME; print(json.dumps([[str(p) for p in made], "
-            "[platformdirs.user_data_dir(name, appauthor=False) + '/runs', "
-            "platformdirs.user_config_dir(name, appauthor=False), platformdirs.user_log_dir(name, appauthor=False)]]))")
-    result = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    import json
-    made, expected = json.loads(result.stdout)
-    assert made == expected
-    for folder in made:
-        assert Path(folder).is_dir() and Path(folder).is_relative_to(tmp_path / "user")
-
+# ---------------------------------------------------------------- first launch of the bundle
 
 def test_first_launch_of_the_bundle_writes_only_to_user_folders(bundle_setup, tmp_path):
     """The real window, started as inside the .app (frozen, RESOURCEPATH), then quit by a timer."""
@@ -386,135 +331,6 @@ def test_first_launch_of_the_bundle_writes_only_to_user_folders(bundle_setup, tm
     assert snapshot(bundle) == before, "the app wrote inside its bundle"
 
 
-# ---------------------------------------------------------------- drag and drop, Reveal Logs
-
-@pytest.fixture
-def drop_window(qtbot):
-    from PySide6.QtWidgets import QLineEdit, QMainWindow
-
-    window = QMainWindow()
-    window.setCentralWidget(QLineEdit())
-    qtbot.addWidget(window)
-    return window
-
-
-KEEP_ALIVE = []  # a drag event only points at its QMimeData: the Python object must outlive the event
-
-
-def drag_events(path: Path):
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-    from PySide6.QtGui import QDragEnterEvent, QDropEvent
-
-    mime = QMimeData()
-    KEEP_ALIVE.append(mime)
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    point = QPointF(5, 5)
-    enter = QDragEnterEvent(point.toPoint(), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
-    drop = QDropEvent(point, Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
-    return mime, enter, drop
-
-
-def test_classify_dropped_paths(tmp_path, tiny_model_dir):
-    from app.drop_target import classify
-
-    for name, kind in [("model.gguf", "model"), ("a.jsonl", "data"), ("b.CSV", "data"), ("c.parquet", "data"),
-                       ("notes.txt", None)]:
-        (tmp_path / name).write_text("x")
-        assert classify(tmp_path / name) == kind, name
-    assert classify(tiny_model_dir) == "model"
-    assert classify(ROOT / "resources" / "demo_data") == "data"
-    assert classify(tmp_path) is None and classify(tmp_path / "missing.jsonl") is None
-
-
-def test_drop_on_the_window_or_a_line_edit_selects_the_file(drop_window, tmp_path):
-    from PySide6.QtWidgets import QApplication
-
-    from app.drop_target import install_drop_target
-
-    calls = []
-    install_drop_target(drop_window, lambda kind, path: calls.append((kind, path)), file_open=False)
-    assert drop_window.acceptDrops()
-    data = tmp_path / "train.jsonl"
-    data.write_text("{}\n")
-    _, enter, drop = drag_events(data)
-    QApplication.sendEvent(drop_window, enter)
-    assert enter.isAccepted()
-    QApplication.sendEvent(drop_window, drop)
-    line_edit = drop_window.centralWidget()
-    _, enter_edit, drop_on_edit = drag_events(tmp_path / "train.jsonl")
-    QApplication.sendEvent(line_edit, enter_edit)  # Qt delivers a drop to the widget that took the enter
-    QApplication.sendEvent(line_edit, drop_on_edit)
-    assert calls == [("data", str(data)), ("data", str(data))]
-    assert line_edit.text() == ""  # the path selected the dataset instead of being pasted
-
-    other = tmp_path / "notes.txt"
-    other.write_text("x")
-    _, enter, _ = drag_events(other)
-    enter.setAccepted(False)
-    QApplication.sendEvent(drop_window, enter)
-    assert not enter.isAccepted()
-
-
-def test_finder_open_request_selects_the_file(drop_window, tmp_path):
-    from PySide6.QtGui import QFileOpenEvent
-    from PySide6.QtWidgets import QApplication
-
-    from app.drop_target import install_drop_target
-
-    calls = []
-    install_drop_target(drop_window, lambda kind, path: calls.append((kind, path)), file_open=True)
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF")
-    QApplication.sendEvent(QApplication.instance(), QFileOpenEvent(str(model)))
-    QApplication.sendEvent(QApplication.instance(), QFileOpenEvent(str(tmp_path / "notes.txt")))
-    assert calls == [("model", str(model))]
-
-
-def test_drop_hook_selects_model_and_data_in_the_main_window(qtbot, tmp_path, monkeypatch, tiny_model_dir):
-    """The hook the window owner adds (see app/drop_target.py) against today's Setup pane."""
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    from app.drop_target import install_drop_target
-    from app.main_window import MainWindow
-    from trainer_core.config import RunConfig
-
-    window = MainWindow(RunConfig(model="demo", data=str(resources.demo_dataset())))
-    qtbot.addWidget(window)
-
-    def select(kind, path):
-        if kind == "model":
-            window.setup.model_panel.select(path)
-        else:
-            window.setup.dataset_panel.path.editor.setText(path)
-
-    install_drop_target(window, select, file_open=False)
-    from PySide6.QtWidgets import QApplication
-    for path in (tiny_model_dir, resources.demo_dataset("dpo")):
-        _, enter, drop = drag_events(path)
-        QApplication.sendEvent(window, enter)
-        QApplication.sendEvent(window, drop)
-    config = window.setup.config()
-    assert config.model == str(tiny_model_dir) and config.data == str(resources.demo_dataset("dpo"))
-    window.controller.shutdown(10_000)
-
-
-def test_reveal_opens_the_folder_or_selects_in_finder(tmp_path, monkeypatch):
-    from app.common import reveal
-
-    opened, ran = [], []
-    monkeypatch.setattr(reveal.QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
-    monkeypatch.setattr(reveal.subprocess, "run", lambda args, check: ran.append(args) or
-                        subprocess.CompletedProcess(args, 0))
-    log = tmp_path / "fine-tune-studio.log"
-    log.write_text("x")
-    monkeypatch.setattr(reveal.sys, "platform", "linux")
-    assert reveal.reveal_in_file_manager(log) and opened == [str(tmp_path)]
-    monkeypatch.setattr(reveal.sys, "platform", "darwin")
-    assert reveal.reveal_in_file_manager(log) and ran == [["open", "-R", str(log)]]
-    monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(reveal, "reveal_in_file_manager", lambda path: opened.append(str(path)) or True)
-    assert reveal.reveal_logs() and opened[-1] == str(logging_setup.log_file())
-
-
 # ---------------------------------------------------------------- the CLI entry point
 
 @pytest.mark.parametrize("method, folder", [("lora", "demo_data"), ("dpo", "demo_preference"), ("grpo", "demo_grpo")])
@@ -523,12 +339,3 @@ def test_cli_data_demo_is_the_shipped_demo_dataset(method, folder):
 
     args = build_parser().parse_args(["train", "--method", method, "--model", "demo", "--data", "demo"])
     assert config_from_args(args).data == str(resources.resource_path(folder))
-
-
-def test_cli_writes_the_program_log(tmp_path):
-    env = {**os.environ, "FINETUNE_STUDIO_HOME": str(tmp_path / "home")}
-    result = subprocess.run([PY, "-m", "trainer_core", "generate", "--model", str(tmp_path / "nowhere"), "--prompt",
-                             "hi"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.count("does not exist") == 1
-    text = (tmp_path / "home" / "logs" / "fine-tune-studio.log").read_text(encoding="utf-8")
-    assert "finetune generate started" in text and f"exit 2: The model path {tmp_path / 'nowhere'}" in text
