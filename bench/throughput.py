@@ -242,6 +242,9 @@ def lora_settings(config: RunConfig, model) -> tuple[int, dict]:
     return num_adapted_layers(config, model), lora_parameters(config, model)
 
 
+OURS_MLX_LIMIT_GB = 0.0  # --ours-mlx-limit-gb
+
+
 def run_ours(config: RunConfig, workdir: Path, tag: str, warmup: int, steps: int) -> dict:
     config = RunConfig.from_dict(config.to_dict())
     config.run_name = tag
@@ -252,8 +255,12 @@ def run_ours(config: RunConfig, workdir: Path, tag: str, warmup: int, steps: int
     timer.batch_size = config.batch_size
     run = build_run(config, callbacks=[timer])
     fresh_memory()
+    previous = mx.get_memory_limit()
+    if OURS_MLX_LIMIT_GB:  # below the run's own limit: runner keeps the smaller (guard.mlx_memory_limit)
+        mx.set_memory_limit(int(OURS_MLX_LIMIT_GB * 1e9))
     with contextlib.redirect_stdout(sys.stderr):
         run.train()
+    mx.set_memory_limit(previous)
     peak = mx.get_peak_memory()
     measured = timer.steps[warmup:]
     out = summarise(measured, timer.steps[warmup - 1], peak, "ours",
@@ -621,8 +628,12 @@ def main(argv=None) -> int:
                    help="override our RunConfig (as finetune --set), e.g. max_grad_norm=0")
     p.add_argument("--ours-plain-head", action="store_true",
                    help="ours without the LM head fused with the loss (training/head_loss.py): whole logits first")
+    p.add_argument("--ours-two-pass-head", action="store_true",
+                   help="ours: the fused LM-head loss without the one-pass training path (head_loss.ONE_PASS)")
     p.add_argument("--ours-head-chunk-elements", type=int,
                    help="logits per chunk of the fused LM-head loss (head_loss: default 2**23 on CPU, 2**25 on GPU)")
+    p.add_argument("--ours-mlx-limit-gb", type=float, default=0.0,
+                   help="ours: MLX's memory limit (mx.set_memory_limit: where eval stops running ahead) in GB")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -631,10 +642,15 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
+    if args.ours_two_pass_head:
+        from trainer_core.training import head_loss
+        head_loss.ONE_PASS = False
     if args.ours_head_chunk_elements:
         from trainer_core.training import head_loss
         head_loss.CHUNK_ELEMENTS = head_loss.GPU_CHUNK_ELEMENTS = args.ours_head_chunk_elements
         head_loss.CHUNK = max(head_loss.CHUNK, args.ours_head_chunk_elements)
+    global OURS_MLX_LIMIT_GB
+    OURS_MLX_LIMIT_GB = args.ours_mlx_limit_gb
     names = [c.strip() for c in args.case.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown:

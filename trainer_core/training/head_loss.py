@@ -10,12 +10,24 @@ The result equals `losses.token_nll(model(ids), targets)` (same bf16 logits, sam
 `scaled_head_nll` also scales the float32 logits (GRPO's log softmax(logits / temperature)) and
 `head_entropy` gives the policy's entropy the same way, so GRPO and DPO never hold the whole logits either.
 
+Inside the training step's loss (`gradient_in_forward()`, step.py) a frozen head (LoRA/DoRA/QLoRA) takes a
+one-pass path instead: each chunk's forward already forms softmax - onehot from the one `exp` its loss needs and
+multiplies it by the head's weight, so d(nll)/d(hidden) leaves the forward and the backward only scales it by each
+token's cotangent (d(loss)/d(nll) is per token, so it factors out of the row's gradient). That saves the
+backward's second logits matmul and second pass of `exp` over [tokens, vocab]: measured on the 2-core CPU, where
+MLX's exp is scalar, a demo LoRA step went from 2.61 to 2.04 s (bench/RESULTS.md). On a GPU it did not pay (the
+forward then holds each chunk's softmax until its gradient is formed: slower under a memory cap, measured on an
+H200), so there the two-pass path stays. Evaluation (no gradient) keeps the plain forward.
+
 Used only where a model's call is exactly `inner(ids)` then a plain head (`split_head`): the
 Llama / Qwen2 / Qwen3 / Phi-3 families with an unquantized, unadapted, bias-free head. Anything
 else (soft-capped logits, quantized or adapted heads) takes the plain path.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -31,6 +43,8 @@ CHUNK_ELEMENTS = 1 << 23  # 128 rows of a 49k vocab, 256 of a 32k one
 GPU_CHUNK_ELEMENTS = 1 << 25
 MIN_ROWS = 16
 ENABLED = True  # bench/prototypes/gpu_levers.py switches it off to measure the plain path
+ONE_PASS = True  # bench/throughput.py --ours-two-pass-head switches the one-pass training path off
+_GRADIENT_IN_FORWARD: ContextVar[bool] = ContextVar("gradient_in_forward", default=False)
 _PLAIN_HEAD_MODULES = {"mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3", "mlx_lm.models.phi3"}
 
 
@@ -107,6 +121,46 @@ def _nll_vjp(primals, cotangent, output, weight_grad: bool):
             mx.zeros_like(targets), mx.zeros_like(scale))
 
 
+def _nll_and_grad(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array):
+    """(the per-token nll, d(nll)/d(hidden) per token in hidden's dtype) from one logits matmul and one exp."""
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    nll, grad = [], []
+    for s, e in _chunks(h.shape[0], weight.shape[0]):
+        rows = h[s:e] if not nll else mx.depends(h[s:e], [nll[-1], grad[-1]])  # one chunk alive at a time
+        z = _logits(rows, weight).astype(mx.float32) * scale
+        top = z.max(axis=-1, keepdims=True)
+        exp = mx.exp(z - top)
+        total = exp.sum(axis=-1, keepdims=True)
+        nll.append(mx.log(total[:, 0]) + top[:, 0] - _picked(z, t[s:e]))
+        onehot = mx.arange(z.shape[-1]) == t[s:e, None]
+        g = ((exp / total - onehot) * scale).astype(weight.dtype)  # rounded once, as the two-pass backward
+        grad.append(g @ weight)
+    return mx.concatenate(nll).reshape(targets.shape), mx.concatenate(grad).reshape(hidden.shape).astype(hidden.dtype)
+
+
+def _one_pass_vjp(primals, cotangents, outputs):
+    hidden, weight, targets, scale = primals
+    cot = cotangents[0] if isinstance(cotangents, (list, tuple)) else cotangents
+    d_hidden = (outputs[1] * cot[..., None]).astype(hidden.dtype)
+    # the head's gradient (never asked for when it is frozen; exact if it is): the two-pass backward's, lazily
+    d_weight = _nll_vjp(primals, cot, outputs[0], True)[1]
+    return d_hidden, d_weight, mx.zeros_like(targets), mx.zeros_like(scale)
+
+
+_ONE_PASS = mx.custom_function(_nll_and_grad)
+_ONE_PASS.vjp(_one_pass_vjp)
+
+
+@contextmanager
+def gradient_in_forward(on: bool = True):
+    """While on (the training step's loss, step.py), a frozen head's nll takes the one-pass path (module doc)."""
+    token = _GRADIENT_IN_FORWARD.set(on)
+    try:
+        yield
+    finally:
+        _GRADIENT_IN_FORWARD.reset(token)
+
+
 def _custom(weight_grad: bool):
     fn = mx.custom_function(_nll)
     fn.vjp(lambda primals, cotangent, output: _nll_vjp(primals, cotangent, output, weight_grad))
@@ -120,7 +174,10 @@ def scaled_head_nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale
                     weight_grad: bool = True) -> mx.array:
     """-log softmax(scale * float32(hidden @ weight^T))[target] per position: hidden [..., D], weight [V, D],
     targets [...] int, scale a float32 scalar (GRPO's 1 / temperature; 1 for cross-entropy) -> [...] float32.
-    `weight_grad=False` (a frozen head) only saves memory: the head's gradient is still right if asked for."""
+    `weight_grad=False` (a frozen head) only saves memory and time: the head's gradient is still right if asked
+    for. Inside `gradient_in_forward()` a frozen head's d(nll)/d(hidden) is formed in the forward pass."""
+    if not weight_grad and ONE_PASS and _GRADIENT_IN_FORWARD.get() and mx.default_device() == mx.cpu:
+        return _ONE_PASS(hidden, weight, targets, scale)[0]
     return _NLL[bool(weight_grad)](hidden, weight, targets, scale)
 
 

@@ -19,6 +19,7 @@ from functools import partial
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from trainer_core.training import head_loss
 from trainer_core.training.collectives import sum_over_ranks
 from trainer_core.training.optim import AdamW, clip_factor, global_norm
 from trainer_core.models import precision
@@ -36,7 +37,8 @@ class CompiledSteps:
         state = [model.state, self.holder, mx.random.state]
 
         def loss_fn(model, batch):
-            return method.loss(model, batch)
+            with head_loss.gradient_in_forward():  # a frozen LM head's gradient comes out of its forward pass
+                return method.loss(model, batch)
 
         loss_and_grad = precision.value_and_grad(model, loss_fn, compute_dtype)
 

@@ -126,12 +126,29 @@ class MlxLimit(Callback):
         self.seen.append(mx.get_memory_limit())
 
 
-def test_mlx_memory_limit_is_the_runs_limit_while_it_trains(tmp_path, tiny_model_dir):
+def test_mlx_memory_limit_while_it_trains_is_the_run_ahead_cap(tmp_path, tiny_model_dir):
+    """MLX's limit during a run: what the process holds + RUN_AHEAD x the step's estimated need (below the run's
+    max_memory_gb and MLX's own limit), restored afterwards (the GUI's chat shares the process)."""
     before = mx.get_memory_limit()
+    probe = MlxLimit()
+    run = build(tiny_model_dir, tmp_path, max_steps=2, max_memory_gb=3.5, callbacks=[probe])
+    step = run.memory.peak - run.memory.parts["weights"]
+    expected = mx.get_active_memory() + guard.RUN_AHEAD * step
+    run.train()
+    assert len(probe.seen) == 2 and probe.seen[0] == probe.seen[1]
+    assert probe.seen[0] == pytest.approx(expected, abs=2e6) and probe.seen[0] < min(3.5e9, before)
+    assert mx.get_memory_limit() == before
+    assert guard.run_ahead_cap(None) == 0
+
+
+def test_mlx_memory_limit_is_never_raised_and_max_memory_gb_wins_below_the_cap(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    before = mx.get_memory_limit()
+    monkeypatch.setattr(guard, "RUN_AHEAD", 1e9)  # a cap above everything: the run's own limit decides
     probe = MlxLimit()
     build(tiny_model_dir, tmp_path, max_steps=2, max_memory_gb=3.5, callbacks=[probe]).train()
     assert probe.seen == [min(3_500_000_000, before)] * 2
-    assert mx.get_memory_limit() == before  # restored: the GUI's chat shares the process
+    assert mx.get_memory_limit() == before
     probe = MlxLimit()
     build(tiny_model_dir, tmp_path / "huge", max_steps=1, max_memory_gb=before * 4 / 1e9, callbacks=[probe]).train()
     assert probe.seen == [before] and mx.get_memory_limit() == before  # never raised above MLX's own

@@ -1,6 +1,7 @@
 """trainer_core.training.head_loss: the chunked LM-head cross-entropy equals the plain path (logits, then
 losses.token_nll) in loss and gradients, tied and untied heads, float32 and bf16, ragged last chunk."""
 
+import numpy as np
 import pytest
 
 import trainer_core  # noqa: F401  (OpenBLAS before MLX)
@@ -38,22 +39,26 @@ def batch(B=3, L=9):
     return {"input_ids": ids, "target_mask": mask}
 
 
-def loss_and_grads(model, b, fused: bool, monkeypatch):
+def loss_and_grads(model, b, fused: bool, monkeypatch, one_pass: bool = False):
     monkeypatch.setattr(head_loss, "ENABLED", fused)
     fn = nn.value_and_grad(model, lambda m, x: losses.sft_loss(m, x)[0])
-    loss, grads = fn(model, b)
+    with head_loss.gradient_in_forward(one_pass):
+        loss, grads = fn(model, b)
     mx.eval(loss, grads)
     return loss, dict(tree_flatten(grads))
 
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_fused_head_loss_equals_plain(tied, dtype, monkeypatch):
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_fused_head_loss_equals_plain(tied, dtype, one_pass, monkeypatch):
+    """The fused head (one_pass: as in the training step, its gradient formed in the forward pass) against the
+    whole logits and MLX's autodiff."""
     monkeypatch.setattr(head_loss, "CHUNK", 10)  # 27 rows: chunks of 10, 10, 7
     model, b = tiny(tied, dtype), batch()
     assert head_loss.split_head(model) is not None
     plain_loss, plain = loss_and_grads(model, b, False, monkeypatch)
-    fused_loss, fused = loss_and_grads(model, b, True, monkeypatch)
+    fused_loss, fused = loss_and_grads(model, b, True, monkeypatch, one_pass)
     rtol = 1e-5 if dtype == mx.float32 else 1e-2
     assert abs(fused_loss.item() - plain_loss.item()) <= rtol * abs(plain_loss.item())
     assert plain.keys() == fused.keys() and len(plain) == 2 * 2 * len(KEYS)
@@ -124,6 +129,54 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_logits(tied, dtype, monkey
     for k, g in plain.items():
         assert mx.allclose(fused[k].astype(mx.float32), g.astype(mx.float32), rtol=rtol,
                            atol=rtol * mx.abs(g).max().item()).item(), k
+
+
+def test_one_pass_head_matches_numpy_and_keeps_the_head_gradient(monkeypatch):
+    """The one-pass path with GRPO's scale and per-token cotangents against a float64 numpy formula
+    (d nll_i / d h_i = s (softmax(s z_i) - onehot_i) W), and the head's own gradient (asked for although
+    frozen) equal to the two-pass path's."""
+    monkeypatch.setattr(head_loss, "CHUNK", 16)
+    h = mx.random.normal((2, 25, 32), key=mx.random.key(1))
+    w = mx.random.normal((97, 32), key=mx.random.key(2)) * 0.3
+    t = mx.random.randint(0, 97, (2, 25), key=mx.random.key(3))
+    cot = mx.random.uniform(shape=(2, 25), key=mx.random.key(4))
+    scale = 0.7
+
+    def grads(one_pass):
+        fn = lambda h, w: (head_loss.scaled_head_nll(h, w, t, mx.array(scale), False) * cot).sum()  # noqa: E731
+        with head_loss.gradient_in_forward(one_pass):
+            return mx.value_and_grad(fn, argnums=(0, 1))(h, w)
+
+    loss, (d_h, d_w) = grads(True)
+    z = scale * np.einsum("bld,vd->blv", np.array(h, np.float64), np.array(w, np.float64))
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    onehot = np.eye(97)[np.array(t)]
+    nll = -np.log((p * onehot).sum(-1))
+    expected = np.einsum("blv,vd->bld", scale * (p - onehot) * np.array(cot)[..., None], np.array(w, np.float64))
+    assert abs(loss.item() - (nll * np.array(cot)).sum()) < 1e-4
+    np.testing.assert_allclose(np.array(d_h), expected, rtol=1e-4, atol=1e-6)
+    _, (d_h2, d_w2) = grads(False)
+    assert mx.allclose(d_h, d_h2, rtol=1e-5, atol=1e-7).item()
+    assert mx.allclose(d_w, d_w2, rtol=1e-5, atol=1e-7).item() and mx.abs(d_w).max().item() > 0
+
+
+def test_the_training_step_takes_the_one_pass_head(monkeypatch):
+    """step.py's training loss runs inside gradient_in_forward(): a LoRA model's head goes through the one-pass
+    path there (and equals the plain path); its evaluation does not."""
+    from types import SimpleNamespace
+    from trainer_core.training.optim import AdamW
+    from trainer_core.training.step import CompiledSteps
+    calls = []
+    real = head_loss._ONE_PASS
+    monkeypatch.setattr(head_loss, "_ONE_PASS", lambda *a: calls.append(1) or real(*a))
+    model = tiny(True)
+    steps = CompiledSteps(model, SimpleNamespace(loss=losses.sft_loss),
+                          AdamW(dict(tree_flatten(model.trainable_parameters()))), max_grad_norm=1.0)
+    steps.evaluate(batch())
+    assert not calls
+    loss_sum, weight, *_ = steps.train_step([batch()], 1e-3)
+    assert calls and loss_sum.item() > 0
 
 
 def test_chunk_rows_follow_the_vocabulary(monkeypatch):
