@@ -33,16 +33,11 @@ from __future__ import annotations
 import trainer_core  # noqa: F401  (first: loads OpenBLAS before MLX on Linux)
 
 import argparse
-import contextlib
-import gc
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,330 +47,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mlx.core as mx  # noqa: E402
-import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
-from mlx_lm.tuner import trainer as mlx_trainer  # noqa: E402
-from mlx_lm.tuner.datasets import CacheDataset, create_dataset  # noqa: E402
-from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
+from mlx_lm.tuner.datasets import create_dataset  # noqa: E402
 
-from trainer_core.models import native_blas  # noqa: E402
-
-from trainer_core import versions
-from trainer_core.models.adapters import lora_parameters, num_adapted_layers  # noqa: E402
-from trainer_core.training.callbacks import Callback  # noqa: E402
+import sides  # noqa: E402
+from cases import CASES, TINY_CHECK, Case, build_llama, dequantized_folder, write_data  # noqa: E402,F401
+from sides import (MlxDataset, lora_settings, run_mlx, run_ours, run_torch_side)  # noqa: E402,F401
+from trainer_core import versions  # noqa: E402
 from trainer_core.config import RunConfig  # noqa: E402
 from trainer_core.data import load_dataset, tokenize_sft  # noqa: E402
+from trainer_core.models import native_blas  # noqa: E402
 from trainer_core.models.loading import load_model, should_dequantize  # noqa: E402
-from trainer_core.runner import build_run  # noqa: E402
-
-DEMO_DATA = ROOT / "resources" / "demo_data"
-TORCH_VERSIONS: dict = {}
-
-
-# ---------------------------------------------------------------- cases
-
-@dataclass
-class Case:
-    name: str
-    model: str | None = None  # a path or "demo"; None = build one
-    build: dict = field(default_factory=dict)  # random Llama to build
-    data: str | None = None  # None = the demo dataset; "synthetic" = long text records
-    batch_size: int = 4
-    max_seq_length: int = 512
-    steps: int = 40
-    warmup: int = 5
-    repeats: int = 3
-    dtype: str = "float32"
-    dequantize: bool = False  # write the (quantized) model out as a float32 folder first and use that
-    sides: str = "mlx,ours"  # default --sides: mlx, ours, torch (PyTorch + PEFT eager), torch-compile
-
-
-CASES = {
-    "micro": Case("micro", build=dict(hidden=64, layers=2, vocab=512), steps=60, warmup=10, repeats=5),
-    "small": Case("small", build=dict(hidden=256, layers=4, vocab=512), steps=40, warmup=8, repeats=3),
-    # QLoRA on the Q4_1 GGUF: MLX's CPU quantized matmul makes a step take about a minute here
-    "demo": Case("demo", model="demo", steps=3, warmup=1, repeats=2),
-    # the same model dequantized once to a float32 folder: LoRA on a float base (BLAS matmuls)
-    "demo-f32": Case("demo-f32", model="demo", dequantize=True, steps=10, warmup=2, repeats=3),
-    # ~0.7B random Llama at batch 4 x 1024 (for MLX-CUDA on a GPU machine); bf16 weights
-    "gpu": Case("gpu", build=dict(hidden=1536, layers=24, intermediate=4096, heads=12, kv_heads=4, vocab=32000),
-                data="synthetic", max_seq_length=1024, steps=20, warmup=5, repeats=3, dtype="bfloat16",
-                sides="mlx,ours,torch,torch-compile"),
-}
-TINY_CHECK = dict(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, vocab=512)
-
-
-def build_llama(folder: Path, *, hidden: int, layers: int, vocab: int, intermediate: int | None = None,
-                heads: int = 4, kv_heads: int = 2, dtype: str = "float32", seed: int = 0) -> Path:
-    """A random-weight Llama folder with the tests' byte-level BPE tokenizer (tokens < 512 only;
-    the model's vocab can be larger, which costs the same compute as a real one)."""
-    from mlx.utils import tree_flatten, tree_map
-    from mlx_lm.models import llama
-    from tests.tiny_model import make_tiny_llama, write_tokenizer
-
-    if intermediate is None and dtype == "float32" and heads == 4 and kv_heads == 2:
-        return make_tiny_llama(folder, hidden=hidden, layers=layers, vocab=vocab, seed=seed)  # the tests' model
-    folder.mkdir(parents=True, exist_ok=True)
-    tok_vocab = write_tokenizer(folder, 512)
-    config = {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "hidden_size": hidden, "num_hidden_layers": layers,
-        "intermediate_size": intermediate or hidden * 2,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "rms_norm_eps": 1e-5, "vocab_size": max(vocab, tok_vocab), "max_position_embeddings": 4096,
-        "rope_theta": 10000.0, "tie_word_embeddings": False, "eos_token_id": 2, "bos_token_id": None,
-        "torch_dtype": dtype,
-    }
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    if dtype != "float32":
-        model.update(tree_map(lambda p: p.astype(getattr(mx, dtype)), model.parameters()))
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())),
-                        metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
-    return folder
-
-
-def dequantized_folder(spec: str, folder: Path) -> Path:
-    """`spec` loaded dequantized (float32) and saved as an HF-style folder both sides can load."""
-    if (folder / "config.json").exists():
-        return folder
-    from mlx.utils import tree_flatten
-    loaded = load_model(spec, dequantize=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(loaded.model.parameters())),
-                        metadata={"format": "mlx"})
-    config = {k: v for k, v in loaded.config.items() if k not in ("quantization", "quantization_config")}
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
-    loaded.tokenizer._tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def write_data(case: Case, folder: Path, n_synthetic: int) -> Path:
-    """A data folder holding only train.jsonl (no valid split: no evaluation in the timed runs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if case.data == "synthetic":
-        from tests.tiny_model import CORPUS
-        words = sorted({w for line in CORPUS for w in line.split()})
-        rng = np.random.default_rng(0)
-        # ~4 tokens per word with the tiny BPE: 2000 words overflow max_seq_length, so every
-        # row is cut to max_seq_length on both sides: batches of batch x max_seq_length, no padding.
-        lines = [json.dumps({"text": " ".join(rng.choice(words, size=max(2000, case.max_seq_length * 2)))})
-                 for _ in range(n_synthetic)]
-        (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
-    else:
-        source = Path(case.data) if case.data else DEMO_DATA
-        shutil.copy(source / "train.jsonl" if source.is_dir() else source, folder / "train.jsonl")
-    return folder
-
-
-# ---------------------------------------------------------------- measurement
-
-@dataclass
-class StepRecord:
-    end: float  # perf_counter when the step's loop iteration had finished (mlx-lm: next batch yielded)
-    input_tokens: int
-    trained_tokens: int
-    padded_tokens: int
-    width: int  # padded row width of the batch array
-    new_shape: bool
-    cpu: float = 0.0  # time.process_time() at `end` (CPU seconds of this process, all threads)
-
-
-def summarise(steps: list[StepRecord], start: StepRecord, peak: int, side: str, extra: dict) -> dict:
-    """Figures over the measured window (the steps after warmup); `start` = the record that opens it."""
-    cpu = steps[-1].cpu - start.cpu
-    start = start.end
-    elapsed = steps[-1].end - start
-    times, prev = [], start
-    for s in steps:
-        times.append(s.end - prev)
-        prev = s.end
-    tok = sum(s.input_tokens for s in steps)
-    trained = sum(s.trained_tokens for s in steps)
-    padded = sum(s.padded_tokens for s in steps)
-    repeat_times = [t for t, s in zip(times, steps) if not s.new_shape]
-    repeat_tok = sum(s.input_tokens for s in steps if not s.new_shape)
-    return {
-        "side": side, "steps": len(steps), "seconds": elapsed,
-        "tokens_per_sec": tok / elapsed, "trained_tokens_per_sec": trained / elapsed,
-        "padded_tokens_per_sec": padded / elapsed,
-        "ms_per_step": 1000 * statistics.median(times), "ms_per_step_mean": 1000 * elapsed / len(steps),
-        "input_tokens": tok, "trained_tokens": trained, "padded_tokens": padded,
-        "padding_fraction": 1 - tok / padded if padded else 0.0,
-        "cpu_seconds": cpu, "tokens_per_cpu_sec": tok / cpu if cpu > 0 else None,
-        "new_shape_steps": sum(s.new_shape for s in steps),
-        "widths": sorted({s.width for s in steps}),
-        "repeat_shape_tokens_per_sec": (repeat_tok / sum(repeat_times)) if repeat_times else None,
-        "peak_memory_gb": peak / 1e9,
-        "per_step": [[round(t, 5), s.input_tokens, s.padded_tokens, s.width, s.new_shape] for t, s in zip(times, steps)],
-        **extra,
-    }
-
-
-class StepTimer(Callback):
-    """Our side: timestamps at each step's end (after the loop's own host reads and callbacks)."""
-
-    def __init__(self):
-        self.steps: list[StepRecord] = []
-        self.seen: set = set()
-        self.loss = None
-
-    def on_step_end(self, m: dict) -> None:
-        now = time.perf_counter()
-        width = m["padded_tokens"] // max(1, self.batch_size)
-        new = m["padded_tokens"] not in self.seen  # the batch shape (rows x width)
-        self.seen.add(m["padded_tokens"])
-        self.steps.append(StepRecord(now, m["input_tokens"], m["tokens"], m["padded_tokens"], width, new,
-                                     time.process_time()))
-        self.loss = m["loss"]
-
-
-def fresh_memory() -> None:
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-
-
-def lora_settings(config: RunConfig, model) -> tuple[int, dict]:
-    return num_adapted_layers(config, model), lora_parameters(config, model)
-
-
-OURS_MLX_LIMIT_GB = 0.0  # --ours-mlx-limit-gb
-
-
-def run_ours(config: RunConfig, workdir: Path, tag: str, warmup: int, steps: int) -> dict:
-    config = RunConfig.from_dict(config.to_dict())
-    config.run_name = tag
-    config.output_dir = str(workdir / "runs")
-    config.max_steps = warmup + steps
-    shutil.rmtree(workdir / "runs" / tag, ignore_errors=True)
-    timer = StepTimer()
-    timer.batch_size = config.batch_size
-    run = build_run(config, callbacks=[timer])
-    fresh_memory()
-    previous = mx.get_memory_limit()
-    if OURS_MLX_LIMIT_GB:  # below the run's own limit: runner keeps the smaller (guard.mlx_memory_limit)
-        mx.set_memory_limit(int(OURS_MLX_LIMIT_GB * 1e9))
-    with contextlib.redirect_stdout(sys.stderr):
-        run.train()
-    mx.set_memory_limit(previous)
-    peak = mx.get_peak_memory()
-    measured = timer.steps[warmup:]
-    out = summarise(measured, timer.steps[warmup - 1], peak, "ours",
-                    {"final_loss": timer.loss, "distinct_widths_all": len(timer.seen)})
-    del run
-    return out
-
-
-class MlxDataset:
-    """mlx-lm's own dataset object for the records (create_dataset: Chat/Completions/TextDataset),
-    whose `process` returns our token sequence when `same_tokens` (mlx-lm's offset, i.e. its own
-    prompt masking, is kept). `__getitem__` returns the raw record, so `CacheDataset.itemlen`
-    (= number of JSON keys) orders batches exactly as in `mlx_lm.lora`."""
-
-    def __init__(self, base, ours: list[list[int] | None], same_tokens: bool):
-        self.base, self.ours, self.same_tokens = base, ours, same_tokens
-        self.diff = {"records": len(ours), "identical": 0, "mlx_longer_by": {}, "other": 0}
-        self._index = {id(base[i]): i for i in range(len(base))}
-
-    def __getitem__(self, idx):
-        return self.base[idx]
-
-    def __len__(self):
-        return len(self.base)
-
-    def process(self, d):
-        tokens, offset = self.base.process(d)
-        tokens = list(tokens)
-        ours = self.ours[self._index[id(d)]]
-        return (ours, offset) if self.same_tokens and ours is not None else (tokens, offset)
-
-    def compare(self) -> dict:
-        """How mlx-lm's own tokenisation differs from ours, record by record."""
-        for i in range(len(self.base)):
-            tokens, _ = self.base.process(self.base[i])
-            tokens, ours = list(tokens), self.ours[i]
-            if ours is None:
-                self.diff["other"] += 1
-            elif tokens == ours:
-                self.diff["identical"] += 1
-            elif tokens[:len(ours)] == ours:
-                k = str(len(tokens) - len(ours))
-                self.diff["mlx_longer_by"][k] = self.diff["mlx_longer_by"].get(k, 0) + 1
-            else:
-                self.diff["other"] += 1
-        return self.diff
-
-
-def run_mlx(config: RunConfig, dataset: MlxDataset, workdir: Path, warmup: int, steps: int,
-            cold_cache: bool = False) -> dict:
-    loaded = load_model(config.model)
-    model = loaded.model
-    num_layers, params = lora_settings(config, model)
-    mx.random.seed(config.seed)
-    model.freeze()
-    linear_to_lora_layers(model, num_layers, params)  # what mlx_lm.lora does (it also seeds first)
-    opt = optim.Adam(learning_rate=config.learning_rate)
-    args = mlx_trainer.TrainingArgs(
-        batch_size=config.batch_size, iters=warmup + steps + 1, val_batches=0,
-        steps_per_report=10**9, steps_per_eval=10**9, steps_per_save=10**9,
-        max_seq_length=config.max_seq_length, adapter_file=str(workdir / "mlx-adapters.safetensors"))
-    records: list[StepRecord] = []
-    seen: set = set()
-    last_loss = {}
-
-    def timed_batches(**kw):
-        for batch, lengths in mlx_trainer.iterate_batches(**kw):
-            ln = np.array(lengths)  # [B, 2]: (offset, length)
-            width = batch.shape[1]
-            trained = int(np.maximum(0, ln[:, 1] - np.maximum(ln[:, 0], 1)).sum())
-            new = batch.shape not in seen
-            seen.add(batch.shape)
-            records.append(StepRecord(time.perf_counter(), int(ln[:, 1].sum()), trained, int(batch.size), width, new,
-                                      time.process_time()))
-            yield batch, lengths
-
-    class LossCallback(mlx_trainer.TrainingCallback if hasattr(mlx_trainer, "TrainingCallback") else object):
-        def on_train_loss_report(self, info):
-            last_loss["loss"] = info["train_loss"]
-
-        def on_val_loss_report(self, info):
-            pass
-
-    cache = CacheDataset(dataset)
-    if not cold_cache:  # tokenise up front, as ours does; mlx_lm.lora tokenises lazily in its first epoch
-        for i in range(len(cache)):
-            cache[i]
-    fresh_memory()
-    with contextlib.redirect_stdout(sys.stderr):
-        mlx_trainer.train(model, opt, cache, None, args=args, iterate_batches=timed_batches,
-                          training_callback=LossCallback())
-    peak = mx.get_peak_memory()
-    # records[i].end = when batch i was handed over, i.e. when step i-1 had finished
-    # (plus the building of batch i). Step i (0-based) spans records[i].end .. records[i+1].end.
-    window = records[warmup:warmup + steps + 1]
-    measured = [StepRecord(window[k + 1].end, r.input_tokens, r.trained_tokens, r.padded_tokens, r.width, r.new_shape,
-                           window[k + 1].cpu) for k, r in enumerate(window[:-1])]
-    out = summarise(measured, window[0], peak, "mlx-lm",
-                    {"final_loss": last_loss.get("loss"), "distinct_widths_all": len(seen)})
-    del model, loaded, opt
-    return out
-
-
-def run_torch_side(config: RunConfig, examples, workdir: Path, warmup: int, steps: int, compile: bool) -> dict:
-    """PyTorch + PEFT on the same model folder, rows and settings (bench/torch_peft.py, own process)."""
-    from bench.torch_peft import run_in_subprocess
-    out = run_in_subprocess(dict(model_path=config.model, examples=examples, batch_size=config.batch_size,
-                                 warmup=warmup, steps=steps, rank=config.lora.rank, alpha=config.lora.alpha,
-                                 learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm,
-                                 compile=compile, seed=config.seed), workdir)
-    TORCH_VERSIONS.update(out["versions"])
-    recs = [StepRecord(end, r[2], r[3], r[4], r[5], False, cpu) for r in out["records"] for end, cpu in [r[:2]]]
-    side = "torch-compile" if compile else "torch"
-    return summarise(recs[warmup + 1:], recs[warmup], out["peak_bytes"], side, {"final_loss": out["final_loss"]})
-
 
 def model_dims(cfg: dict) -> dict:
     """The widths model FLOPs need (HF-style config as loaded)."""
@@ -593,7 +275,7 @@ def machine() -> dict:
         info["load_average"] = os.getloadavg()
     except OSError:
         pass
-    info.update(TORCH_VERSIONS)  # where a PyTorch side ran
+    info.update(sides.TORCH_VERSIONS)  # where a PyTorch side ran
     try:
         if mx.cuda.is_available():
             info["gpu"] = mx.device_info().get("device_name", "cuda") if hasattr(mx, "device_info") else "cuda"
@@ -628,6 +310,8 @@ def main(argv=None) -> int:
                    help="override our RunConfig (as finetune --set), e.g. max_grad_norm=0")
     p.add_argument("--ours-plain-head", action="store_true",
                    help="ours without the LM head fused with the loss (training/head_loss.py): whole logits first")
+    p.add_argument("--ours-recompute-mlp-tail", action="store_true",
+                   help="ours: recompute SwiGLU + down_proj in the backward (models/recompute.recompute_mlp_tails)")
     p.add_argument("--ours-two-pass-head", action="store_true",
                    help="ours: the fused LM-head loss without the one-pass training path (head_loss.ONE_PASS)")
     p.add_argument("--ours-head-chunk-elements", type=int,
@@ -642,6 +326,16 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
+    if args.ours_recompute_mlp_tail:
+        from trainer_core import runner
+        from trainer_core.models import recompute
+        prepare = runner.prepare_for_training
+
+        def prepare_and_recompute(model, config):
+            out = prepare(model, config)
+            recompute.recompute_mlp_tails(model)
+            return out
+        runner.prepare_for_training = prepare_and_recompute
     if args.ours_two_pass_head:
         from trainer_core.training import head_loss
         head_loss.ONE_PASS = False
@@ -649,8 +343,7 @@ def main(argv=None) -> int:
         from trainer_core.training import head_loss
         head_loss.CHUNK_ELEMENTS = head_loss.GPU_CHUNK_ELEMENTS = args.ours_head_chunk_elements
         head_loss.CHUNK = max(head_loss.CHUNK, args.ours_head_chunk_elements)
-    global OURS_MLX_LIMIT_GB
-    OURS_MLX_LIMIT_GB = args.ours_mlx_limit_gb
+    sides.OURS_MLX_LIMIT_GB = args.ours_mlx_limit_gb
     names = [c.strip() for c in args.case.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown:
@@ -682,3 +375,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

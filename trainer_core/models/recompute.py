@@ -34,3 +34,27 @@ def recompute_blocks(model) -> None:
     for block in model.layers:
         if type(block) not in _RECOMPUTED.values():
             block.__class__ = _recomputed_class(type(block))
+
+
+def recompute_mlp_tails(model) -> int:
+    """Selective recomputation (issue 26 prototype, bench/throughput.py --ours-recompute-mlp-tail): each Llama-style
+    MLP keeps only its gate and up projections for the backward pass; SwiGLU and the down projection (base +
+    adapter) run again there. Returns how many blocks were changed."""
+    from mlx_lm.models.activations import swiglu
+    changed = 0
+    for block in model.layers:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            continue
+        cls = type(mlp)
+
+        def __call__(self, x):
+            down = self.down_proj
+
+            def tail(params, g, u):
+                down.update(params)
+                return down(swiglu(g, u))
+            return mx.checkpoint(tail)(down.trainable_parameters(), self.gate_proj(x), self.up_proj(x))
+        mlp.__class__ = type(f"TailRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
+        changed += 1
+    return changed
