@@ -14,7 +14,7 @@ from trainer_core.models.adapters import prepare_for_training
 from trainer_core.config import RunConfig
 from trainer_core.training.losses import sft_loss
 from trainer_core.models.loading import load_model
-from trainer_core.models.recompute import recompute_blocks
+from trainer_core.models.recompute import recompute_blocks, recompute_mlp_tails
 from tests.tiny_model import make_tiny_llama
 from tests.train_helpers import build, flat_params
 
@@ -96,6 +96,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     assert l1.item() == pytest.approx(l2.item(), rel=1e-6)
     g1, g2 = dict(tree_flatten(g1)), dict(tree_flatten(g2))
     assert set(g1) == set(g2)
+    for k in g1:
+        np.testing.assert_allclose(np.array(g2[k]), np.array(g1[k]), rtol=1e-4, atol=1e-6)
+
+
+def test_recomputed_mlp_tails_give_the_same_gradients(tiny_model_dir):
+    """The selective-recomputation prototype (bench --ours-recompute-mlp-tail): same loss and adapter gradients."""
+    plain, recomputed = lora_model(tiny_model_dir, seed=3), lora_model(tiny_model_dir, seed=3)
+    assert recompute_mlp_tails(recomputed) == len(recomputed.layers)
+    assert list(flat_params(plain)) == list(flat_params(recomputed))
+    batch = a_batch(seed=4)
+    l1, g1 = nn.value_and_grad(plain, loss_fn)(plain, batch)
+    l2, g2 = nn.value_and_grad(recomputed, loss_fn)(recomputed, batch)
+    assert l1.item() == pytest.approx(l2.item(), rel=1e-6)
+    g1, g2 = dict(tree_flatten(g1)), dict(tree_flatten(g2))
+    assert set(g1) == set(g2) and any("down_proj" in k for k in g1)
     for k in g1:
         np.testing.assert_allclose(np.array(g2[k]), np.array(g1[k]), rtol=1e-4, atol=1e-6)
 
