@@ -77,12 +77,13 @@ def mlx_memory_limit(limit: int):
 
 
 RUN_AHEAD = 1.2  # MLX may hold this much more than the estimate says the step itself adds (run_ahead_cap)
+RUN_AHEAD_ROOM = 1e9  # and at least this many bytes more (small models: the estimate's error is relatively larger)
 
 
 def run_ahead_cap(estimate) -> int:
     """Where MLX should stop running ahead of the computation for a run whose pre-start estimate (memory.py) is
     `estimate`: what is held now (the loaded model, anything else of the process) + RUN_AHEAD x what the estimate
-    says the step adds on top of the weights. 0 without an estimate.
+    says the step adds on top of the weights (at least RUN_AHEAD_ROOM more than it). 0 without an estimate.
 
     Why: on a GPU the evaluation runs up to 10 command buffers ahead and each keeps its inputs alive until it
     finishes, so without a cap the peak creeps up over the first steps far above what the step needs (the 702M
@@ -92,7 +93,7 @@ def run_ahead_cap(estimate) -> int:
     if estimate is None or not estimate.peak:
         return 0
     step = estimate.peak - estimate.parts.get("weights", 0.0)
-    return int(mx.get_active_memory() + RUN_AHEAD * step)
+    return int(mx.get_active_memory() + max(RUN_AHEAD * step, step + RUN_AHEAD_ROOM))
 
 
 def out_of_memory_message(peak: float, limit: int, where: str) -> str:
