@@ -162,14 +162,15 @@ def test_one_pass_head_matches_numpy_and_keeps_the_head_gradient(monkeypatch):
 
 
 def test_the_training_step_takes_the_one_pass_head(monkeypatch):
-    """step.py's training loss runs inside gradient_in_forward(): a LoRA model's head goes through the one-pass
-    path there (and equals the plain path); its evaluation does not."""
+    """step.py's training loss runs inside gradient_in_forward(): on the CPU a LoRA model's head goes through the
+    one-pass path there; its evaluation does not."""
     from types import SimpleNamespace
     from trainer_core.training.optim import AdamW
     from trainer_core.training.step import CompiledSteps
     calls = []
     real = head_loss._ONE_PASS
     monkeypatch.setattr(head_loss, "_ONE_PASS", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(mx, "default_device", lambda: mx.cpu)  # a Mac's default is its GPU, where it is off
     model = tiny(True)
     steps = CompiledSteps(model, SimpleNamespace(loss=losses.sft_loss),
                           AdamW(dict(tree_flatten(model.trainable_parameters()))), max_grad_norm=1.0)
