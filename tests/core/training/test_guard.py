@@ -138,6 +138,7 @@ def test_mlx_memory_limit_while_it_trains_is_the_run_ahead_cap(tmp_path, tiny_mo
     run.train()
     assert len(probe.seen) == 2 and probe.seen[0] == probe.seen[1]
     assert probe.seen[0] == pytest.approx(expected, abs=2e6) and probe.seen[0] < min(3.5e9, before)
+    assert f"MLX holds back above {probe.seen[0] / 1e9:.2f} GB" in (run.run_dir / "log.txt").read_text()
     assert mx.get_memory_limit() == before
     assert guard.run_ahead_cap(None) == 0
 
