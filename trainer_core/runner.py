@@ -63,8 +63,9 @@ class Run:
         try:
             hard, cap = memory_limit(self.config.max_memory_gb), run_ahead_cap(self.memory)
             if cap and (not hard or cap < hard):
-                self.loop.callbacks.on_log(f"MLX holds back above {cap / 1e9:.2f} GB while training (the estimate + "
-                                           "20 %: past it, it waits for work in flight; max_memory_gb stops the run)")
+                self.loop.callbacks.on_log(f"MLX holds back above {cap / 1e9:.2f} GB while training (the estimate "
+                                           "plus room: past it, it waits for work in flight; max_memory_gb stops the "
+                                           "run)")
             with mlx_memory_limit(min([n for n in (hard, cap) if n], default=0)):  # MLX holds back there (guard.py)
                 return self.loop.train()
         except BaseException:
