@@ -61,12 +61,13 @@ class Run:
         """Train, then release the run folder. A new run that fails before its first step leaves no folder
         behind (nothing in it to resume); any other ending is recorded as a `stopped` event."""
         try:
-            hard, cap = memory_limit(self.config.max_memory_gb), run_ahead_cap(self.memory)
-            if cap and (not hard or cap < hard):
+            cap = run_ahead_cap(self.memory)
+            limit = min([n for n in (memory_limit(self.config.max_memory_gb), cap) if n], default=0)
+            if cap and limit == cap:
                 self.loop.callbacks.on_log(f"MLX holds back above {cap / 1e9:.2f} GB while training (the estimate "
                                            "plus room: past it, it waits for work in flight; max_memory_gb stops the "
                                            "run)")
-            with mlx_memory_limit(min([n for n in (hard, cap) if n], default=0)):  # MLX holds back there (guard.py)
+            with mlx_memory_limit(limit):  # MLX holds back there (guard.py)
                 return self.loop.train()
         except BaseException:
             if self.fresh and self.loop.step == 0 and not _has_checkpoints(self.run_dir):

@@ -36,17 +36,12 @@ def recompute_blocks(model) -> None:
             block.__class__ = _recomputed_class(type(block))
 
 
-def recompute_mlp_tails(model) -> int:
-    """Selective recomputation (issue 26 prototype, bench/throughput.py --ours-recompute-mlp-tail): each Llama-style
-    MLP keeps only its gate and up projections for the backward pass; SwiGLU and the down projection (base +
-    adapter) run again there. Returns how many blocks were changed."""
-    from mlx_lm.models.activations import swiglu
-    changed = 0
-    for block in model.layers:
-        mlp = getattr(block, "mlp", None)
-        if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
-            continue
-        cls = type(mlp)
+_TAILS_RECOMPUTED: dict[type, type] = {}
+
+
+def _tail_recomputed_class(cls: type) -> type:
+    if cls not in _TAILS_RECOMPUTED:
+        from mlx_lm.models.activations import swiglu
 
         def __call__(self, x):
             down = self.down_proj
@@ -55,6 +50,21 @@ def recompute_mlp_tails(model) -> int:
                 down.update(params)
                 return down(swiglu(g, u))
             return mx.checkpoint(tail)(down.trainable_parameters(), self.gate_proj(x), self.up_proj(x))
-        mlp.__class__ = type(f"TailRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
+
+        _TAILS_RECOMPUTED[cls] = type(f"TailRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
+    return _TAILS_RECOMPUTED[cls]
+
+
+def recompute_mlp_tails(model) -> int:
+    """Selective recomputation (issue 26 prototype, bench/throughput.py --ours-recompute-mlp-tail): each Llama-style
+    MLP keeps only its gate and up projections for the backward pass; SwiGLU and the down projection (base +
+    adapter) run again there. Per instance, as `recompute_blocks`; returns how many MLPs were changed (idempotent)."""
+    changed = 0
+    for block in model.layers:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or type(mlp) in _TAILS_RECOMPUTED.values() \
+                or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            continue
+        mlp.__class__ = _tail_recomputed_class(type(mlp))
         changed += 1
     return changed

@@ -140,7 +140,7 @@ def _nll_and_grad(hidden: mx.array, weight: mx.array, targets: mx.array, scale: 
 
 def _one_pass_vjp(primals, cotangents, outputs):
     hidden, weight, targets, scale = primals
-    cot = cotangents[0] if isinstance(cotangents, (list, tuple)) else cotangents
+    cot = cotangents[0]  # of the nll; the gradient output's is unused
     d_hidden = (outputs[1] * cot[..., None]).astype(hidden.dtype)
     # the head's gradient (never asked for when it is frozen; exact if it is): the two-pass backward's, lazily
     d_weight = _nll_vjp(primals, cot, outputs[0], True)[1]
