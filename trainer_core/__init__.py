@@ -1,12 +1,14 @@
 """Fine-Tune Studio's training core: pure Python + MLX, no Qt.
 
 Importing this package first loads the system OpenBLAS on Linux (see
-`native_blas`), so it must be imported before `mlx`.
+`native_blas`) and sizes MLX's CUDA graphs (see `cuda_graphs`), so it must be
+imported before `mlx`.
 """
 
-from trainer_core.models import native_blas
+from trainer_core.models import cuda_graphs, native_blas
 
 native_blas.preload()
+cuda_graphs.limit_graph_bytes()
 
 __version__ = "0.1.0"
 

@@ -34,7 +34,7 @@ from trainer_core.paths import default_runs_root
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.training.checkpoint import CheckpointManager, read_state
 from trainer_core.training.heartbeat import Heartbeat
-from trainer_core.training.guard import memory_limit, mlx_memory_limit, run_ahead_cap
+from trainer_core.training.guard import memory_limit, mlx_memory_limit
 from trainer_core.training.loop import TrainingLoop, TrainResult
 from trainer_core.training import memory
 from trainer_core.training.resume_checks import check_resumable, fingerprint
@@ -61,13 +61,7 @@ class Run:
         """Train, then release the run folder. A new run that fails before its first step leaves no folder
         behind (nothing in it to resume); any other ending is recorded as a `stopped` event."""
         try:
-            cap = run_ahead_cap(self.memory)
-            limit = min([n for n in (memory_limit(self.config.max_memory_gb), cap) if n], default=0)
-            if cap and limit == cap:
-                self.loop.callbacks.on_log(f"MLX holds back above {cap / 1e9:.2f} GB while training (the estimate "
-                                           "plus room: past it, it waits for work in flight; max_memory_gb stops the "
-                                           "run)")
-            with mlx_memory_limit(limit):  # MLX holds back there (guard.py)
+            with mlx_memory_limit(memory_limit(self.config.max_memory_gb)):  # MLX holds back there (guard.py)
                 return self.loop.train()
         except BaseException:
             if self.fresh and self.loop.step == 0 and not _has_checkpoints(self.run_dir):

@@ -65,7 +65,10 @@ def mlx_memory_limit(limit: int):
     under the limit but whose run-ahead would pass it is slowed down instead of stopped by `check_peak`
     (measured, the fused head's backward, 4096 tokens x 8192 vocab: 91 MB run-ahead peak, 28 MB held to a
     limit just above the live set). Far below the limit it changes nothing: MLX's default (on the CPU about the
-    machine's memory) is above it anyway and run-ahead keeps the CPU busy. A limit of 0 (unknown) leaves MLX's."""
+    machine's memory) is above it anyway and run-ahead keeps the CPU busy. A limit of 0 (unknown) leaves MLX's.
+    Not a brake to hold a GPU just above the step's need: there every evaluation past it waits for the GPU and the
+    pipeline drains (measured on an H100: 51k instead of 65k tokens/s); the size of MLX's CUDA graphs is
+    (models/cuda_graphs.py)."""
     previous = mx.get_memory_limit()
     if limit:
         mx.set_memory_limit(min(int(limit), previous))
@@ -74,26 +77,6 @@ def mlx_memory_limit(limit: int):
     finally:
         if limit:
             mx.set_memory_limit(previous)
-
-
-RUN_AHEAD = 1.2  # MLX may hold this much more than the estimate says the step itself adds (run_ahead_cap)
-RUN_AHEAD_ROOM = 1e9  # and at least this many bytes more (small models: the estimate's error is relatively larger)
-
-
-def run_ahead_cap(estimate) -> int:
-    """Where MLX should stop running ahead of the computation for a run whose pre-start estimate (memory.py) is
-    `estimate`: what is held now (the loaded model, anything else of the process) + RUN_AHEAD x what the estimate
-    says the step adds on top of the weights (at least RUN_AHEAD_ROOM more than it). 0 without an estimate.
-
-    Why: on a GPU the evaluation runs up to 10 command buffers ahead and each keeps its inputs alive until it
-    finishes, so without a cap the peak creeps up over the first steps far above what the step needs (the 702M
-    Llama, 4 x 1024, bench/RESULTS.md: 8 GB above the weights at step 1, 13 GB by step 5). Held to the
-    estimate + 20 % it stays there at the same speed (measured on an H200: 13.8-14.8 GB uncapped, 10.5 GB capped
-    at 10.5, equal tokens/s; a cap below the step's real need slows it down, never stops it)."""
-    if estimate is None or not estimate.peak:
-        return 0
-    step = estimate.peak - estimate.parts.get("weights", 0.0)
-    return int(mx.get_active_memory() + max(RUN_AHEAD * step, step + RUN_AHEAD_ROOM))
 
 
 def out_of_memory_message(peak: float, limit: int, where: str) -> str:

@@ -16,6 +16,8 @@
   logits           the LM head fused with the loss (Llama/Mistral/Qwen/Phi-3 float heads): the chunks MLX
                    holds in flight; else [rows, tokens, vocab]: the logits, the float32 pass, the gradient
   reference        DPO's reference pass (eager, before the step), the full-FT frozen base of DPO/GRPO
+  in flight        MLX's CUDA backend only: what the CUDA graphs queued ahead of the GPU keep alive
+                   (models/cuda_graphs.py), at most the step's own activations + logits
   rollout          GRPO's sampling: the KV cache of batch x group rows of prompt + completion, the
                    prefill logits; the old/reference log-prob passes; the loss runs over rows x tokens
 
@@ -31,6 +33,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from trainer_core.data.batching import padded_length
+from trainer_core.models import cuda_graphs
 from trainer_core.errors import UserError
 
 ADAPTER_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -205,9 +208,11 @@ def estimate(shape: ModelShape, config, longest_tokens: int | None = None) -> Me
             est.parts["reference weights"] = frozen
         est.notes.append(f"batch {batch}{' pairs (x2 rows)' if method == 'dpo' else ''} x {tokens} tokens, "
                          f"gradient checkpointing {'on' if config.gradient_checkpointing else 'off'}")
+    step = est.parts.get("activations", 0.0) + est.parts.get("logits", 0.0)
+    est.parts["in flight (CUDA graphs)"] = min(cuda_graphs.run_ahead_bytes(), step)
+    step += est.parts["in flight (CUDA graphs)"]
     est.peak = sum(est.parts.values()) - est.parts.get("rollout (sampling)", 0.0)
     rollout = est.parts.get("rollout (sampling)", 0.0)
-    step = est.parts.get("activations", 0.0) + est.parts.get("logits", 0.0)
     est.peak += max(0.0, rollout - step)  # sampling and the step come one after the other
     return est
 

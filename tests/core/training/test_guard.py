@@ -126,36 +126,10 @@ class MlxLimit(Callback):
         self.seen.append(mx.get_memory_limit())
 
 
-def test_mlx_memory_limit_while_it_trains_is_the_run_ahead_cap(tmp_path, tiny_model_dir):
-    """MLX's limit during a run: what the process holds + RUN_AHEAD x the step's estimated need, at least
-    RUN_AHEAD_ROOM above it (below the run's max_memory_gb and MLX's own limit), restored afterwards (the GUI's chat
-    shares the process)."""
+def test_mlx_memory_limit_while_it_trains_is_max_memory_gb_and_never_raised(tmp_path, tiny_model_dir):
+    """MLX's limit during a run is the run's max_memory_gb (below MLX's own), restored afterwards (the GUI's chat
+    shares the process); a max_memory_gb above MLX's own limit leaves MLX's."""
     before = mx.get_memory_limit()
-    probe = MlxLimit()
-    run = build(tiny_model_dir, tmp_path, max_steps=2, max_memory_gb=3.5, callbacks=[probe])
-    step = run.memory.peak - run.memory.parts["weights"]
-    expected = mx.get_active_memory() + max(guard.RUN_AHEAD * step, step + guard.RUN_AHEAD_ROOM)
-    run.train()
-    assert len(probe.seen) == 2 and probe.seen[0] == probe.seen[1]
-    assert probe.seen[0] == pytest.approx(expected, abs=2e6) and probe.seen[0] < min(3.5e9, before)
-    assert f"MLX holds back above {probe.seen[0] / 1e9:.2f} GB" in (run.run_dir / "log.txt").read_text()
-    assert mx.get_memory_limit() == before
-    assert guard.run_ahead_cap(None) == 0
-
-
-def test_run_ahead_cap_is_a_share_of_a_big_step_and_a_gigabyte_over_a_small_one():
-    from trainer_core.training.memory import MemoryEstimate
-    held = mx.get_active_memory()
-    big = MemoryEstimate(parts={"weights": 1.4e9, "activations": 7.4e9}, peak=8.8e9)  # the gpu bench case
-    small = MemoryEstimate(parts={"weights": 0.5e9, "activations": 0.3e9}, peak=0.8e9)
-    assert guard.run_ahead_cap(big) == pytest.approx(held + 1.2 * 7.4e9, abs=1e6)
-    assert guard.run_ahead_cap(small) == pytest.approx(held + 0.3e9 + 1e9, abs=1e6)
-
-
-def test_mlx_memory_limit_is_never_raised_and_max_memory_gb_wins_below_the_cap(tmp_path, tiny_model_dir,
-                                                                               monkeypatch):
-    before = mx.get_memory_limit()
-    monkeypatch.setattr(guard, "RUN_AHEAD", 1e9)  # a cap above everything: the run's own limit decides
     probe = MlxLimit()
     build(tiny_model_dir, tmp_path, max_steps=2, max_memory_gb=3.5, callbacks=[probe]).train()
     assert probe.seen == [min(3_500_000_000, before)] * 2
