@@ -1,5 +1,6 @@
-"""MLX's CUDA graph size (models/cuda_graphs.py): set on Linux before MLX starts, the user's value kept, Metal left
-alone; the memory estimate counts what the graphs in flight keep alive on a CUDA GPU only."""
+"""MLX's CUDA graph size (models/cuda_graphs.py): lowered on Linux before MLX starts where MLX's default is
+larger, the user's value kept, Metal left alone; the memory estimate counts what the graphs in flight keep alive,
+on a CUDA GPU only."""
 
 from __future__ import annotations
 
@@ -13,23 +14,45 @@ from trainer_core.models import cuda_graphs
 from trainer_core.training import memory
 
 
-def test_importing_trainer_core_sized_the_graphs_of_this_process():
-    assert os.environ.get(cuda_graphs.VARIABLE), "trainer_core/__init__ sets it on Linux before MLX is used"
+def test_importing_trainer_core_sized_the_graphs_before_mlx():
+    """trainer_core/__init__ decided before MLX was imported (this machine: no NVIDIA GPU, so MLX's default)."""
+    found = cuda_graphs.compute_capability()
+    lowered = found is not None and cuda_graphs.MLX_DEFAULT_MB.get(found, cuda_graphs.MLX_OTHER_MB) > 250
+    assert os.environ.get(cuda_graphs.VARIABLE) == ("250" if lowered else None)
 
 
-def test_linux_gets_the_default_size_and_a_value_the_user_set_is_kept():
+@pytest.mark.parametrize("capability, expected", [
+    ("9.0", "250"), ("10.0", "250"), ("12.0", "250"), ("8.0", "250"),  # H100/H200, B200, Blackwell, A100: lowered
+    ("8.6", None), ("8.9", None), ("12.1", None), (None, None),  # MLX's default is smaller already; no GPU
+])
+def test_linux_lowers_mlx_s_graph_size_only_where_its_default_is_larger(capability, expected):
     env = {}
-    cuda_graphs.limit_graph_bytes(env, "linux")
-    assert env == {cuda_graphs.VARIABLE: "250"}
+    cuda_graphs.limit_graph_bytes(env, "linux", lambda: capability)
+    assert env.get(cuda_graphs.VARIABLE) == expected
+
+
+def test_a_value_the_user_set_is_kept_and_macos_is_left_alone():
+    asked = []
     env = {cuda_graphs.VARIABLE: "64"}
-    cuda_graphs.limit_graph_bytes(env, "linux")
-    assert env == {cuda_graphs.VARIABLE: "64"}
-
-
-def test_macos_keeps_metal_s_own_command_buffer_sizes():
+    cuda_graphs.limit_graph_bytes(env, "linux", lambda: asked.append(1) or "9.0")
+    assert env == {cuda_graphs.VARIABLE: "64"} and not asked
     env = {}
-    cuda_graphs.limit_graph_bytes(env, "darwin")
-    assert env == {}
+    cuda_graphs.limit_graph_bytes(env, "darwin", lambda: asked.append(1) or "9.0")
+    assert env == {} and not asked
+
+
+def test_compute_capability_reads_nvidia_smi(tmp_path, monkeypatch):
+    """The first GPU's line of `nvidia-smi --query-gpu=compute_cap` (a stand-in script on PATH); a failing
+    nvidia-smi, or none, is no GPU."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=compute_cap" ] && printf "9.0\\n8.6\\n" && exit 0\nexit 3\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cuda_graphs.compute_capability() == "9.0"
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    assert cuda_graphs.compute_capability() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert cuda_graphs.compute_capability() is None
 
 
 def test_estimate_adds_the_graphs_in_flight_on_a_cuda_gpu_only(monkeypatch):
