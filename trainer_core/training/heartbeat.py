@@ -8,8 +8,11 @@ rank 0's `Heartbeat` callback keeps `<run>/heartbeat.json` current:
      "method", "model"}
 
 "training": inside step N; "after": step N is done and the loop evaluates, saves or answers samples before
-step N+1; "starting": loading before step N+1. The file is replaced atomically (never torn) and not fsynced:
-it is a hint for the message, the run's data is metrics.jsonl and the checkpoints.
+step N+1; "starting": loading before step N+1. The first beat replaces the file atomically; later beats
+overwrite it in place with one `pwrite` of a fixed-width record (JSON padded with spaces), because two
+atomic replaces a step cost ~1.1 ms of host time in which the GPU waits for the next step (measured on the
+micro case: 0.56 ms a replace). Not fsynced: it is a hint for the message, the run's data is metrics.jsonl
+and the checkpoints; a record the reader cannot parse falls back to metrics.jsonl's last step.
 
 `interruption(run_dir, last_step, ...)` turns it (or, for runs written before it existed, metrics.jsonl's last
 step) into the line a relaunch shows — "The app quit unexpectedly during step 7 of this run (diffusion on
@@ -23,6 +26,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,20 +36,40 @@ from trainer_core.training.checkpoint import STATE, STEP_DIR, WEIGHTS
 HEARTBEAT_FILE = "heartbeat.json"
 
 
+RECORD_BYTES = 1024  # every beat's record is padded to this width, so an in-place overwrite leaves no tail
+
+
 class Heartbeat(Callback):
     def __init__(self, run_dir: Path, method: str, model: str):
         self.path = Path(run_dir) / HEARTBEAT_FILE
         self.fields = {"pid": os.getpid(), "program": "app" if "PySide6.QtWidgets" in sys.modules else "finetune",
                        "method": method, "model": model}
+        self._fd: int | None = None  # the file as last replaced, overwritten in place by later beats
+        self._closer = None
 
     def _beat(self, step: int, phase: str) -> None:
-        tmp = self.path.with_name(f".{HEARTBEAT_FILE}.tmp")
+        record = json.dumps({"step": int(step), "phase": phase, "time": time.time(), **self.fields}).encode()
         try:
-            tmp.write_text(json.dumps({"step": int(step), "phase": phase, "time": time.time(), **self.fields}),
-                           encoding="utf-8")
+            if self._fd is not None and len(record) <= RECORD_BYTES:
+                os.pwrite(self._fd, record.ljust(RECORD_BYTES), 0)
+                return
+            self._close()
+            tmp = self.path.with_name(f".{HEARTBEAT_FILE}.tmp")
+            tmp.write_bytes(record.ljust(RECORD_BYTES))
             os.replace(tmp, self.path)
+            if len(record) <= RECORD_BYTES:
+                self._fd = os.open(self.path, os.O_WRONLY)
+                self._closer = weakref.finalize(self, os.close, self._fd)
         except OSError:  # a full disk is reported by the writers that matter (metrics, checkpoints)
-            pass
+            self._close()
+
+    def _close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+        self._fd = self._closer = None
+
+    def on_train_end(self, info: dict) -> None:
+        self._close()
 
     def on_train_begin(self, info: dict) -> None:
         self._beat(info.get("step", 0), "starting")

@@ -96,3 +96,24 @@ def test_finished_and_running_runs_are_not_crashes(tmp_path):
         lock.release()
     (tmp_path / HEARTBEAT_FILE).write_text(json.dumps({"step": 6, "phase": "after", "program": "app"}))
     assert "right after step 6 (evaluating, saving" in interruption(tmp_path, 6, "diffusion", "gemma2").text
+
+
+def test_beats_overwrite_one_fixed_width_record_in_place_and_long_ones_are_replaced_whole(tmp_path):
+    """After the first (atomic) beat, beats rewrite the same file in place (no rename a step, the same inode);
+    a shorter record leaves no tail of the longer one; a record wider than RECORD_BYTES replaces the file."""
+    from trainer_core.training.heartbeat import RECORD_BYTES, Heartbeat
+    beat = Heartbeat(tmp_path, "lora", "m")
+    beat.on_train_begin({"step": 0})
+    path = tmp_path / HEARTBEAT_FILE
+    inode = path.stat().st_ino
+    beat.on_step_begin({"step": 12344})
+    beat.on_step_end({"step": 12345})
+    beat.on_step_begin({"step": 7})  # shorter than the record before
+    assert path.stat().st_ino == inode and path.stat().st_size == RECORD_BYTES
+    assert read_heartbeat(tmp_path) | {"time": 0} == {"step": 8, "phase": "training", "time": 0, "pid": os.getpid(),
+                                                       "program": beat.fields["program"], "method": "lora", "model": "m"}
+    long = Heartbeat(tmp_path, "lora", "x" * 2000)
+    long.on_step_end({"step": 3})
+    assert read_heartbeat(tmp_path)["model"] == "x" * 2000 and read_heartbeat(tmp_path)["phase"] == "after"
+    beat.on_train_end({})
+    assert beat._fd is None
