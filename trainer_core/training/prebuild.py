@@ -43,6 +43,7 @@ class Prebuilt:
     state: tuple  # (parameters, optimizer state) it leaves: the model's when it is committed
     position: tuple  # (epoch, batch_in_epoch, cycle) after it was drawn
     base: list  # ids of the arrays it was recorded from
+    held: tuple  # those arrays: kept alive so that no new array can take one of their ids
     seed: int  # the RNG seed it was drawn with
 
 
@@ -95,7 +96,7 @@ def record(loop) -> Prebuilt:
     learning_rate, batches = loop._draw_step()
     out = loop.steps.build(batches[0], learning_rate)
     pre = Prebuilt(loop.step, started, learning_rate, batches, out, _state(loop),
-                   (loop.epoch, loop.batch_in_epoch, loop.cycle), _ids(before), loop.step_seed())
+                   (loop.epoch, loop.batch_in_epoch, loop.cycle), _ids(before), before, loop.step_seed())
     _put(loop, before, position)
     return pre
 
