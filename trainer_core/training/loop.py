@@ -173,7 +173,6 @@ class TrainingLoop:
         try:
             return self._train()
         except (RuntimeError, collectives.RankFailure) as e:  # the latter from collectives.collective
-            prebuild.discard(self)
             latest = self.checkpoints.latest() if self.checkpoints is not None else None
             failure = collectives.rank_failure(getattr(e, "cause", e), world_size=self.world_size,
                                                during=f"at step {self.step + 1}", checkpoint=latest, rank=self.rank)

@@ -89,12 +89,17 @@ def _put(loop, state: tuple, position: tuple) -> None:
     loop.epoch, loop.batch_in_epoch, loop.cycle = position
 
 
-def record(loop) -> Prebuilt:
-    """Draw and record the next step, then put the model, optimizer and data position back."""
+def record(loop) -> Prebuilt | None:
+    """Draw and record the next step, then put the model, optimizer and data position back. Never raises: a step
+    that fails to draw or record is not recorded (the loop meets the error again when it takes that step)."""
     started = time.perf_counter()
     before, position = _state(loop), (loop.epoch, loop.batch_in_epoch, loop.cycle)
-    learning_rate, batches = loop._draw_step()
-    out = loop.steps.build(batches[0], learning_rate)
+    try:
+        learning_rate, batches = loop._draw_step()
+        out = loop.steps.build(batches[0], learning_rate)
+    except Exception:  # noqa: BLE001  (speculative: the real step reports it)
+        _put(loop, before, position)
+        return None
     pre = Prebuilt(loop.step, started, learning_rate, batches, out, _state(loop),
                    (loop.epoch, loop.batch_in_epoch, loop.cycle), _ids(before), before, loop.step_seed())
     _put(loop, before, position)

@@ -8,6 +8,7 @@ import json
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from tests.helpers import train_losses
 from tests.train_helpers import build
@@ -111,3 +112,24 @@ def test_diffusion_draws_its_random_masks_the_same(monkeypatch, tiny_model_dir, 
     off, _, _ = run_with(monkeypatch, False, tiny_model_dir, tmp_path / "off", **fields)
     on, _, committed = run_with(monkeypatch, True, tiny_model_dir, tmp_path / "on", **fields)
     assert committed >= 3 and train_losses(on.run_dir) == train_losses(off.run_dir)
+
+
+def test_a_step_that_fails_to_record_is_met_again_when_the_loop_takes_it(monkeypatch, tiny_model_dir, tmp_path):
+    """Recording is speculative: an error while drawing the next step leaves the state of the step before and is
+    raised by the loop when it takes that step (here the third draw fails, whichever path makes it)."""
+    monkeypatch.setattr(prebuild, "ENABLED", True)
+    run = build(tiny_model_dir, tmp_path, max_steps=5, learning_rate=1e-3)
+    draws = []
+    draw = run.loop._draw_step
+
+    def failing():
+        draws.append(run.loop.step)
+        if run.loop.step == 2:
+            raise RuntimeError("collating failed")
+        return draw()
+    monkeypatch.setattr(run.loop, "_draw_step", failing)
+    with pytest.raises(RuntimeError, match="collating failed"):
+        run.train()
+    assert run.loop.step == 2 and draws.count(2) == 2  # tried ahead once, then by the loop itself
+    losses = train_losses(run.run_dir)
+    assert len(losses) == 2
