@@ -93,11 +93,11 @@ class CompiledSteps:
     def train_step(self, batches, learning_rate: float):
         """Run one optimizer step over the micro-batches; returns evaluated
         (loss_sum, weight, metric sums, grad_norm, ok) as mx arrays."""
-        lr = mx.array(learning_rate, dtype=mx.float32)
         if len(batches) == 1:
             out = self.build(batches[0], learning_rate)
             mx.eval(out, self.model.state, self.holder)
             return out
+        lr = mx.array(learning_rate, dtype=mx.float32)
         grads = loss_sum = weight = metrics = None
         for batch in batches:
             ls, w, m, g = self._micro(batch)
