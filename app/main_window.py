@@ -391,6 +391,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Last call before the application quits: stop and wait for the worker thread."""
+        self.setup.shutdown()
         self.generator.shutdown()
         cancel_all(wait_ms=10_000)
         self.controller.shutdown()

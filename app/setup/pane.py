@@ -285,6 +285,11 @@ class SetupPane(QScrollArea):
         if self._last_request is not None:
             self.dataset_panel.analyze(self._last_request)
 
+    def shutdown(self) -> None:
+        """Before the app quits: no pending timer may start another analysis or time measurement."""
+        for timer in self.findChildren(QTimer):
+            timer.stop()
+
     def _show_memory(self, config: RunConfig) -> None:
         info = self.model_panel.info
         if info is None or MEMORY_FIELDS & set(self.problems()):

@@ -120,4 +120,6 @@ def test_drop_hook_selects_model_and_data_in_the_main_window(qtbot, tmp_path, mo
         QApplication.sendEvent(window, drop)
     config = window.setup.config()
     assert config.model == str(tiny_model_dir) and config.data == str(resources.demo_dataset("dpo"))
-    window.controller.shutdown(10_000)
+    window.shutdown()  # as quitting the app does: no timer may start an analysis on a pool thread afterwards
+    from PySide6.QtCore import QTimer
+    assert not [t for t in window.setup.findChildren(QTimer) if t.isActive()]
