@@ -7,8 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # nothing a test writes on its own (token cache, settings) lands in the real user folders
 os.environ.setdefault("FINETUNE_STUDIO_HOME", __import__("tempfile").mkdtemp(prefix="fts-tests-home-"))
-# the loop records the next step while this one runs (training/prebuild.py) on GPUs only; the suite takes that path
-os.environ.setdefault("FINETUNE_PREBUILD", "1")
 
 import trainer_core  # noqa: E402,F401
 import pytest  # noqa: E402

@@ -34,7 +34,7 @@ from trainer_core.errors import UserError
 from trainer_core.models import precision
 from trainer_core.training import collectives, run_end
 from trainer_core.training.callbacks import Callback, CallbackList
-from trainer_core.training import loop_state, prebuild
+from trainer_core.training import loop_state
 from trainer_core.training.checkpoint import CheckpointManager, write_checkpoint_dir
 from trainer_core.training.evaluation import Evaluation
 from trainer_core.training.guard import StepGuard, StepInterrupted, memory_limit
@@ -99,8 +99,6 @@ class TrainingLoop:
         self.metrics = {"train_loss": None, "eval_loss": None, "best_eval_loss": None, "eval_score": None,
                         "best_eval_score": None}
         self._order_cache = (None, None)
-        self.prebuilt = None  # the next step's graph, recorded while this one runs (prebuild.py)
-        self.last_end = 0.0  # when the last step's results were in (perf_counter)
         model.train()
         params = dict(tree_flatten(model.trainable_parameters()))
         self.optimizer = AdamW(params, beta1=config.adam_beta1, beta2=config.adam_beta2, eps=config.adam_eps,
@@ -180,8 +178,6 @@ class TrainingLoop:
                 raise
             self.callbacks.on_event({"step": self.step, "event": "rank_failure", "message": str(failure)})
             raise failure from None
-        finally:
-            prebuild.discard(self)  # an ending inside the loop leaves the state of the last step done
 
     def _stop_requested(self) -> bool:
         """A stop asked for here (or on any rank: all ranks must stop at the same step)."""
@@ -250,46 +246,24 @@ class TrainingLoop:
             batches = self.method.step_batches(collated)  # may split them further (GRPO's passes over rows)
             self.cycle = ([indices for _, indices in micro], batches, counts)
 
-    def step_seed(self) -> int:
-        return step_seed(self.config.seed, self.step, self.rank)
-
-    def _draw_step(self) -> tuple[float, list]:
-        """Seed the RNG for step `self.step`, draw and collate its batches: (learning rate, batches)."""
-        mx.random.seed(self.step_seed())
+    def _train_step(self) -> None:
+        cfg = self.config
+        self.callbacks.on_step_begin({"step": self.step})
+        started = time.perf_counter()
+        mx.random.seed(step_seed(self.config.seed, self.step, self.rank))
+        self.guard.step = self.step
         position = (self.epoch, self.batch_in_epoch, self.cycle)
         try:
             self._collate_cycle()
         except StepInterrupted:  # the partial step is discarded: its batches are drawn again on resume
             self.epoch, self.batch_in_epoch, self.cycle = position
             raise
-        batches = [self.method.batch_for_step(b, self.step) for b in self.cycle[1]]
-        return self.learning_rate(self.step), batches
-
-    def _train_step(self) -> None:
-        cfg = self.config
-        pre, self.prebuilt = self.prebuilt, None
-        self.callbacks.on_step_begin({"step": self.step})
-        self.guard.step = self.step
-        pre = prebuild.commit(self, pre)  # recorded during the step before, if still valid (prebuild.py)
-        if pre is not None:
-            started, learning_rate, batches = max(pre.started, self.last_end), pre.learning_rate, pre.batches
-        else:
-            started = time.perf_counter()
-            learning_rate, batches = self._draw_step()
-        cycle_indices, _, counts = self.cycle
-        if len(batches) == 1:  # started on the device, the next step recorded meanwhile, then waited for
-            out = pre.out if pre is not None else self.steps.build(batches[0], learning_rate)
-            mx.async_eval(out, self.model.state, self.steps.holder)
-            self.step += 1
-            if prebuild.possible(self):
-                self.prebuilt = prebuild.record(self)
-            mx.eval(out, self.model.state, self.steps.holder)
-            loss_sum, weight, metric_sums, norm, ok = out
-        else:
-            loss_sum, weight, metric_sums, norm, ok = self.steps.train_step(batches, learning_rate)
-            self.step += 1
-        self.last_end = time.perf_counter()
-        elapsed = self.last_end - started
+        cycle_indices, batches, counts = self.cycle
+        batches = [self.method.batch_for_step(b, self.step) for b in batches]
+        learning_rate = self.learning_rate(self.step)
+        loss_sum, weight, metric_sums, norm, ok = self.steps.train_step(batches, learning_rate)
+        elapsed = time.perf_counter() - started
+        self.step += 1
         weight_value = weight.item()
         loss = loss_sum.item() / weight_value if weight_value else float("nan")
         grad_norm = norm.item()
@@ -322,7 +296,6 @@ class TrainingLoop:
 
     def evaluate(self) -> dict:
         """Loss (and method metrics) over the valid split; reports an `eval` record."""
-        prebuild.discard(self)
         record = {"step": self.step, **self.evaluation.run()}
         loss = record["loss"]
         self.metrics["eval_loss"] = loss
@@ -346,7 +319,6 @@ class TrainingLoop:
     # ---- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self):
         """Write checkpoint step-NNNNNN (rank 0 only) and report it."""
-        prebuild.discard(self)
         if self.checkpoints is None or self.rank != 0:
             return None
         path = self.checkpoints.save(self.step, **loop_state.checkpoint_parts(self))
@@ -355,7 +327,6 @@ class TrainingLoop:
         return path
 
     def write_final(self):
-        prebuild.discard(self)
         if self.final_dir is None or self.rank != 0:
             return None
         return str(write_checkpoint_dir(self.final_dir, **loop_state.checkpoint_parts(self)))

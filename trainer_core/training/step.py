@@ -85,19 +85,14 @@ class CompiledSteps:
     def optimizer_state(self, state: dict) -> None:
         self.holder["optimizer"] = state
 
-    def build(self, batch, learning_rate: float):
-        """Record (not run) one optimizer step over one micro-batch: its lazy outputs (loss_sum, weight, metric
-        sums, grad_norm, ok); the model and optimizer state now hold its lazy results (prebuild.py)."""
-        return self._fused(batch, mx.array(learning_rate, dtype=mx.float32))
-
     def train_step(self, batches, learning_rate: float):
         """Run one optimizer step over the micro-batches; returns evaluated
         (loss_sum, weight, metric sums, grad_norm, ok) as mx arrays."""
+        lr = mx.array(learning_rate, dtype=mx.float32)
         if len(batches) == 1:
-            out = self.build(batches[0], learning_rate)
+            out = self._fused(batches[0], lr)
             mx.eval(out, self.model.state, self.holder)
             return out
-        lr = mx.array(learning_rate, dtype=mx.float32)
         grads = loss_sum = weight = metrics = None
         for batch in batches:
             ls, w, m, g = self._micro(batch)
