@@ -318,6 +318,8 @@ def main(argv=None) -> int:
                    help="logits per chunk of the fused LM-head loss (head_loss: default 2**23 on CPU, 2**25 on GPU)")
     p.add_argument("--ours-mlx-limit-gb", type=float, default=0.0,
                    help="ours: MLX's memory limit (mx.set_memory_limit: where eval stops running ahead) in GB")
+    p.add_argument("--ours-plain-mlp", action="store_true",
+                   help="ours: keep SwiGLU's product for the backward (no models/recompute.recompute_swiglu_products)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -343,6 +345,9 @@ def main(argv=None) -> int:
         from trainer_core.training import head_loss
         head_loss.CHUNK_ELEMENTS = head_loss.GPU_CHUNK_ELEMENTS = args.ours_head_chunk_elements
         head_loss.CHUNK = max(head_loss.CHUNK, args.ours_head_chunk_elements)
+    if args.ours_plain_mlp:
+        from trainer_core.models import recompute
+        recompute.ENABLED = False
     sides.OURS_MLX_LIMIT_GB = args.ours_mlx_limit_gb
     names = [c.strip() for c in args.case.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]

@@ -29,7 +29,7 @@ from trainer_core.generation.samples import CheckpointSamples, choose_prompts
 from trainer_core.methods import make_method
 from trainer_core.models.adapters import prepare_for_training, trainable_count
 from trainer_core.models.loading import load_model, pin_model, read_model_info, should_dequantize
-from trainer_core.models.recompute import recompute_blocks
+from trainer_core.models.recompute import recompute_blocks, recompute_swiglu_products
 from trainer_core.paths import default_runs_root
 from trainer_core.training.callbacks import Callback, CallbackList, LogWriter, MetricsWriter
 from trainer_core.training.checkpoint import CheckpointManager, read_state
@@ -172,6 +172,8 @@ def _build(config, callbacks, run_dir, world_size, rank, resume_from, allow_mode
     adapter_config["base_model"] = str(loaded.info.path)
     if config.gradient_checkpointing:
         recompute_blocks(loaded.model)
+    else:  # a no-op without LoRA layers (full fine-tuning, DoRA)
+        recompute_swiglu_products(loaded.model)
     method = make_method(config, loaded.tokenizer)
     train_examples, valid_examples, stats = method.prepare(splits)
     for split, split_stats in stats.items():  # grpo leaves long prompts out itself, against its own limit

@@ -1,6 +1,8 @@
 """Where the gpu case's peak memory goes: one LoRA step of the bench's gpu model at a fixed shape, several ways.
 usage: memory_probe.py [--tiny] VARIANT   (fwd | grad | step, each optionally + "-ckptattn": the fused attention
-under mx.checkpoint, so its backward recomputes it instead of keeping anything of it, or "-ckptblock": every block); one variant per process.
+under mx.checkpoint, so its backward recomputes it instead of keeping anything of it, "-ckptblock": every block,
+"-swiglu": SwiGLU's product recomputed, "-tail": SwiGLU and down_proj recomputed); one variant per process.
+--dims H,L,F,heads,kv_heads,vocab sets another model (e.g. 384,4,1024,6,2,512 with --batch 128 --seq 32 on a CPU).
 Prints the peak above the weights and what the stored activations should take (bf16, per token and layer: the
 block's inputs/norms 6 x hidden, k/v 4 x kv width, the MLP's gate/up/silu/product 4 x intermediate)."""
 import sys, json, argparse, pathlib
@@ -17,12 +19,15 @@ from trainer_core.training.step import CompiledSteps
 
 p = argparse.ArgumentParser(); p.add_argument("--tiny", action="store_true"); p.add_argument("variant")
 p.add_argument("--batch", type=int, default=4); p.add_argument("--seq", type=int, default=1024)
+p.add_argument("--dims", help="hidden,layers,ffn,heads,kv_heads,vocab (default: the gpu case's)")
 p.add_argument("--plain-head", action="store_true"); p.add_argument("--head-chunk", type=int)
 a = p.parse_args()
 from trainer_core.training import head_loss
 head_loss.ENABLED = not a.plain_head
 head_loss.CHUNK = a.head_chunk or head_loss.CHUNK
 H, NL, F, HEADS, KV, V = (64, 2, 128, 4, 2, 512) if a.tiny else (1536, 24, 4096, 12, 4, 32000)
+if a.dims:
+    H, NL, F, HEADS, KV, V = (int(x) for x in a.dims.split(","))
 cfg = dict(model_type="llama", hidden_size=H, num_hidden_layers=NL, intermediate_size=F, num_attention_heads=HEADS,
            num_key_value_heads=KV, vocab_size=V, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False)
 mx.random.seed(0)
@@ -64,6 +69,14 @@ if a.variant.endswith("-ckptblock"):  # every block recomputed (gradient_checkpo
     from trainer_core.models.recompute import recompute_blocks
     recompute_blocks(model)
     a.variant = a.variant[:-len("-ckptblock")]
+if a.variant.endswith("-swiglu"):  # SwiGLU's product recomputed (models/recompute.recompute_swiglu_products)
+    from trainer_core.models.recompute import recompute_swiglu_products
+    print("patched", recompute_swiglu_products(model))
+    a.variant = a.variant[:-len("-swiglu")]
+if a.variant.endswith("-tail"):
+    from trainer_core.models.recompute import recompute_mlp_tails
+    recompute_mlp_tails(model)
+    a.variant = a.variant[:-len("-tail")]
 if a.variant == "step":
     run.steps = CompiledSteps(model, SFT(), AdamW(dict(tree_flatten(model.trainable_parameters()))), 1.0, 1,
                               compute_dtype=precision.compute_dtype(model, True))

@@ -1,4 +1,5 @@
-"""Gradient checkpointing per transformer block (`gradient_checkpointing = true`).
+"""Recomputation instead of keeping activations: per transformer block (`gradient_checkpointing = true`) and,
+always for LoRA, SwiGLU's product in the MLP (`recompute_swiglu_products`, below).
 
 Each block's activations are recomputed in the backward pass instead of kept:
 peak memory falls by roughly the activations of all but one block, for about
@@ -11,7 +12,10 @@ the model being trained is affected and parameter names do not change
 
 from __future__ import annotations
 
+import inspect
+
 import mlx.core as mx
+import mlx.nn as nn
 
 _RECOMPUTED: dict[type, type] = {}
 
@@ -67,4 +71,86 @@ def recompute_mlp_tails(model) -> int:
             continue
         mlp.__class__ = _tail_recomputed_class(type(mlp))
         changed += 1
+    return changed
+
+
+# ---- SwiGLU's product, recomputed (on by default for LoRA on a SwiGLU MLP's down projection) -------------------
+# MLX keeps every array a backward step reads. For `down_proj(silu(gate) * up)` with LoRA on down_proj that is the
+# gate, the up projection, the product h (for the adapter's gradient) and what the compiled SwiGLU keeps for its own
+# backward, ~3.4 FFN-wide tensors a token and layer. Written as one custom function with a hand-written backward
+# (MLX has no rematerialisation pass, unlike torch.compile's min-cut partitioner), only gate and up are kept: h is
+# recomputed from them (a multiply; the sigmoid is computed by the plain backward too), the frozen base's input
+# gradient is the same `dy @ W` as before, so no matmul runs twice. Exact: same forward, gradients equal to
+# MLX's own autodiff of the plain formula (tests/core/models/test_swiglu_recompute.py).
+
+ENABLED = True  # bench/throughput.py --ours-plain-mlp: False
+_SWIGLU_MLP = "".join("self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))".split())
+_MATCHES: dict[type, bool] = {}
+_PATCHED: dict[type, type] = {}
+
+
+@mx.custom_function
+def swiglu_down(g, u, w, a):
+    """`h @ w.T` and `h @ a` for h = silu(g) * u, keeping only g and u for the backward."""
+    h = nn.silu(g) * u
+    return h @ w.T, h @ a
+
+
+@swiglu_down.vjp
+def _swiglu_down_vjp(primals, cotangents, outputs):
+    g, u, w, a = primals
+    dy, dz = cotangents
+    sig = mx.sigmoid(g.astype(mx.float32))
+    silu = g * sig.astype(g.dtype)
+    dh = dy @ w + dz @ a.T
+    h = (silu * u).reshape(-1, g.shape[-1])
+    da = (h.T @ dz.reshape(-1, dz.shape[-1])).astype(a.dtype)
+    gf = g.astype(mx.float32)
+    dg = dh.astype(mx.float32) * u.astype(mx.float32) * sig * (1 + gf * (1 - sig))
+    return dg.astype(g.dtype), (dh * silu).astype(u.dtype), mx.zeros_like(w), da
+
+
+def _is_swiglu_mlp(cls: type) -> bool:
+    """Whether the class's forward is exactly mlx-lm's `down_proj(swiglu(gate_proj(x), up_proj(x)))` (34 of
+    mlx-lm's architectures: Llama, Mistral, Qwen 2/3, Granite, ...); any other MLP is left as it is."""
+    if cls not in _MATCHES:
+        try:
+            source = inspect.getsource(cls.__call__)
+        except (OSError, TypeError):
+            source = ""
+        _MATCHES[cls] = _SWIGLU_MLP in "".join(source.split())
+    return _MATCHES[cls]
+
+
+def _plain_lora(down) -> bool:
+    from mlx_lm.tuner.lora import LoRALinear
+    return (type(down) is LoRALinear and type(down.linear) is nn.Linear and "bias" not in down.linear
+            and getattr(down.dropout, "_p_1", 0.0) == 1.0)
+
+
+def _patched_class(cls: type) -> type:
+    if cls not in _PATCHED:
+        def __call__(self, x):
+            down = self.down_proj
+            if not _plain_lora(down):  # fused for export, or changed since: the plain forward
+                return cls.__call__(self, x)
+            y, ha = swiglu_down(self.gate_proj(x), self.up_proj(x), mx.stop_gradient(down.linear.weight),
+                                down.lora_a)
+            return y + (down.scale * (ha @ down.lora_b)).astype(x.dtype)
+
+        _PATCHED[cls] = type(f"ProductRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
+    return _PATCHED[cls]
+
+
+def recompute_swiglu_products(model) -> int:
+    """Keep only gate and up for the backward of every SwiGLU MLP whose down projection is a plain LoRA layer
+    (float base, no bias, no dropout); per instance, as `recompute_blocks`. Returns how many MLPs changed."""
+    changed = 0
+    for block in getattr(model, "layers", []) if ENABLED else []:
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or type(mlp) in _PATCHED.values() or type(mlp) in _TAILS_RECOMPUTED.values():
+            continue
+        if _is_swiglu_mlp(type(mlp)) and _plain_lora(getattr(mlp, "down_proj", None)):
+            mlp.__class__ = _patched_class(type(mlp))
+            changed += 1
     return changed
