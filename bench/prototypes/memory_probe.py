@@ -20,6 +20,7 @@ from trainer_core.training.step import CompiledSteps
 p = argparse.ArgumentParser(); p.add_argument("--tiny", action="store_true"); p.add_argument("variant")
 p.add_argument("--batch", type=int, default=4); p.add_argument("--seq", type=int, default=1024)
 p.add_argument("--dims", help="hidden,layers,ffn,heads,kv_heads,vocab (default: the gpu case's)")
+p.add_argument("--dtype", default="bfloat16")
 p.add_argument("--plain-head", action="store_true"); p.add_argument("--head-chunk", type=int)
 a = p.parse_args()
 from trainer_core.training import head_loss
@@ -32,7 +33,7 @@ cfg = dict(model_type="llama", hidden_size=H, num_hidden_layers=NL, intermediate
            num_key_value_heads=KV, vocab_size=V, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False)
 mx.random.seed(0)
 model = llama.Model(llama.ModelArgs.from_dict(cfg))
-model.set_dtype(mx.bfloat16)
+model.set_dtype(getattr(mx, a.dtype))
 model.freeze()
 linear_to_lora_layers(model, NL, {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": [
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",

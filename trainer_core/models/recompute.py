@@ -77,11 +77,11 @@ def recompute_mlp_tails(model) -> int:
 # ---- SwiGLU's product, recomputed (on by default for LoRA on a SwiGLU MLP's down projection) -------------------
 # MLX keeps every array a backward step reads. For `down_proj(silu(gate) * up)` with LoRA on down_proj that is the
 # gate, the up projection, the product h (for the adapter's gradient) and what the compiled SwiGLU keeps for its own
-# backward. Written as one custom function with a hand-written backward
-# (MLX has no rematerialisation pass, unlike torch.compile's min-cut partitioner), only gate and up are kept: h is
-# recomputed from them (a multiply; the sigmoid is computed by the plain backward too), the frozen base's input
-# gradient is the same `dy @ W` as before, so no matmul runs twice: ~1.4 FFN-wide tensors a token and layer fewer
-# (bench/RESULTS.md). Exact: same forward, gradients equal to MLX's own autodiff of the plain formula
+# backward. Written as one custom function with a hand-written backward (MLX has no rematerialisation pass, unlike
+# torch.compile's min-cut partitioner), only gate and up are kept: h is recomputed from them (a multiply; the sigmoid
+# is computed by the plain backward too) and the frozen base's input gradient is the same `dy @ W` as before, so no
+# matmul runs twice. On a bf16 model that keeps ~1.4 FFN-wide tensors a token and layer fewer (float32: none;
+# bench/RESULTS.md). Exact: same forward, gradients equal to MLX's own autodiff of the plain formula
 # (tests/core/models/test_swiglu_recompute.py).
 
 ENABLED = True  # bench/throughput.py --ours-plain-mlp: False
