@@ -17,46 +17,49 @@ import inspect
 import mlx.core as mx
 import mlx.nn as nn
 
+
+def _subclass(cache: dict[type, type], cls: type, prefix: str, make_call) -> type:
+    """`cls`'s subclass whose `__call__` is `make_call(cls)`, one per class in `cache`: assigned to one instance's
+    `__class__`, it changes that instance only and keeps its parameter names."""
+    if cls not in cache:
+        cache[cls] = type(f"{prefix}{cls.__name__}", (cls,), {"__call__": make_call(cls)})
+    return cache[cls]
+
+
 _RECOMPUTED: dict[type, type] = {}
 
 
-def _recomputed_class(cls: type) -> type:
-    if cls not in _RECOMPUTED:
-        def __call__(self, x, *args, **kwargs):
-            # mask/cache are bound here, not passed to mx.checkpoint: they may be strings or None
-            def block(params, x):
-                self.update(params)
-                return cls.__call__(self, x, *args, **kwargs)
-            return mx.checkpoint(block)(self.trainable_parameters(), x)
-
-        _RECOMPUTED[cls] = type(f"Recomputed{cls.__name__}", (cls,), {"__call__": __call__})
-    return _RECOMPUTED[cls]
+def _checkpointed_call(cls: type):
+    def __call__(self, x, *args, **kwargs):
+        # mask/cache are bound here, not passed to mx.checkpoint: they may be strings or None
+        def block(params, x):
+            self.update(params)
+            return cls.__call__(self, x, *args, **kwargs)
+        return mx.checkpoint(block)(self.trainable_parameters(), x)
+    return __call__
 
 
 def recompute_blocks(model) -> None:
     """Turn on gradient checkpointing for every block in `model.layers` (idempotent)."""
     for block in model.layers:
         if type(block) not in _RECOMPUTED.values():
-            block.__class__ = _recomputed_class(type(block))
+            block.__class__ = _subclass(_RECOMPUTED, type(block), "Recomputed", _checkpointed_call)
 
 
 _TAILS_RECOMPUTED: dict[type, type] = {}
 
 
-def _tail_recomputed_class(cls: type) -> type:
-    if cls not in _TAILS_RECOMPUTED:
-        from mlx_lm.models.activations import swiglu
+def _tail_recomputed_call(cls: type):
+    from mlx_lm.models.activations import swiglu
 
-        def __call__(self, x):
-            down = self.down_proj
+    def __call__(self, x):
+        down = self.down_proj
 
-            def tail(params, g, u):
-                down.update(params)
-                return down(swiglu(g, u))
-            return mx.checkpoint(tail)(down.trainable_parameters(), self.gate_proj(x), self.up_proj(x))
-
-        _TAILS_RECOMPUTED[cls] = type(f"TailRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
-    return _TAILS_RECOMPUTED[cls]
+        def tail(params, g, u):
+            down.update(params)
+            return down(swiglu(g, u))
+        return mx.checkpoint(tail)(down.trainable_parameters(), self.gate_proj(x), self.up_proj(x))
+    return __call__
 
 
 def recompute_mlp_tails(model) -> int:
@@ -69,7 +72,7 @@ def recompute_mlp_tails(model) -> int:
         if mlp is None or type(mlp) in _TAILS_RECOMPUTED.values() \
                 or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
             continue
-        mlp.__class__ = _tail_recomputed_class(type(mlp))
+        mlp.__class__ = _subclass(_TAILS_RECOMPUTED, type(mlp), "TailRecomputed", _tail_recomputed_call)
         changed += 1
     return changed
 
@@ -101,12 +104,12 @@ def swiglu_down(g, u, w, a):
 def _swiglu_down_vjp(primals, cotangents, outputs):
     g, u, w, a = primals
     dy, dz = cotangents
-    sig = mx.sigmoid(g.astype(mx.float32))
+    gf = g.astype(mx.float32)
+    sig = mx.sigmoid(gf)
     silu = g * sig.astype(g.dtype)
     dh = dy @ w + dz @ a.T
     h = (silu * u).reshape(-1, g.shape[-1])
     da = (h.T @ dz.reshape(-1, dz.shape[-1])).astype(a.dtype)
-    gf = g.astype(mx.float32)
     dg = dh.astype(mx.float32) * u.astype(mx.float32) * sig * (1 + gf * (1 - sig))
     return dg.astype(g.dtype), (dh * silu).astype(u.dtype), mx.zeros_like(w), da
 
@@ -129,18 +132,15 @@ def _plain_lora(down) -> bool:
             and getattr(down.dropout, "_p_1", 0.0) == 1.0)
 
 
-def _patched_class(cls: type) -> type:
-    if cls not in _PATCHED:
-        def __call__(self, x):
-            down = self.down_proj
-            if not _plain_lora(down):  # fused for export, or changed since: the plain forward
-                return cls.__call__(self, x)
-            y, ha = swiglu_down(self.gate_proj(x), self.up_proj(x), mx.stop_gradient(down.linear.weight),
-                                down.lora_a)
-            return y + (down.scale * (ha @ down.lora_b)).astype(x.dtype)
-
-        _PATCHED[cls] = type(f"ProductRecomputed{cls.__name__}", (cls,), {"__call__": __call__})
-    return _PATCHED[cls]
+def _product_recomputed_call(cls: type):
+    def __call__(self, x):
+        down = self.down_proj
+        if not _plain_lora(down):  # fused for export, or changed since: the plain forward
+            return cls.__call__(self, x)
+        y, ha = swiglu_down(self.gate_proj(x), self.up_proj(x), mx.stop_gradient(down.linear.weight),
+                            down.lora_a)
+        return y + (down.scale * (ha @ down.lora_b)).astype(x.dtype)
+    return __call__
 
 
 def recompute_swiglu_products(model) -> int:
@@ -152,6 +152,6 @@ def recompute_swiglu_products(model) -> int:
         if mlp is None or type(mlp) in _PATCHED.values() or type(mlp) in _TAILS_RECOMPUTED.values():
             continue
         if _is_swiglu_mlp(type(mlp)) and _plain_lora(getattr(mlp, "down_proj", None)):
-            mlp.__class__ = _patched_class(type(mlp))
+            mlp.__class__ = _subclass(_PATCHED, type(mlp), "ProductRecomputed", _product_recomputed_call)
             changed += 1
     return changed
