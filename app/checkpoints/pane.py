@@ -71,6 +71,10 @@ class CheckpointsPane(QWidget):
         self.rows: list[CheckpointRow] = []
         self.can_resume = True  # the window clears it while a run trains
         self._wanted_step: int | None = None  # select_step before the listing arrived
+        # until the user picks a row, the newest checkpoint is selected (and follows new ones), so the
+        # buttons work on it right away
+        self._follow_newest = True
+        self._auto_selecting = False
         self.confirm = self._ask  # replaceable (tests answer without a dialog)
         self.choose_export_folder = self._choose_folder
         self._list_task = LatestTask()
@@ -151,6 +155,7 @@ class CheckpointsPane(QWidget):
     def set_run(self, run_dir: Path | None) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self._wanted_step = None  # a step asked of the previous run
+        self._follow_newest = True
         if self._watcher.directories():
             self._watcher.removePaths(self._watcher.directories())
         if self.run_dir is not None:
@@ -188,6 +193,13 @@ class CheckpointsPane(QWidget):
         if self._wanted_step is not None:
             step, self._wanted_step = self._wanted_step, None
             self._select_listed(step)
+        elif rows and (self._follow_newest or not self.selected()):
+            self._auto_selecting = True
+            try:
+                self.table.selectRow(len(rows) - 1)
+            finally:
+                self._auto_selecting = False
+            self._follow_newest = True
         self.listed.emit(len(rows))
 
     def _fill(self) -> None:
@@ -244,6 +256,8 @@ class CheckpointsPane(QWidget):
         return next((r for r in self.rows if r.path == path), None)
 
     def _selection_changed(self) -> None:
+        if not self._auto_selecting:
+            self._follow_newest = False  # the user (or select_step) chose: stay on it
         self._update_buttons()
         self._check_export_choices()
         self._show_samples()
@@ -256,7 +270,8 @@ class CheckpointsPane(QWidget):
             self.samples.show_samples("Samples", None)
             return
         name = f"step {row.step:,}" + (" (final)" if row.path.name == "final" else "")
-        self.samples.show_samples(f"Samples at {name}" + ("" if self.current_row() else " · newest checkpoint"),
+        newest = self._follow_newest or self.current_row() is None
+        self.samples.show_samples(f"Samples at {name}" + (" · newest checkpoint" if newest else ""),
                                   row.samples)
 
     def _update_buttons(self) -> None:

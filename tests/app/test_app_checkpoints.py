@@ -68,6 +68,24 @@ def test_pane_lists_checkpoints_of_a_live_run_as_they_are_written(qtbot, tiny_mo
     assert pane.table.rowCount() == 4
     assert pane.table.item(3, 0).text() == "final"
     assert sum(pane.table.item(i, 5).text() == "★ best" for i in range(4)) == 1
+    assert pane.current().name == "final"  # the selection followed each new checkpoint to the newest
+
+
+def test_newest_checkpoint_is_selected_until_the_user_picks_one(qtbot, run_copy):
+    pane = CheckpointsPane()
+    qtbot.addWidget(pane)
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.set_run(run_copy)
+    assert pane.current().name == "final" and "newest checkpoint" in pane.samples.title.text()
+    assert pane.chat_button.isEnabled() and pane.export_button.isEnabled()
+    pane.table.selectRow(0)  # the user's choice stays through a reload
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.reload()
+    assert pane.current().name == "step-000002" and "newest" not in pane.samples.title.text()
+    assert pane.resume_button.isEnabled()
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.set_run(run_copy)  # shown again: the newest again
+    assert pane.current().name == "final"
 
 
 def test_delete_asks_and_asks_again_for_the_latest(qtbot, run_copy):
