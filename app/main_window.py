@@ -252,9 +252,11 @@ class MainWindow(QMainWindow):
         step, total = result["step"], result["total_steps"]
         where = result.get("run_dir", "")
         if result["status"] == "finished":
-            loss = result.get("last_eval_loss") or result.get("last_train_loss")
+            losses = [f"{name} loss {result[key]:.3f}" for name, key in (("train", "last_train_loss"),
+                                                                         ("eval", "last_eval_loss"))
+                      if result.get(key) is not None]
             text = (f"Finished {step:,} steps in {duration(result.get('elapsed'))}"
-                    f"{f' · loss {loss:.4f}' if loss is not None else ''} · final weights in {result.get('final_dir')}")
+                    f"{''.join(' · ' + part for part in losses)} · final weights in {result.get('final_dir')}")
         else:
             resume = result.get("resume_command") or f"finetune resume {where}"
             text = (f"Stopped at step {step:,}/{total:,} · checkpoint saved · continue with the Resume button in the "

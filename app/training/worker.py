@@ -26,7 +26,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from app.common.gc_policy import collect_on_gui_thread
 from trainer_core import runner
-from trainer_core.training.callbacks import Callback, event_text
+from trainer_core.training.callbacks import Callback, eval_text, event_text
 from trainer_core.config import RunConfig
 from trainer_core.errors import UserError
 
@@ -69,6 +69,7 @@ class SignalBridge(Callback):
 
     def on_evaluate(self, metrics):
         self.worker.metrics.emit({"type": "eval", "time": time.time(), **metrics})
+        self.worker.log.emit(eval_text(metrics))
 
     def on_save(self, info):
         self.last_saved_step = int(info["step"])

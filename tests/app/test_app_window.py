@@ -73,6 +73,11 @@ def test_run_from_the_window_fills_plots_and_status(qtbot, window, qtlog):
         assert np.array_equal(from_file.series(key), live.series(key), equal_nan=True)
     assert [e["loss"] for e in from_file.evals] == pytest.approx([e["loss"] for e in live.evals])
     assert "Training" in window.training.log.toPlainText()
+    log = window.training.log.toPlainText()  # the Log pane says what log.txt says about evals and checkpoints
+    assert f"eval step 8: loss {live.evals[-1]['loss']:.4f}" in log and "checkpoint step 4 → " in log
+    assert log.count("checkpoint step 4 ") == 1
+    assert f"eval loss {live.evals[-1]['loss']:.3f}" in window.status.label.text()
+    assert f"train loss {live.series('loss')[-1]:.3f}" in window.status.label.text()
     assert not [r for r in qtlog.records if "thread" in r.message.lower()]
 
 

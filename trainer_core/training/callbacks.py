@@ -170,6 +170,11 @@ def event_text(info: dict) -> str:
     return f"event: {info}"
 
 
+def eval_text(metrics: dict) -> str:
+    """One log line for an evaluation (log.txt and the window's Log pane)."""
+    return f"eval step {metrics['step']}: loss {metrics.get('loss', float('nan')):.4f}"
+
+
 class LogWriter(Callback):
     """Human log (log.txt): messages plus one line per eval and checkpoint."""
 
@@ -186,7 +191,7 @@ class LogWriter(Callback):
                             "writable output folder, then resume the run.", reason=_disk_reason(e)) from None
 
     def on_evaluate(self, metrics):
-        self.on_log(f"eval step {metrics['step']}: loss {metrics.get('loss', float('nan')):.4f}")
+        self.on_log(eval_text(metrics))
 
     def on_save(self, info):
         self.on_log(f"checkpoint step {info['step']} -> {info['path']}")
