@@ -45,7 +45,9 @@ def dialog_folder(key: str, fallback: str | Path = "") -> str:
     for folder in (last, str(fallback or "")):
         if folder and Path(folder).is_dir():
             return folder
-    return QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    # a Documents folder that does not exist (a fresh Linux account) would become the dialog's file name
+    return documents if documents and Path(documents).is_dir() else str(Path.home())
 
 
 def ask_path(parent, kind: str, key: str, title: str, name: str = "", filters: str = "",

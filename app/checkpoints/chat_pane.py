@@ -87,8 +87,6 @@ class ChatPane(QWidget):
 
         self.transcript = QTextBrowser()
         self.transcript.setOpenLinks(False)
-        self.transcript.setPlaceholderText("Pick a checkpoint in the Checkpoints tab (Chat), or type below to talk "
-                                           "to the base model.")
         self.input = QPlainTextEdit()
         self.input.setPlaceholderText(f"Message — {keys(Qt.CTRL | Qt.Key_Return)} to send")
         self.input.setMaximumHeight(90)
@@ -119,6 +117,8 @@ class ChatPane(QWidget):
         layout.addWidget(self.transcript, 1)
         layout.addLayout(entry)
         layout.addWidget(self.status)
+        self.checkpoint.currentIndexChanged.connect(lambda _: self._update_placeholder())
+        self._update_placeholder()
         self.generator.piece.connect(self._piece)
         self.generator.loading.connect(self._loading)
         self.generator.done.connect(self._done)
@@ -140,6 +140,16 @@ class ChatPane(QWidget):
             self.checkpoint.addItem(str(keep), str(keep))
         self.checkpoint.setCurrentIndex(max(0, self.checkpoint.findData(str(keep or ""))))
         self.checkpoint.blockSignals(False)
+        self._update_placeholder()
+
+    def _update_placeholder(self) -> None:
+        """The empty transcript says whom the next message goes to."""
+        if self.current_checkpoint():
+            self.transcript.setPlaceholderText(f"Type below to talk to {self.checkpoint.currentText()} "
+                                               "(the base model with this checkpoint applied).")
+        else:
+            self.transcript.setPlaceholderText("Type below to talk to the base model, or pick a checkpoint above "
+                                               "(or Chat in the Checkpoints tab).")
 
     def _choose_checkpoint(self) -> None:
         path = settings.ask_path(self, "folder", "checkpoints", "Choose a checkpoint folder (step-NNNNNN or final)",

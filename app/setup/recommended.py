@@ -101,8 +101,16 @@ class Recommendations(QObject):
         self.reset_label.setVisible(bool(different))
         self.reset_label.setText("")
         if different:
-            items = " · ".join(f"{SHORT.get(n, n)} {shown(v)}" for n, v in different.items())
+            items = " · ".join(f"{SHORT.get(n, n)} {self._shown(n, v)}" for n, v in different.items())
             self.reset_label.setText(f"Recommended here: {items} — <a href='reset'>reset to recommended</a>")
+
+    def _shown(self, name: str, value) -> str:
+        """`value` as the field shows it: a spin box's special text (max steps 0 is "use epochs")."""
+        editor = self.form[name].editor
+        special = getattr(editor, "specialValueText", lambda: "")()
+        if special and not isinstance(value, bool) and value == editor.minimum():
+            return f"“{special}”"
+        return shown(value)
 
     def refresh(self) -> None:
         """A field changed: update the reset line."""

@@ -50,7 +50,12 @@ def test_generator_streams_pieces_on_its_own_thread(qtbot, generator, checkpoint
 def test_chat_answers_from_a_checkpoint_and_keeps_the_turns(qtbot, generator, checkpoint):
     pane = ChatPane(generator)
     qtbot.addWidget(pane)
+    assert "talk to the base model" in pane.transcript.placeholderText()
     pane.set_checkpoints([str(checkpoint)], str(checkpoint))
+    assert "talk to chat · step-000004" in pane.transcript.placeholderText()  # whom the next message goes to
+    pane.checkpoint.setCurrentIndex(0)
+    assert "talk to the base model" in pane.transcript.placeholderText()
+    pane.checkpoint.setCurrentIndex(1)
     pane.max_tokens.setValue(6)
     pane.temperature.setValue(0.0)
     with qtbot.waitSignal(pane.answered, timeout=TIMEOUT) as first:

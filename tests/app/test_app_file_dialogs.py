@@ -21,6 +21,8 @@ from tests.app_home import studio_home  # noqa: F401  (autouse: fresh app home, 
 
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+if not Path(DOCUMENTS).is_dir():  # a fresh Linux account has none: the dialogs open in the home folder
+    DOCUMENTS = str(Path.home())
 
 
 @pytest.fixture
@@ -40,6 +42,15 @@ def dialogs(monkeypatch):
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(save_or_open))
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(folder))
     return opened, answer
+
+
+def test_a_missing_documents_folder_is_not_offered(monkeypatch, tmp_path):
+    from app import settings
+    documents = tmp_path / "Documents"
+    monkeypatch.setattr(QStandardPaths, "writableLocation", staticmethod(lambda kind: str(documents)))
+    assert settings.dialog_folder("never-used") == str(Path.home())  # not a file named "Documents"
+    documents.mkdir()
+    assert settings.dialog_folder("never-used") == str(documents)
 
 
 def test_dialogs_open_in_documents_and_never_in_the_program_folder(qtbot, dialogs, tmp_path):

@@ -94,6 +94,11 @@ def test_recommendations_follow_the_method_but_keep_what_the_user_edited(qtbot, 
     ready(qtbot, pane)
     assert pane.config().learning_rate == 3e-4
     assert pane.recommend.reset_label.isVisibleTo(pane) and "2e-4" in pane.recommend.reset_label.text()
+    assert pane.recommend.values["max_steps"] == 0  # a step count of 0 reads as the field shows it
+    pane.form["max_steps"].set_value(20)
+    pane.recommend.refresh()
+    assert "max steps “use epochs”" in pane.recommend.reset_label.text()
+    assert "max steps 0" not in pane.recommend.reset_label.text()
     pane.recommend.reset_label.linkActivated.emit("reset")
     assert pane.config().learning_rate == 2e-4
     assert not pane.recommend.reset_label.isVisibleTo(pane)
