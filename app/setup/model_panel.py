@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLa
 
 from app import settings
 from app.common.form import BoundField
+from app.common.keys import HERE
 from app.common.tasks import LatestTask
 from trainer_core.models import loading as models
 
@@ -102,7 +103,7 @@ class ModelPanel(QGroupBox):
             self.combo.addItem(Path(spec).name or spec, spec)
             self.combo.setItemData(self.combo.count() - 1, spec, Qt.ToolTipRole)
         self.combo.insertSeparator(self.combo.count())
-        self.combo.addItem("Browse models (this Mac, Hugging Face)…", BROWSE)
+        self.combo.addItem(f"Browse models ({HERE}, Hugging Face)…", BROWSE)
         self.combo.addItem("Choose folder…", CHOOSE_FOLDER)
         self.combo.addItem("Choose .gguf file…", CHOOSE_GGUF)
         self.combo.setCurrentIndex(max(0, self.combo.findData(self._spec)))

@@ -1,7 +1,7 @@
 """The model picker: models already on this Mac, and a Hugging Face search, in one dialog.
 
-Opened from the Model group ("Browse models…"). "On this Mac" lists recent models, the Hugging Face
-cache, LM Studio's folders and Ollama's store (trainer_core.hub.local); "Hugging Face" searches the
+Opened from the Model group ("Browse models…"). "On this Mac" ("this computer" off macOS) lists recent models,
+the Hugging Face cache, LM Studio's folders and Ollama's store (trainer_core.hub.local); "Hugging Face" searches the
 Hub (trainer_core.hub.search). An entry that cannot be trained is greyed, with the reason beside it.
 Choosing a Hub model that is not downloaded yet downloads it here, with a progress bar (bytes, speed,
 time left) and Cancel. Listing, searching and downloading run on the thread pool; `modelChosen(spec)`
@@ -17,6 +17,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                QPushButton, QTabWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from app.common.keys import HERE
 from app.common.tasks import LatestTask
 from trainer_core.models import loading as models
 
@@ -69,10 +70,10 @@ class ModelPicker(QDialog):
         hub_layout.addLayout(row)
         hub_layout.addWidget(self.hub)
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.local, "On this Mac")
+        self.tabs.addTab(self.local, f"On {HERE}")
         self.tabs.addTab(hub_page, "Hugging Face")
 
-        self.status = QLabel("Looking for models on this Mac…")
+        self.status = QLabel(f"Looking for models on {HERE}…")
         self.status.setObjectName("secondary")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
@@ -139,9 +140,10 @@ class ModelPicker(QDialog):
             group.setFlags(group.flags() & ~Qt.ItemIsSelectable)
             group.setExpanded(True)
         trainable = sum(m.trainable for m in found)
-        self.status.setText(f"{len(found)} model(s) found on this Mac, {trainable} can be trained. "
+        self.status.setText(f"{len(found)} model(s) found on {HERE}, {trainable} can be trained. "
                             "Greyed ones show why not." if found else
-                            "No models found in the Hugging Face cache, LM Studio or Ollama. Search Hugging Face.")
+                            "No other models found in the Hugging Face cache, LM Studio or Ollama (the demo model "
+                            "is in the Model list). Search Hugging Face, or choose a folder or .gguf file.")
 
     # ---- Hugging Face --------------------------------------------------------------
     def search(self) -> None:
@@ -164,6 +166,8 @@ class ModelPicker(QDialog):
             name = m.repo_id + ("  (gated: accept its licence on huggingface.co)" if m.gated else "")
             self._item(self.hub, [name, m.kind, count_text(m.parameters), m.quantization, m.license,
                                   f"{m.downloads:,}", size_text(m.size_bytes)], m.repo_id, m.reason)
+        for column in range(1, len(HUB_COLUMNS)):  # the short columns whole ("Downloads" was cut)
+            self.hub.resizeColumnToContents(column)
         self.status.setText(f"{len(found)} model(s), most downloaded first." if found else "Nothing found.")
 
     def _search_failed(self, message: str) -> None:

@@ -14,18 +14,17 @@ cached one as it trains, so the next estimate uses what this computer really did
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel
 
+from app.common.keys import HERE
 from app.common.tasks import LatestTask
 from trainer_core.config import RunConfig
 from trainer_core.training import time_estimate as te
 
 MEASURE_STEPS = 4
-HERE = "this Mac" if sys.platform == "darwin" else "this computer"
 
 
 class TimePanel(QLabel):

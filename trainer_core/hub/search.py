@@ -68,6 +68,9 @@ def describe(info) -> HubModel:
                     int(getattr(info, "used_storage", None) or 0), _reason(kind, info))
 
 
+CONNECT_TIMEOUT = 5.0  # seconds
+
+
 def search_models(text: str, limit: int = 40) -> list[HubModel]:
     """Text-generation models matching `text`, most downloaded first."""
     import huggingface_hub
@@ -75,8 +78,11 @@ def search_models(text: str, limit: int = 40) -> list[HubModel]:
 
     if huggingface_hub.constants.is_offline_mode():
         raise UserError("Hugging Face search is off: HF_HUB_OFFLINE is set. Unset it to search the Hub; "
-                        "the models on this computer are listed under \"On this Mac\".")
+                        "the models on this computer are listed in the picker's first tab.")
     try:
+        # one quick try first: list_models retries a refused connection 5 times with back-off (~20 s of
+        # "Searching…" on a laptop without network before the message)
+        huggingface_hub.get_session().head(_endpoint(), timeout=CONNECT_TIMEOUT)
         api = huggingface_hub.HfApi(endpoint=_endpoint())
         return [describe(info) for info in api.list_models(
             search=text.strip() or None, pipeline_tag="text-generation", sort="downloads", limit=limit,
@@ -84,7 +90,7 @@ def search_models(text: str, limit: int = 40) -> list[HubModel]:
     except Exception as e:  # noqa: BLE001  (one message for the picker)
         if _is_connection_error(e):
             raise UserError("Hugging Face cannot be reached (no network?). The models on this computer are "
-                            "listed under \"On this Mac\".") from None
+                            "listed in the picker's first tab.") from None
         if isinstance(e, huggingface_hub.errors.HfHubHTTPError):
             raise UserError(f"The Hugging Face search failed ({' '.join(str(e).split())[:200]}). "
                             "Try again later.") from None
