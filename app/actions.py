@@ -44,7 +44,9 @@ class ElidedLabel(QLabel):
         self._elide()
 
     def _elide(self) -> None:
-        self.setText(QFontMetrics(self.font()).elidedText(self.full, Qt.ElideRight, max(0, self.width() - 4)))
+        # the room inside the margins: eliding to the whole width left the end cut off mid-word with no …
+        room = max(0, self.contentsRect().width() - 2)
+        self.setText(QFontMetrics(self.font()).elidedText(self.full, Qt.ElideRight, room))
 
 
 def build_actions(window) -> None:

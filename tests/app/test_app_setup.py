@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import app  # noqa: F401  (trainer_core first, PySide6 workaround)
+from PySide6.QtGui import QFontMetrics
 from trainer_core.training import memory
 from app.common.cli_line import cli_command
 from app.setup.dataset_analysis import steps_per_epoch
@@ -100,6 +101,12 @@ def test_invalid_field_shows_runconfig_message_and_disables_start(qtbot, window)
     assert field.editor.property("invalid") is True
     assert expected in window.blocker_label.full
     assert not window.setup.copy_cli_button.isEnabled()
+    label = window.blocker_label  # a long reason: one line that fits inside the label's margins, ending in …
+    label.set_full_text("Can't start: " + "the model file is not a GGUF file, re-convert it " * 6)
+    label.resize(300, label.height())
+    shown = label.text()
+    assert QFontMetrics(label.font()).horizontalAdvance(shown) <= label.contentsRect().width()
+    assert shown.endswith("…") and label.toolTip() == label.full
 
     field.editor.setText("abc")
     qtbot.waitUntil(lambda: "must be a number" in field.message.text(), timeout=TIMEOUT)
