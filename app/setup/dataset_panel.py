@@ -28,6 +28,7 @@ from app.common.plot_style import COLORS, small_plot
 from app.common.tasks import LatestTask
 from trainer_core.config import DATA_FORMATS, DATA_KINDS
 from trainer_core.data import first_record
+from trainer_core.data.formats import COLUMNS_HINT
 from trainer_core.errors import UserError
 
 RECENT_KEY = "recent/datasets"
@@ -211,6 +212,8 @@ class DatasetPanel(QGroupBox):
         self.summaryChanged.emit()
 
     def _failed(self, message: str) -> None:
+        if message.endswith(COLUMNS_HINT):  # the window's way instead of the command line's
+            message = message[:-len(COLUMNS_HINT)] + "say which column is which with the Columns… button below."
         self.summary, self.error = None, message
         self._show_empty("The dataset can't be used yet — see the message above.")
         self.summaryChanged.emit()

@@ -73,7 +73,8 @@ def test_mapping_from_the_panel_reaches_the_config_and_the_analysis(qtbot, pane,
     path = write(tmp_path / "odd.jsonl", [{"q": "Hi", "a": "Hello"}, {"q": "Yo", "a": "Hey"}])
     panel = pane.dataset_panel
     panel.path.editor.setText(str(path))
-    qtbot.waitUntil(lambda: "data_columns" in panel.error, timeout=TIMEOUT)  # no format fits: say how to map
+    qtbot.waitUntil(lambda: "cannot tell" in panel.error, timeout=TIMEOUT)  # no format fits: say how to map,
+    assert panel.error.endswith("with the Columns… button below.") and "--set" not in panel.error  # the window's way
 
     def choose(dialog):
         dialog.choices[0].setCurrentText("prompt")

@@ -298,13 +298,30 @@ def _columns(data: dict, loc: str, columns: dict[str, str]) -> dict:
     return {name: value for name, value in get.items() if name in ("prompt", "completion", "answer", "text")}
 
 
+# how to say which column is which, from the command line (the window offers its Columns… button instead)
+COLUMNS_HINT = ("say which column is which: data_columns in the config, e.g. --set "
+                "data.columns.prompt=question --set data.columns.completion=answer (fields: "
+                + ", ".join(DATA_COLUMN_FIELDS) + ").")
+# a record with one half of a known shape: (has, lacks, the shape's name)
+HALF_SHAPES = (("instruction", "output", "Alpaca (instruction/input/output)"),
+               ("chosen", "rejected", "preference (prompt/chosen/rejected)"),
+               ("rejected", "chosen", "preference (prompt/chosen/rejected)"),
+               *((a, b, f"a {a}/{b} pair") for a, b in COMMON_PAIRS if a not in ("instruction", "prompt")),
+               ("prompt", "completion", "completions (prompt/completion)"))
+
+
 def unknown_shape_message(data: dict, loc: str) -> str:
-    """The error for a first record no format fits: what it has, what we read, how to map it."""
+    """The error for a first record no format fits: what it has, what we read, how to map it. A record with
+    one half of a known shape (instruction but no output) is told what is missing first."""
     keys = ", ".join(repr(k) for k in list(data)[:8]) or "no keys"
+    half = next(((has, lacks, name) for has, lacks, name in HALF_SHAPES if has in data and lacks not in data), None)
+    if half:
+        has, lacks, name = half
+        article = "an" if has[0] in "aeiou" else "a"
+        return (f"{loc}: the record has {article} {has!r} field but no {lacks!r} ({keys}), so it looks like {name} "
+                f"with the {lacks!r} column missing. Add that column to every record, or " + COLUMNS_HINT)
     shapes = "; ".join(f"{k}: {s}" for k, s in SHAPES.items())
     return (f"{loc}: cannot tell the data kind or format from the record's fields ({keys}). Expected one of our "
             f"kinds - {shapes} - or Alpaca (instruction/input/output), ShareGPT (conversations of from/value), "
-            "preference message lists, or a column pair such as question/answer. Otherwise say which column "
-            "is which: data_columns in the config, e.g. --set data.columns.prompt=question --set "
-            "data.columns.completion=answer (fields: " + ", ".join(DATA_COLUMN_FIELDS) + ").")
+            "preference message lists, or a column pair such as question/answer. Otherwise " + COLUMNS_HINT)
 
