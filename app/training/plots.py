@@ -294,7 +294,15 @@ class TrainingPlots(QWidget):
             vb.enableAutoRange()
             return
         vb.setXRange(float(finite.min()), float(finite.max()) if len(finite) > 1 else finite.min() + 1, padding=0.02)
-        vb.setYRange(*span, padding=0)
+        low, high = span
+        vb.setYRange(low, high + (high - low) * self._legend_room(vb), padding=0)
+
+    def _legend_room(self, vb) -> float:
+        """Headroom above the data, as a fraction of its span, for the legend row at the top of the loss plot
+        (the curves ran through the labels)."""
+        legend = self.loss_legend.mapRectToScene(self.loss_legend.boundingRect()).height() + 6
+        plot = vb.sceneBoundingRect().height()
+        return min(0.5, legend / (plot - legend)) if plot > 2 * legend else 0.2
 
     def _describe(self, name: str, x: float) -> str:
         store = self.store
