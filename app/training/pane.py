@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton,
                                QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from app import settings
@@ -44,7 +44,7 @@ class TrainingPane(QWidget):
         self.smoothing = QSlider(Qt.Horizontal)
         self.smoothing.setRange(0, 99)
         self.smoothing.setValue(90)
-        self.smoothing.setFixedWidth(140)
+        self.smoothing.setFixedWidth(100)
         self.smoothing_label = QLabel("0.90")
         self.log_y = QCheckBox("Log y")
         self.follow = QPushButton("Follow")
@@ -54,16 +54,22 @@ class TrainingPane(QWidget):
         self.fourth_plot = QComboBox()
         self.fourth_plot.setToolTip("What the fourth plot (bottom right) shows: a group of the method's metrics, "
                                     "or throughput")
-        self.fourth_plot.setSizeAdjustPolicy(QComboBox.AdjustToContents)
-        export_png = QPushButton("Export PNG…")
-        export_csv = QPushButton("Export CSV…")
+        # a long group name shortens the box rather than widening the window (the row set its minimum width)
+        self.fourth_plot.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.fourth_plot.setMinimumContentsLength(9)
+        self.export_button = QToolButton()
+        self.export_button.setText("Export")
+        self.export_button.setPopupMode(QToolButton.InstantPopup)
+        export_menu = QMenu(self.export_button)
+        export_menu.addAction("Plots as PNG…", self.export_png)
+        export_menu.addAction("Metrics as CSV…", self.export_csv)
+        self.export_button.setMenu(export_menu)
         controls = QHBoxLayout()
-        for widget in (QLabel("x-axis"), self.axis, QLabel("   Smoothing"), self.smoothing, self.smoothing_label,
-                       self.log_y, self.follow, QLabel("   Fourth plot"), self.fourth_plot):
+        for widget in (QLabel("x-axis"), self.axis, QLabel("  Smoothing"), self.smoothing, self.smoothing_label,
+                       self.log_y, self.follow, QLabel("  Fourth plot"), self.fourth_plot):
             controls.addWidget(widget)
         controls.addStretch(1)
-        controls.addWidget(export_png)
-        controls.addWidget(export_csv)
+        controls.addWidget(self.export_button)
 
         self.plots = TrainingPlots(self.store)
         self.log = QPlainTextEdit()
@@ -105,8 +111,6 @@ class TrainingPane(QWidget):
         self.fourth_plot.activated.connect(lambda _: self.plots.set_method_group(self.fourth_plot.currentText()))
         self._fill_metrics()
         self.plots.followChanged.connect(self.follow.setChecked)
-        export_png.clicked.connect(self.export_png)
-        export_csv.clicked.connect(self.export_csv)
         self._restore_options()
         self.timer = QTimer(self, singleShot=True, interval=REDRAW_MS, timeout=self._tick)
         self._cpu_mark = time.thread_time()

@@ -42,6 +42,13 @@ def test_start_and_stop_shortcuts(window):
     assert not window.stop_action.isEnabled() and not window.pause_action.isEnabled()
 
 
+def test_the_window_fits_a_small_screen(window):
+    # a 13" laptop's window is ~1280 x 800 and users tile it narrower: no row may hold the window wider
+    assert window.minimumSizeHint().width() <= 1100 and window.minimumSizeHint().height() <= 700
+    names = [action.text() for action in window.training.export_button.menu().actions()]
+    assert names == ["Plots as PNG…", "Metrics as CSV…"]
+
+
 def test_run_from_the_window_fills_plots_and_status(qtbot, window, qtlog):
     with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT):
         window.start_action.trigger()
