@@ -77,6 +77,7 @@ class RunsCompare(QWidget):
         self.plot.setLabel("left", "loss")
         self.legend = self.plot.addLegend(offset=(-10, 10))
         self.table = QTableWidget(0, 1)
+        self.table.setHorizontalHeaderLabels(["Field"])  # before any run is chosen (Qt would show "1")
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)

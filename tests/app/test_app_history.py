@@ -120,6 +120,7 @@ def test_compare_runs_overlays_one_curve_per_run_and_diffs_only_changed_fields(q
     from app.checkpoints.compare_pane import RunsCompare
     pane = RunsCompare()
     qtbot.addWidget(pane)
+    assert pane.table.horizontalHeaderItem(0).text() == "Field"  # before any run: a real header
     with qtbot.waitSignal(pane.shown, timeout=10_000) as blocker:
         pane.set_runs([runs / "alpha-finished", runs / "beta-interrupted"])
     assert blocker.args == [2] and len(pane.curves) == 2
