@@ -58,9 +58,12 @@ class TimePanel(QLabel):
             return
         stats = summary.stats
         rows = max(1, config.batch_size) * max(1, config.gradient_accumulation_steps)
+        evals = te.evaluation_tokens(total_steps, config.eval_every, summary.counts.get("valid", 0),
+                                     stats.total_tokens / max(1, stats.examples) if stats else 0.0,
+                                     config.batch_size, config.eval_batches) if summary.has_valid else 0
         work = te.workload(total_steps, rows, dataset_tokens=stats.total_tokens if stats else None,
                            dataset_rows=stats.examples if stats else 0, epochs=config.epochs,
-                           max_steps=config.max_steps)
+                           max_steps=config.max_steps, eval_tokens=evals)
         previous = self._plan[0] if self._plan else None
         self._plan = (config, work)
         key = te.rate_key(config)
@@ -93,8 +96,10 @@ class TimePanel(QLabel):
         speed = f"{rate.tokens_per_sec:,.0f} tokens/s" if work.tokens is not None else f"{rate.rows_per_sec:.2f} rows/s"
         self.setText(f"Time {te.format_duration(seconds)} on {HERE}")
         amount = f"{work.tokens:,} tokens" if work.tokens is not None else f"{work.rows:,} rows"
-        self.setToolTip(f"{work.steps:,} steps · {amount} at {speed} (from {how}); refined from the run's own "
-                        "speed once it trains.")
+        evals = f" + evaluations over {work.eval_tokens:,} tokens (forward only)" if work.eval_tokens else ""
+        self.setToolTip(f"{work.steps:,} steps · {amount}{evals} at {speed} (from {how}); refined from the run's "
+                        "own speed once it trains. Not included: loading the model, writing checkpoints and "
+                        "their sample answers.")
 
     # ---- measuring ------------------------------------------------------------------------
     def measure(self) -> None:

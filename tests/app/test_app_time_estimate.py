@@ -43,11 +43,16 @@ def test_a_cached_speed_prices_the_dataset_tokens_times_epochs(qtbot, config):
     tokens = stats.total_tokens * 3
     te.save_rate(te.rate_key(pane.config()), te.Rate(tokens_per_sec=tokens / (14 * 60), rows_per_sec=1.0))
     pane.refresh()
-    assert pane.time_panel.text().startswith("Time ≈ 14 min on this")
-    assert f"{tokens:,} tokens" in pane.time_panel.toolTip()
+    work = pane.time_panel._plan[1]
+    summary, steps = pane.dataset_panel.summary, work.steps  # evaluations: forward passes over the valid split
+    evals = (steps // config.eval_every + (steps % config.eval_every > 0)) * summary.counts["valid"]
+    assert work.eval_tokens == round(evals * stats.total_tokens / stats.examples) > 0
+    minutes = 14 * (1 + work.eval_tokens / 3 / tokens)
+    assert pane.time_panel.text().startswith(f"Time {te.format_duration(minutes * 60)} on this")
+    assert f"{tokens:,} tokens + evaluations over {work.eval_tokens:,} tokens" in pane.time_panel.toolTip()
     pane.form["epochs"].set_value(6)  # twice the work, twice the time
     pane.refresh()
-    assert pane.time_panel.text().startswith("Time ≈ 28 min")
+    assert pane.time_panel.text().startswith(f"Time {te.format_duration(2 * minutes * 60)}")
 
 
 def test_without_a_speed_it_offers_to_measure_and_never_starts_on_its_own(qtbot, config):

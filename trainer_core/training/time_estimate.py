@@ -1,6 +1,7 @@
 """How long a run will take on this computer: the tokens it processes over a measured speed.
 
-    work = workload(total_steps, rows_per_step, dataset_tokens=..., dataset_rows=..., epochs=..., max_steps=...)
+    work = workload(total_steps, rows_per_step, dataset_tokens=..., dataset_rows=..., epochs=..., max_steps=...,
+                    eval_tokens=evaluation_tokens(...))                  # evaluations: forward passes only
     rate = load_rate(rate_key(config))                 # cached per model x method x fine-tune type (x recompute)
     seconds = estimate_seconds(work, rate)             # None when the rate cannot price this work
     format_duration(seconds)                           # "≈ 14 min"
@@ -25,6 +26,9 @@ from trainer_core.paths import cache_dir
 
 RATES_FILE = "speed.json"
 SKIP_STEPS = 1  # the first step compiles the graph: never part of the rate
+# a training step is a forward and a backward pass (~2x the forward's work): an evaluation, forward only,
+# processes a token in about a third of the time
+FORWARD_SHARE = 1 / 3
 LIVE_MIN_STEPS = 3  # timed steps before a live rate replaces the cached one
 
 
@@ -42,6 +46,7 @@ class Workload:
     steps: int
     rows: int  # examples processed over the whole run
     tokens: int | None  # input tokens processed; None when the data has no token statistics
+    eval_tokens: int = 0  # tokens the evaluations run forward over, the whole run
 
 
 def rate_key(config) -> str:
@@ -101,21 +106,32 @@ def rate_from_records(records: list[dict], rows_per_step: int, source: str = "me
 
 
 def workload(total_steps: int, rows_per_step: int, *, dataset_tokens: int | None, dataset_rows: int,
-             epochs: int, max_steps: int) -> Workload:
+             epochs: int, max_steps: int, eval_tokens: int = 0) -> Workload:
     """What a run processes: with `max_steps`, steps × rows per step × the mean tokens per row; by epochs,
     the dataset's tokens × epochs (`dataset_tokens`: the train split's input tokens, None if unknown)."""
     rows = total_steps * rows_per_step
     tokens = None
     if dataset_tokens is not None and dataset_rows > 0:
         tokens = dataset_tokens * epochs if not max_steps else round(rows * dataset_tokens / dataset_rows)
-    return Workload(total_steps, rows, tokens)
+    return Workload(total_steps, rows, tokens, eval_tokens)
+
+
+def evaluation_tokens(total_steps: int, eval_every: int, valid_rows: int, tokens_per_row: float,
+                      batch_size: int, eval_batches: int) -> int:
+    """Tokens all the run's evaluations process: one every `eval_every` steps and one at the end (the loop's
+    rule), each over the valid split or its first `eval_batches` batches."""
+    if valid_rows <= 0 or total_steps <= 0:
+        return 0
+    count = (total_steps // eval_every + (1 if total_steps % eval_every else 0)) if eval_every else 1
+    rows = min(valid_rows, eval_batches * batch_size) if eval_batches else valid_rows
+    return round(count * rows * tokens_per_row)
 
 
 def estimate_seconds(work: Workload, rate: Rate | None) -> float | None:
     if rate is None or work.steps <= 0:
         return None
     if work.tokens is not None:
-        return work.tokens / rate.tokens_per_sec
+        return (work.tokens + work.eval_tokens * FORWARD_SHARE) / rate.tokens_per_sec
     return work.rows / rate.rows_per_sec
 
 

@@ -28,6 +28,17 @@ def test_estimate_prices_tokens_else_rows():
     assert te.estimate_seconds(te.Workload(10, 40, 6000), None) is None
 
 
+def test_evaluations_are_priced_as_forward_passes_on_the_loops_schedule():
+    # 25 steps, an eval every 10: at 10, 20 and the end (25); 40 valid rows of 30 tokens, or 2 batches of 4 rows
+    assert te.evaluation_tokens(25, 10, 40, 30.0, 4, 0) == 3 * 40 * 30
+    assert te.evaluation_tokens(20, 10, 40, 30.0, 4, 2) == 2 * 8 * 30  # the end is step 20: no third
+    assert te.evaluation_tokens(25, 0, 40, 30.0, 4, 0) == 40 * 30  # only at the end
+    assert te.evaluation_tokens(25, 10, 0, 30.0, 4, 0) == 0  # no valid split
+    rate = te.Rate(tokens_per_sec=100.0, rows_per_sec=2.0)
+    work = te.workload(10, 4, dataset_tokens=1200, dataset_rows=40, epochs=1, max_steps=10, eval_tokens=3000)
+    assert te.estimate_seconds(work, rate) == pytest.approx((1200 + 3000 / 3) / 100)
+
+
 @pytest.mark.parametrize("seconds, text", [(4, "≈ 10 s"), (44, "≈ 40 s"), (14 * 60 + 10, "≈ 14 min"),
                                            (2 * 3600 + 9 * 60, "≈ 2 h 10 min"), (3 * 3600, "≈ 3 h"),
                                            (5 * 86400, "≈ 5 days")])
