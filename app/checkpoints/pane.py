@@ -191,8 +191,8 @@ class CheckpointsPane(QWidget):
         self.rows = rows
         self._fill()
         if self._wanted_step is not None:
-            step, self._wanted_step = self._wanted_step, None
-            self._select_listed(step)
+            if self._select_listed(self._wanted_step):
+                self._wanted_step = None  # else it is not written yet (a listing begun before): the next one
         elif rows and (self._follow_newest or not self.selected()):
             self._auto_selecting = True
             try:
@@ -258,6 +258,7 @@ class CheckpointsPane(QWidget):
     def _selection_changed(self) -> None:
         if not self._auto_selecting:
             self._follow_newest = False  # the user (or select_step) chose: stay on it
+            self._wanted_step = None
         self._update_buttons()
         self._check_export_choices()
         self._show_samples()

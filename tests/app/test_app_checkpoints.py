@@ -86,6 +86,28 @@ def test_newest_checkpoint_is_selected_until_the_user_picks_one(qtbot, run_copy)
     with qtbot.waitSignal(pane.listed, timeout=10_000):
         pane.set_run(run_copy)  # shown again: the newest again
     assert pane.current().name == "final"
+    pane.select_step(4)  # a click on a loss-curve marker moves the selection off the newest
+    assert pane.selected() == [run_copy / "checkpoints" / "step-000004"]
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.reload()
+    assert pane.selected() == [run_copy / "checkpoints" / "step-000004"]
+
+
+def test_a_step_asked_for_before_it_is_listed_is_selected_once_it_is(qtbot, run_copy):
+    pane = CheckpointsPane()
+    qtbot.addWidget(pane)
+    step6 = run_copy / "checkpoints" / "step-000006"
+    step6.rename(run_copy / "aside")  # not written yet
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.set_run(run_copy)
+    pane.select_step(6)  # a marker clicked as the run writes its last checkpoint
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.reload()  # a listing begun before it was written
+    assert pane.current().name == "final"
+    (run_copy / "aside").rename(step6)
+    with qtbot.waitSignal(pane.listed, timeout=10_000):
+        pane.reload()
+    assert pane.selected() == [step6]
 
 
 def test_delete_asks_and_asks_again_for_the_latest(qtbot, run_copy):
