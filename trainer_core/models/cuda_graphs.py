@@ -58,12 +58,17 @@ def limit_graph_bytes(environ=None, platform: str | None = None, capability=comp
         environ[VARIABLE] = str(GRAPH_MB)
 
 
+def cuda_backend() -> bool:
+    """Whether MLX computes on its CUDA backend (Linux with a GPU device; macOS's GPU is Metal)."""
+    import mlx.core as mx
+    return sys.platform.startswith("linux") and mx.default_device() == mx.gpu
+
+
 def run_ahead_bytes() -> float:
     """What the graphs in flight may keep alive beyond the step's live set, on MLX's CUDA backend (0 elsewhere):
     the memory estimate adds it (measured on the 702M Llama: peak 1.9 GB above the estimate at 250 MB a graph).
     Without the variable (a GPU whose MLX default is at most GRAPH_MB) GRAPH_MB bounds it."""
-    import mlx.core as mx
-    if not (sys.platform.startswith("linux") and mx.default_device() == mx.gpu):
+    if not cuda_backend():
         return 0.0
     try:
         megabytes = int(os.environ.get(VARIABLE, GRAPH_MB))

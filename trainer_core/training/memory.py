@@ -12,7 +12,7 @@
   activations      per token and layer, what the backward pass keeps (gradient checkpointing: each
                    block's input plus one block's activations); includes attention scores [heads, T]
                    unless attention runs in chunks (CPU, rows longer than a chunk: then the chunks MLX
-                   holds in flight, once)
+                   holds in flight, once) or on MLX's CUDA backend (fused, with its own backward)
   logits           the LM head fused with the loss (Llama/Mistral/Qwen/Phi-3 float heads): the chunks MLX
                    holds in flight; else [rows, tokens, vocab]: the logits, the float32 pass, the gradient
   reference        DPO's reference pass (eager, before the step), the full-FT frozen base of DPO/GRPO
@@ -51,6 +51,12 @@ LOGIT_COPIES = 2      # logits in the compute dtype + the loss's float32 gradien
 HEAD_CHUNKS_IN_FLIGHT, ATTENTION_CHUNKS_IN_FLIGHT = 11, 8
 GRPO_LOGIT_COPIES = 3  # without the fused head: float32 logits / T, the softmax (entropy) and the gradient
 FUSED_HEAD_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3")  # head_loss.split_head's families
+# MLX's CUDA backend (measured on an H100, bench/RESULTS.md "GPU, seventh look"): its fused attention has its own
+# backward and keeps no [heads, T] scores (on Metal, training runs the unfused attention: scores kept), and
+# recomputing SwiGLU's product (models/recompute.py, LoRA on a 16-bit model) keeps ~2.8 FFN-wide tensors a token
+# and layer fewer (on the CPU 0-1.4, within the fit's spread: not counted there)
+CUDA_SWIGLU_SAVED = 2.8
+SWIGLU_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")  # MLPs exactly down_proj(swiglu(gate, up))
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class ModelShape:
     weight_bytes: float      # bytes per stored base weight (quantized: bits/8 + scales)
     dtype_bytes: int         # bytes per element the model computes in (2: bf16/fp16, 4: float32)
     fused_head: bool = False  # the LM head runs fused with the loss in chunks (head_loss.split_head)
+    swiglu: bool = False     # the MLP is SwiGLU as recompute_swiglu_products patches it
 
     @classmethod
     def from_info(cls, info, model_config: dict | None = None, *, dequantized: bool = False) -> "ModelShape":
@@ -88,9 +95,10 @@ class ModelShape:
             weight_bytes = quantized / 8 + 4 / 32  # a 16-bit scale and bias per group of 32
         else:
             weight_bytes = float(dtype_bytes)
-        fused = str(info.architecture).lower() in FUSED_HEAD_ARCHITECTURES and weight_bytes >= 2  # a float head
+        architecture = str(info.architecture).lower()
+        fused = architecture in FUSED_HEAD_ARCHITECTURES and weight_bytes >= 2  # a float head
         return cls(info.num_parameters, h, layers, info.vocab_size, intermediate, heads, kv_width,
-                   weight_bytes, dtype_bytes, fused)
+                   weight_bytes, dtype_bytes, fused, architecture in SWIGLU_ARCHITECTURES and weight_bytes >= 2)
 
 
 def bits_of(quantization: str) -> int:
@@ -145,12 +153,16 @@ def chunked_attention(rows: int, heads: int, tokens: int) -> int:
 
 def _activations(shape: ModelShape, config, rows: int, tokens: int) -> float:
     """Bytes the forward pass keeps for the backward one (rows x tokens), gradient checkpointing included.
-    Chunked attention keeps no [heads, tokens] scores per token; its chunks in flight are counted once."""
+    Chunked attention keeps no [heads, tokens] scores per token; its chunks in flight are counted once. On MLX's
+    CUDA backend: no scores, and SwiGLU's recomputed product (CUDA_SWIGLU_SAVED)."""
     adapters = config.resolved_fine_tune_type != "full"
     chunk = chunked_attention(rows, shape.heads, tokens)
+    cuda = cuda_graphs.cuda_backend()
+    swiglu_saved = CUDA_SWIGLU_SAVED if (cuda and adapters and shape.swiglu and shape.dtype_bytes == 2
+                                         and not config.gradient_checkpointing) else 0.0
     per_token_layer = (ACTIVATION_HIDDEN + (ADAPTER_ACTIVATION_HIDDEN if adapters else 0)) * shape.hidden \
-        + ACTIVATION_INTERMEDIATE * shape.intermediate + ACTIVATION_KV * shape.kv_width \
-        + (0 if chunk else ACTIVATION_SCORES * shape.heads * tokens)
+        + (ACTIVATION_INTERMEDIATE - swiglu_saved) * shape.intermediate + ACTIVATION_KV * shape.kv_width \
+        + (0 if chunk or cuda else ACTIVATION_SCORES * shape.heads * tokens)
     one_block = rows * tokens * per_token_layer * shape.dtype_bytes
     outside = rows * tokens * OUTSIDE_BLOCKS_HIDDEN * shape.hidden * shape.dtype_bytes
     attention = ATTENTION_CHUNKS_IN_FLIGHT * rows * shape.heads * chunk * tokens * 4.0 if chunk else 0.0
