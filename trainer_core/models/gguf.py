@@ -196,8 +196,10 @@ def load_gguf(path: str | Path, *, dequantize: bool = False, unpermute: bool = T
     header = read_header(path)
     check_supported(header)
     config = hf_config(header)
-    model, quant = gguf_weights.build_model(header, config, dequantize=dequantize,
-                                            unpermute=unpermute)
+    try:
+        model, quant = gguf_weights.build_model(header, config, dequantize=dequantize, unpermute=unpermute)
+    except ValueError as e:  # MLX on shapes the damaged metadata implies (a reshape, a group size it has no kernel for)
+        raise corrupt(Path(path), f"its tensors do not fit its metadata: {' '.join(str(e).split())}") from None
     if quant:
         common = Counter(tuple(sorted(q.items())) for q in quant.values()).most_common(1)[0][0]
         qcfg = dict(common)
