@@ -198,7 +198,8 @@ def load_gguf(path: str | Path, *, dequantize: bool = False, unpermute: bool = T
     config = hf_config(header)
     try:
         model, quant = gguf_weights.build_model(header, config, dequantize=dequantize, unpermute=unpermute)
-    except ValueError as e:  # MLX on shapes the damaged metadata implies (a reshape, a group size it has no kernel for)
+    except (ValueError, ZeroDivisionError) as e:  # shapes the damaged metadata implies (a zero dimension, a reshape,
+        # a quantization group size MLX has no kernel for)
         raise corrupt(Path(path), f"its tensors do not fit its metadata: {' '.join(str(e).split())}") from None
     if quant:
         common = Counter(tuple(sorted(q.items())) for q in quant.values()).most_common(1)[0][0]

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -156,6 +157,23 @@ def test_json_file_mutations(originals, tmp_path_factory, name, cut, flips):
         data = data[:int(cut * len(data))]
     (folder / name).write_bytes(data)
     loads_or_user_error(folder)
+
+
+@pytest.mark.parametrize("dims", [(0, 64), (128, 32), (32, 128), (16, 256)])
+def test_gguf_tensor_with_impossible_dimensions(originals, tmp_path, dims):
+    """A 2-D tensor's dimensions rewritten in the header (cases the fuzz test below found: a zero dimension, a
+    quantization group size MLX has no kernel for, a reshape that cannot be done)."""
+    from gguf import GGUFReader
+    source = tmp_path / "source.gguf"
+    source.write_bytes(originals["gguf"])
+    tensor = next(t for t in GGUFReader(str(source)).tensors if len(t.shape) == 2)
+    start = tensor.field.offset + 8 + len(tensor.name.encode()) + 4  # after the name and the dimension count
+    data = bytearray(originals["gguf"])
+    data[start:start + 16] = np.array(dims, np.uint64).tobytes()
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="broken.gguf"):
+        load_model(str(path))
 
 
 @FUZZ
