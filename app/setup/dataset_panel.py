@@ -222,6 +222,7 @@ class DatasetPanel(QGroupBox):
         self.summary_label.setText(text)
         self.lengths_label.setText("")
         self.bars.setOpts(x=[], height=[], width=1)
+        self.histogram.setVisible(False)  # no lengths: no axes left from the last dataset
         self.preview.clear()
 
     def _draw_histogram(self, summary: DatasetSummary) -> None:

@@ -75,6 +75,7 @@ def test_mapping_from_the_panel_reaches_the_config_and_the_analysis(qtbot, pane,
     panel.path.editor.setText(str(path))
     qtbot.waitUntil(lambda: "cannot tell" in panel.error, timeout=TIMEOUT)  # no format fits: say how to map,
     assert panel.error.endswith("with the Columns… button below.") and "--set" not in panel.error  # the window's way
+    assert not panel.histogram.isVisibleTo(panel)  # no lengths to draw: no empty axes either
 
     def choose(dialog):
         dialog.choices[0].setCurrentText("prompt")
@@ -87,4 +88,5 @@ def test_mapping_from_the_panel_reaches_the_config_and_the_analysis(qtbot, pane,
     assert pane.config().data_columns == {"prompt": "q", "completion": "a"}
     qtbot.waitUntil(lambda: panel.summary is not None and panel.summary.request.data == str(path), timeout=TIMEOUT)
     assert panel.summary.kind == "completions"
+    assert panel.histogram.isVisibleTo(panel)
     assert panel.summary_label.text().startswith("columns (prompt=q, completion=a) → completions · 2 train")
