@@ -97,17 +97,23 @@ def test_pane_offers_metric_groups_as_they_arrive(qtbot):
     assert [pane.fourth_plot.itemText(i) for i in range(pane.fourth_plot.count())] == ["mask ratio", "tokens/s"]
 
 
-def test_downsampling_keeps_the_extremes(qtbot):
-    store = MetricsStore()
-    plots = TrainingPlots(store)
+def shown_plots(qtbot, size: tuple[int, int], losses) -> TrainingPlots:
+    """Plots on screen at `size`, fed one train record a step with `losses`."""
+    plots = TrainingPlots(MetricsStore())
     qtbot.addWidget(plots)
-    plots.resize(800, 600)
+    plots.resize(*size)
     plots.show()
+    qtbot.waitExposed(plots)
+    for step, loss in enumerate(losses, 1):
+        plots.store.add(train_record(step, float(loss)))
+    return plots
+
+
+def test_downsampling_keeps_the_extremes(qtbot):
     n = 50_000
     losses = np.full(n, 2.0) + np.sin(np.arange(n) / 50) * 0.1
     losses[31_337], losses[12_345] = 9.0, 0.25
-    for step, loss in enumerate(losses, 1):
-        store.add(train_record(step, float(loss)))
+    plots = shown_plots(qtbot, (800, 600), losses)
     plots.redraw()
     qtbot.wait(50)
     x, shown = plots.curves["loss"].getData()
@@ -134,14 +140,7 @@ def test_follow_ignores_a_spike_and_manual_zoom_turns_it_off(qtbot):
 
 
 def test_the_loss_legend_sits_above_the_curves(qtbot):
-    store = MetricsStore()
-    plots = TrainingPlots(store)
-    qtbot.addWidget(plots)
-    plots.resize(1100, 520)
-    plots.show()
-    qtbot.waitExposed(plots)
-    for step in range(1, 41):
-        store.add(train_record(step, 3.0 - step / 40))
+    plots = shown_plots(qtbot, (1100, 520), [3.0 - step / 40 for step in range(1, 41)])
     plots.redraw(force=True)
     qtbot.wait(50)
     plots.redraw(force=True)  # the plot's size is known now
