@@ -44,7 +44,7 @@ class ElidedLabel(QLabel):
         self._elide()
 
     def _elide(self) -> None:
-        # the room inside the margins: eliding to the whole width left the end cut off mid-word with no …
+        # the room inside the margins (the margins are no room for text: the end would be clipped, without …)
         room = max(0, self.contentsRect().width() - 2)
         self.setText(QFontMetrics(self.font()).elidedText(self.full, Qt.ElideRight, room))
 

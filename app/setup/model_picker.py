@@ -166,7 +166,7 @@ class ModelPicker(QDialog):
             name = m.repo_id + ("  (gated: accept its licence on huggingface.co)" if m.gated else "")
             self._item(self.hub, [name, m.kind, count_text(m.parameters), m.quantization, m.license,
                                   f"{m.downloads:,}", size_text(m.size_bytes)], m.repo_id, m.reason)
-        for column in range(1, len(HUB_COLUMNS)):  # the short columns whole ("Downloads" was cut)
+        for column in range(1, len(HUB_COLUMNS)):  # the short columns' text whole ("Downloads")
             self.hub.resizeColumnToContents(column)
         self.status.setText(f"{len(found)} model(s), most downloaded first." if found else "Nothing found.")
 

@@ -298,8 +298,8 @@ class TrainingPlots(QWidget):
         vb.setYRange(low, high + (high - low) * self._legend_room(vb), padding=0)
 
     def _legend_room(self, vb) -> float:
-        """Headroom above the data, as a fraction of its span, for the legend row at the top of the loss plot
-        (the curves ran through the labels)."""
+        """Headroom above the data, as a fraction of its span, for the legend row at the top of the loss plot,
+        so that the curves pass below its labels, not through them."""
         legend = self.loss_legend.mapRectToScene(self.loss_legend.boundingRect()).height() + 6
         plot = vb.sceneBoundingRect().height()
         return min(0.5, legend / (plot - legend)) if plot > 2 * legend else 0.2
