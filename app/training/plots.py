@@ -199,9 +199,6 @@ class TrainingPlots(QWidget):
         self._drawn[name] = key
         x = self.store.x(self.axis)
         getattr(self, f"_draw_{name}")(x)
-        item = self.widgets[name].getPlotItem()
-        for side in ("left", "bottom"):  # no numbers on an empty plot (pyqtgraph's 0-1 range is no data's)
-            item.getAxis(side).setStyle(showValues=bool(len(x)))
         if self.follow:
             self._auto = True
             try:

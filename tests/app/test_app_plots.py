@@ -109,17 +109,6 @@ def shown_plots(qtbot, size: tuple[int, int], losses) -> TrainingPlots:
     return plots
 
 
-def test_an_empty_plot_shows_no_axis_numbers(qtbot):
-    plots = shown_plots(qtbot, (800, 600), [])
-    plots.redraw(force=True)
-    shows = lambda: [plots.widgets[n].getPlotItem().getAxis(side).style["showValues"]  # noqa: E731
-                     for n in ("loss", "grad_norm") for side in ("left", "bottom")]
-    assert shows() == [False] * 4
-    plots.store.add(train_record(1, 2.5))
-    plots.redraw()
-    assert shows() == [True] * 4
-
-
 def test_downsampling_keeps_the_extremes(qtbot):
     n = 50_000
     losses = np.full(n, 2.0) + np.sin(np.arange(n) / 50) * 0.1
