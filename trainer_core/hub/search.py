@@ -82,8 +82,9 @@ def search_models(text: str, limit: int = 40) -> list[HubModel]:
     try:
         # one quick try first: list_models retries a refused connection 5 times with back-off (~20 s of
         # "Searching…" on a laptop without network before the message)
-        huggingface_hub.get_session().head(_endpoint(), timeout=CONNECT_TIMEOUT)
-        api = huggingface_hub.HfApi(endpoint=_endpoint())
+        endpoint = _endpoint()
+        huggingface_hub.get_session().head(endpoint, timeout=CONNECT_TIMEOUT)
+        api = huggingface_hub.HfApi(endpoint=endpoint)
         return [describe(info) for info in api.list_models(
             search=text.strip() or None, pipeline_tag="text-generation", sort="downloads", limit=limit,
             expand=EXPAND)]

@@ -133,13 +133,29 @@ def trainable_parameters(shape: ModelShape, config) -> int:
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_width
     widths = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, kv), "self_attn.v_proj": (h, kv),
               "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, i), "mlp.up_proj": (h, i), "mlp.down_proj": (i, h)}
-    targets = config.lora.targets or list(ADAPTER_TARGETS)
     dora = config.resolved_fine_tune_type == "dora"
     per_layer = sum(config.lora.rank * (n_in + n_out) + (n_out if dora else 0)
-                    for name, (n_in, n_out) in widths.items() if any(name.endswith(t) or t.endswith(name.split(".")[-1])
-                                                                     for t in targets))
-    layers = shape.layers if config.lora.num_layers in (-1, 0) else min(config.lora.num_layers, shape.layers)
-    return per_layer * layers
+                    for name, (n_in, n_out) in widths.items() if _adapted(name, config))
+    return per_layer * adapted_layers(shape, config)
+
+
+def _adapted(name: str, config) -> bool:
+    """Whether the linear `name` of a block ("mlp.down_proj") gets an adapter (lora.targets; empty: every one)."""
+    return any(name.endswith(t) or t.endswith(name.split(".")[-1]) for t in config.lora.targets or ADAPTER_TARGETS)
+
+
+def adapted_layers(shape: ModelShape, config) -> int:
+    """How many blocks get adapters (lora.num_layers: the last N; -1 or 0: all)."""
+    return shape.layers if config.lora.num_layers in (-1, 0) else min(config.lora.num_layers, shape.layers)
+
+
+def swiglu_recomputed_layers(shape: ModelShape, config) -> int:
+    """Blocks whose SwiGLU product is recomputed (runner: unless blocks are checkpointed; models/recompute.py
+    patches a SwiGLU MLP whose down projection is plain LoRA: not DoRA, no dropout, on a float base)."""
+    plain_lora = config.resolved_fine_tune_type == "lora" and not config.lora.dropout
+    if not (shape.swiglu and plain_lora and not config.gradient_checkpointing and _adapted("mlp.down_proj", config)):
+        return 0
+    return adapted_layers(shape, config)
 
 
 def chunked_attention(rows: int, heads: int, tokens: int) -> int:
@@ -158,10 +174,8 @@ def _activations(shape: ModelShape, config, rows: int, tokens: int) -> float:
     adapters = config.resolved_fine_tune_type != "full"
     chunk = chunked_attention(rows, shape.heads, tokens)
     cuda = cuda_graphs.cuda_backend()
-    swiglu_saved = CUDA_SWIGLU_SAVED if (cuda and adapters and shape.swiglu and shape.dtype_bytes == 2
-                                         and not config.gradient_checkpointing) else 0.0
     per_token_layer = (ACTIVATION_HIDDEN + (ADAPTER_ACTIVATION_HIDDEN if adapters else 0)) * shape.hidden \
-        + (ACTIVATION_INTERMEDIATE - swiglu_saved) * shape.intermediate + ACTIVATION_KV * shape.kv_width \
+        + ACTIVATION_INTERMEDIATE * shape.intermediate + ACTIVATION_KV * shape.kv_width \
         + (0 if chunk or cuda else ACTIVATION_SCORES * shape.heads * tokens)
     one_block = rows * tokens * per_token_layer * shape.dtype_bytes
     outside = rows * tokens * OUTSIDE_BLOCKS_HIDDEN * shape.hidden * shape.dtype_bytes
@@ -169,7 +183,9 @@ def _activations(shape: ModelShape, config, rows: int, tokens: int) -> float:
     if config.gradient_checkpointing:
         # each block's input, plus the block being recomputed and its backward's temporaries (~2 blocks)
         return rows * tokens * shape.hidden * shape.dtype_bytes * shape.layers + 2 * one_block + outside + attention
-    return one_block * shape.layers + outside + attention
+    recomputed = swiglu_recomputed_layers(shape, config) if cuda and shape.dtype_bytes == 2 else 0
+    saved = rows * tokens * CUDA_SWIGLU_SAVED * shape.intermediate * shape.dtype_bytes * recomputed
+    return one_block * shape.layers - saved + outside + attention
 
 
 def _logits(shape: ModelShape, rows: int, tokens: int, copies: float = LOGIT_COPIES, fused: bool = True) -> float:

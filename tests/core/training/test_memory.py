@@ -144,6 +144,12 @@ def test_on_mlx_cuda_attention_keeps_no_scores_and_swiglu_products_are_recompute
         tokens * 1536 * 2 * 24 + 2 * tokens * (per_token_layer + 2.8 * 4096) * 2 + tokens * 8 * 1536 * 2)
     other = memory.estimate(memory.ModelShape(**{**gpu.__dict__, "swiglu": False}), config, 1024)
     assert other.parts["activations"] - est.parts["activations"] == pytest.approx(tokens * 2.8 * 4096 * 2 * 24)
+    for change in ("lora.dora=true", "lora.dropout=0.1", 'lora.targets=["self_attn.q_proj"]'):  # not patched
+        unpatched = config.with_overrides([change]).validate()
+        assert memory.estimate(gpu, unpatched, 1024).parts["activations"] == pytest.approx(
+            other.parts["activations"])
+    last8 = memory.estimate(gpu, config.with_overrides(["lora.num_layers=8"]).validate(), 1024)
+    assert other.parts["activations"] - last8.parts["activations"] == pytest.approx(tokens * 2.8 * 4096 * 2 * 8)
     # Metal (and the CPU): training runs the unfused attention, whose scores the backward keeps
     monkeypatch.setattr(cuda_graphs, "cuda_backend", lambda: False)
     metal = memory.estimate(gpu, config, 1024)
