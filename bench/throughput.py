@@ -320,6 +320,8 @@ def main(argv=None) -> int:
                    help="ours: MLX's memory limit (mx.set_memory_limit: where eval stops running ahead) in GB")
     p.add_argument("--ours-plain-mlp", action="store_true",
                    help="ours: keep SwiGLU's product for the backward (no models/recompute.recompute_swiglu_products)")
+    p.add_argument("--ours-fuse-siblings", action="store_true",
+                   help="ours: q/k/v and gate/up as one matmul each (prototypes/fuse_siblings.py)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -328,6 +330,17 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
+    if args.ours_fuse_siblings:
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
+        import fuse_siblings
+        from trainer_core import runner
+        prepare_plain = runner.prepare_for_training
+
+        def prepare_and_fuse(model, config):
+            out = prepare_plain(model, config)
+            print("fused sibling groups:", fuse_siblings.patch(model), file=sys.stderr)
+            return out
+        runner.prepare_for_training = prepare_and_fuse
     if args.ours_recompute_mlp_tail:
         from trainer_core import runner
         from trainer_core.models import recompute

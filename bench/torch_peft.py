@@ -25,6 +25,7 @@ and caching allocator never share a process with MLX's.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,13 @@ def run_torch(model_path: str, examples, *, batch_size: int, warmup: int, steps:
         records.append((time.perf_counter(), time.process_time(), n_input, trained, ids.shape[0] * (ids.shape[1] - 1),
                         ids.shape[1]))
     peak = torch.cuda.max_memory_allocated() if cuda else 0
+    profile_steps = int(os.environ.get("BENCH_KERNEL_PROFILE", "0") or 0)
+    if profile_steps and cuda:  # the kernel table of prototypes/kernel_table.py, for the same steps in PyTorch
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
+        import kernel_table
+        table = kernel_table.profile(lambda: step(ids_t, mask_t).item(), profile_steps,
+                                     trace_name=f"torch-{'compile' if compile else 'eager'}-trace.json")
+        print("kernels", json.dumps(table), flush=True)
     del loss_fn, model, opt, params
     if cuda:
         torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
 """Where the gpu case's peak memory goes: one LoRA step of the bench's gpu model at a fixed shape, several ways.
-usage: memory_probe.py [--tiny] VARIANT   (fwd | grad | step, each optionally + "-ckptattn": the fused attention
+usage: memory_probe.py [--tiny] VARIANT   (fwd | grad | step, each optionally + "-fuse": q/k/v and gate/up as one
+matmul each, "-ckptattn": the fused attention
 under mx.checkpoint, so its backward recomputes it instead of keeping anything of it, "-ckptblock": every block,
 "-swiglu": SwiGLU's product recomputed, "-tail": SwiGLU and down_proj recomputed); one variant per process.
 --dims H,L,F,heads,kv_heads,vocab sets another model (e.g. 384,4,1024,6,2,512 with --batch 128 --seq 32 on a CPU).
@@ -22,6 +23,8 @@ p.add_argument("--batch", type=int, default=4); p.add_argument("--seq", type=int
 p.add_argument("--dims", help="hidden,layers,ffn,heads,kv_heads,vocab (default: the gpu case's)")
 p.add_argument("--dtype", default="bfloat16")
 p.add_argument("--plain-head", action="store_true"); p.add_argument("--head-chunk", type=int)
+p.add_argument("--profile", type=int, default=0, help="then N steps on new batches under torch.profiler (CUPTI): "
+               "kernel time by kind, GPU idle, host recording time (kernel_table.py)")
 a = p.parse_args()
 from trainer_core.training import head_loss
 head_loss.ENABLED = not a.plain_head
@@ -74,6 +77,10 @@ if a.variant.endswith("-swiglu"):  # SwiGLU's product recomputed (models/recompu
     from trainer_core.models.recompute import recompute_swiglu_products
     print("patched", recompute_swiglu_products(model))
     a.variant = a.variant[:-len("-swiglu")]
+if a.variant.endswith("-fuse"):  # q/k/v and gate/up as one matmul each (prototypes/fuse_siblings.py)
+    import fuse_siblings
+    print("fused", fuse_siblings.patch(model))
+    a.variant = a.variant[:-len("-fuse")]
 if a.variant.endswith("-tail"):
     from trainer_core.models.recompute import recompute_mlp_tails
     recompute_mlp_tails(model)
@@ -97,3 +104,23 @@ print(json.dumps({"variant": name, "ms": round(1000 * sorted(times)[2], 1), "dev
                   "above_weights_gb": round((peak - base) / 1e9, 3),
                   "expected_activations_gb": round(act / 1e9, 3),
                   "logits_bf16_gb": round(a.batch * a.seq * V * 2 / 1e9, 3)}), flush=True)
+if a.profile:  # the device's view of N steps, each on a new batch (as the product feeds them)
+    import kernel_table
+    lr = mx.array(1e-4, dtype=mx.float32)
+    record, total = [], []
+
+    def profiled_step():
+        ids = mx.random.randint(0, V, (a.batch, a.seq + 1)).astype(mx.int32)
+        fresh = {"input_ids": ids, "target_mask": mx.ones(ids.shape, dtype=mx.bool_)}
+        t = time.perf_counter()
+        out = run.steps._fused(fresh, lr)  # records the graph only (MLX is lazy)
+        record.append(time.perf_counter() - t)
+        mx.eval(out, model.state, run.steps.holder)
+        total.append(time.perf_counter() - t)
+    for _ in range(3):
+        profiled_step()
+    record.clear(); total.clear()
+    print(json.dumps(kernel_table.profile(profiled_step, a.profile)), flush=True)
+    print(json.dumps({"record_ms": round(1000 * sorted(record)[len(record) // 2], 2),
+                      "step_ms": round(1000 * sorted(total)[len(total) // 2], 2)}), flush=True)
+
