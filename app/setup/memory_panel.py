@@ -90,6 +90,8 @@ class MemoryPanel(QWidget):
         self.over = f"{gb(est.peak)} is more than the {gb(available)}" if over else ""
         self.start_anyway.setVisible(over)
         text = f"Memory ≈ {gb(est.peak)}" + (f" of {gb(available)} available" if available else "")
+        if longest is None:  # no tokenised lengths (unreadable data, pairs, prompts): the worst case is priced
+            text += f" (rows of up to {config.max_seq_length:,} tokens)"
         if over:
             text = f"⚠ {text}: more than this machine can give the run. One click lowers it:"
         elif available and est.peak > 0.75 * available:
@@ -97,7 +99,9 @@ class MemoryPanel(QWidget):
         else:
             text += "  ✓"
         self._set(text, warning=over)
-        self.label.setToolTip("\n".join(est.lines()))
+        assumed = ([f"The dataset's longest row is not known here, so every row is priced at max_seq_length "
+                    f"({config.max_seq_length:,} tokens)."] if longest is None else [])
+        self.label.setToolTip("\n".join(assumed + est.lines()))
         self._show_fixes(memory.fixes(shape, config, longest)[:MAX_FIXES] if over else [])
 
     def _set(self, text: str, warning: bool) -> None:

@@ -76,6 +76,8 @@ def test_mapping_from_the_panel_reaches_the_config_and_the_analysis(qtbot, pane,
     qtbot.waitUntil(lambda: "cannot tell" in panel.error, timeout=TIMEOUT)  # no format fits: say how to map,
     assert panel.error.endswith("with the Columns… button below.") and "--set" not in panel.error  # the window's way
     assert not panel.histogram.isVisibleTo(panel)  # no lengths to draw: no empty axes either
+    qtbot.waitUntil(lambda: "rows of up to" in pane.memory_panel.text(), timeout=TIMEOUT)  # why it is higher
+    assert f"{pane.config().max_seq_length:,} tokens" in pane.memory_panel.text()
 
     def choose(dialog):
         dialog.choices[0].setCurrentText("prompt")
@@ -89,4 +91,5 @@ def test_mapping_from_the_panel_reaches_the_config_and_the_analysis(qtbot, pane,
     qtbot.waitUntil(lambda: panel.summary is not None and panel.summary.request.data == str(path), timeout=TIMEOUT)
     assert panel.summary.kind == "completions"
     assert panel.histogram.isVisibleTo(panel)
+    qtbot.waitUntil(lambda: "rows of up to" not in pane.memory_panel.text(), timeout=TIMEOUT)
     assert panel.summary_label.text().startswith("columns (prompt=q, completion=a) → completions · 2 train")
