@@ -30,6 +30,7 @@ from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from trainer_core.errors import UserError
 from trainer_core.training import head_loss
+from trainer_core.training.vocab_sums import vocab_logsumexp, vocab_sum
 
 
 @dataclass
@@ -53,7 +54,7 @@ def token_logprobs(logits: mx.array, targets: mx.array, temperature: float) -> m
     """log softmax(logits / T) at `targets`: logits [..., V], targets [...] -> [...] float32."""
     scaled = logits.astype(mx.float32) / temperature
     picked = mx.take_along_axis(scaled, targets[..., None], axis=-1)[..., 0]
-    return picked - mx.logsumexp(scaled, axis=-1)
+    return picked - vocab_logsumexp(scaled)
 
 
 def policy_logprobs(model, ids: mx.array, temperature: float, entropy: bool = False):
@@ -73,13 +74,13 @@ def policy_logprobs(model, ids: mx.array, temperature: float, entropy: bool = Fa
     if not entropy:
         return logp, None
     detached = mx.stop_gradient(logits)
-    return logp, mx.logsumexp(detached, axis=-1) - (mx.softmax(detached, axis=-1) * detached).sum(axis=-1)
+    return logp, vocab_logsumexp(detached) - vocab_sum(mx.softmax(detached, axis=-1) * detached)
 
 
 def _draw(logits: mx.array, settings: SamplingSettings) -> tuple[mx.array, mx.array]:
     """Sample one id per row from [rows, V] logits -> (ids [rows] uint32, their log-probs [rows])."""
     logprobs = logits.astype(mx.float32) / settings.temperature
-    logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+    logprobs = logprobs - vocab_logsumexp(logprobs, keepdims=True)
     truncated = logprobs
     if 0 < settings.top_k < logprobs.shape[-1]:
         truncated = apply_top_k(truncated, settings.top_k)

@@ -32,6 +32,8 @@ from contextvars import ContextVar
 import mlx.core as mx
 import mlx.nn as nn
 
+from trainer_core.training.vocab_sums import vocab_logsumexp, vocab_sum
+
 CHUNK = 1024  # at most this many rows of logits per chunk
 # and at most about this many logits: MLX keeps up to 10 operations in flight (its MAX_ACTIVE_TASKS), each
 # holding its chunk-sized output, so the chunk's size sets the head's peak. Measured on the CPU (8192 tokens,
@@ -96,7 +98,7 @@ def _nll(hidden: mx.array, weight: mx.array, targets: mx.array, scale: mx.array)
         # logits before any log-sum-exp, all alive at once (measured: 1.6 GB for 8192 tokens of a 49k vocab)
         rows = h[s:e] if not out else mx.depends(h[s:e], out[-1])
         z = _logits(rows, weight).astype(mx.float32) * scale
-        out.append(mx.logsumexp(z, axis=-1) - _picked(z, t[s:e]))
+        out.append(vocab_logsumexp(z) - _picked(z, t[s:e]))
     return mx.concatenate(out).reshape(targets.shape)
 
 
@@ -130,7 +132,7 @@ def _nll_and_grad(hidden: mx.array, weight: mx.array, targets: mx.array, scale: 
         z = _logits(rows, weight).astype(mx.float32) * scale
         top = z.max(axis=-1, keepdims=True)
         exp = mx.exp(z - top)
-        total = exp.sum(axis=-1, keepdims=True)
+        total = vocab_sum(exp, keepdims=True)
         nll.append(mx.log(total[:, 0]) + top[:, 0] - _picked(z, t[s:e]))
         onehot = mx.arange(z.shape[-1]) == t[s:e, None]
         g = ((exp / total - onehot) * scale).astype(weight.dtype)  # rounded once, as the two-pass backward
@@ -193,7 +195,7 @@ def head_entropy(hidden: mx.array, weight: mx.array, scale: float = 1.0) -> mx.a
     for s, e in _chunks(h.shape[0], weight.shape[0]):
         rows = h[s:e] if not out else mx.depends(h[s:e], out[-1])
         z = _logits(rows, weight).astype(mx.float32) * scale
-        out.append(mx.logsumexp(z, axis=-1) - (mx.softmax(z, axis=-1) * z).sum(axis=-1))
+        out.append(vocab_logsumexp(z) - vocab_sum(mx.softmax(z, axis=-1) * z))
     return mx.stop_gradient(mx.concatenate(out).reshape(hidden.shape[:-1]))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from trainer_core.training.head_loss import causal_token_nll
+from trainer_core.training.vocab_sums import vocab_logsumexp
 
 
 def _picked(logits: mx.array, targets: mx.array) -> mx.array:
@@ -31,7 +32,7 @@ def _picked(logits: mx.array, targets: mx.array) -> mx.array:
 @mx.custom_function
 def token_nll(logits: mx.array, targets: mx.array) -> mx.array:
     """-log softmax(logits)[target] per position: logits [..., V], targets [...] int -> [...] float32."""
-    return mx.logsumexp(logits.astype(mx.float32), axis=-1) - _picked(logits, targets)
+    return vocab_logsumexp(logits.astype(mx.float32)) - _picked(logits, targets)
 
 
 @token_nll.vjp
