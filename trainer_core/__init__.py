@@ -8,7 +8,7 @@ imported before `mlx`.
 from trainer_core.models import cuda_graphs, native_blas
 
 native_blas.preload()
-cuda_graphs.limit_graph_bytes()
+cuda_graphs.size_graphs()
 
 __version__ = "0.1.0"
 

@@ -13,10 +13,16 @@ shows (measured on an H100, tokens/s and peak: 1000 MB 64.5k / 15.1-16.2 GB, 400
 250 MB 64.8k / 10.7 GB, 100 MB 56.5k / 9.4 GB). MLX's memory limit is the other brake, but past it each
 evaluation waits for the GPU and the pipeline drains (same machine: 51k tokens/s held to ~10.3 GB).
 
-MLX reads the variable once, when it creates its GPU stream on import, so `trainer_core/__init__.py`
-calls `limit_graph_bytes()` before anything imports MLX; the GPU's compute capability comes from
-`nvidia-smi`. Only lowered, never raised: where MLX's own default is 250 MB or less (consumer Ampere/Ada
-100, DGX Spark 25) it stays, as does a value the user set. Only on Linux, where the CUDA backend is:
+Bounded by bytes, a graph may hold more kernels than MLX's 100 on compute capability 9.0: on an H100 graphs
+of up to 400 kernels (`MLX_MAX_OPS_PER_BUFFER`) made the 702M LoRA step 2-3 % faster in adjacent pairs at the
+same peak (71.0-73.0k vs 69.5-69.8k tokens/s, 8.743 GB; 300 and 1000 kernels were no faster: bench/RESULTS.md,
+"GPU, ninth look"): fewer graph launches, each of which the GPU waited for in the optimizer's run of small
+kernels. Other capabilities keep MLX's count (not measured there).
+
+MLX reads the variables once, when it creates its GPU stream on import, so `trainer_core/__init__.py`
+calls `size_graphs()` before anything imports MLX; the GPU's compute capability comes from
+`nvidia-smi`. Bytes are only lowered, never raised: where MLX's own default is 250 MB or less (consumer
+Ampere/Ada 100, DGX Spark 25) it stays, as does a value the user set. Only on Linux, where the CUDA backend is:
 Metal reads the same variable and has its own defaults (40-50 MB a command buffer).
 """
 
@@ -29,6 +35,8 @@ import sys
 
 GRAPH_MB = 250  # the smallest graph size that measured as fast as MLX's default (module doc)
 VARIABLE = "MLX_MAX_MB_PER_BUFFER"
+GRAPH_OPS = {"9.0": 400}  # kernels a graph, where measured faster than MLX's default (module doc)
+OPS_VARIABLE = "MLX_MAX_OPS_PER_BUFFER"
 MLX_DEFAULT_MB = {"8.0": 400, "9.0": 1000, "10.0": 1000, "12.0": 1000, "12.1": 25}  # get_graph_limits
 MLX_OTHER_MB = 100  # every other compute capability
 GRAPHS_IN_FLIGHT = 10  # MLX's MAX_ACTIVE_TASKS
@@ -48,14 +56,19 @@ def compute_capability() -> str | None:
     return lines[0] if out.returncode == 0 and lines else None
 
 
-def limit_graph_bytes(environ=None, platform: str | None = None, capability=compute_capability) -> None:
-    """Set MLX_MAX_MB_PER_BUFFER to GRAPH_MB on Linux with an NVIDIA GPU whose MLX default is larger."""
+def size_graphs(environ=None, platform: str | None = None, capability=compute_capability) -> None:
+    """On Linux with an NVIDIA GPU: MLX_MAX_MB_PER_BUFFER to GRAPH_MB where MLX's default is larger, and
+    MLX_MAX_OPS_PER_BUFFER to GRAPH_OPS where measured; a value the user set is kept."""
     environ = os.environ if environ is None else environ
-    if not (platform or sys.platform).startswith("linux") or VARIABLE in environ:
+    if not (platform or sys.platform).startswith("linux") or (VARIABLE in environ and OPS_VARIABLE in environ):
         return
     found = capability()
-    if found is not None and MLX_DEFAULT_MB.get(found, MLX_OTHER_MB) > GRAPH_MB:
+    if found is None:
+        return
+    if VARIABLE not in environ and MLX_DEFAULT_MB.get(found, MLX_OTHER_MB) > GRAPH_MB:
         environ[VARIABLE] = str(GRAPH_MB)
+    if OPS_VARIABLE not in environ and found in GRAPH_OPS:
+        environ[OPS_VARIABLE] = str(GRAPH_OPS[found])
 
 
 def cuda_backend() -> bool:

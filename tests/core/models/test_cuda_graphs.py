@@ -1,5 +1,6 @@
-"""MLX's CUDA graph size (models/cuda_graphs.py): lowered on Linux before MLX starts where MLX's default is
-larger, the user's value kept, Metal left alone; the memory estimate counts what the graphs in flight keep alive,
+"""MLX's CUDA graph size (models/cuda_graphs.py): bytes lowered on Linux before MLX starts where MLX's default is
+larger, kernels raised where measured (compute capability 9.0), the user's values kept, Metal left alone; the
+memory estimate counts what the graphs in flight keep alive,
 on a CUDA GPU only."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def test_importing_trainer_core_sized_the_graphs_before_mlx():
     found = cuda_graphs.compute_capability()
     lowered = found is not None and cuda_graphs.MLX_DEFAULT_MB.get(found, cuda_graphs.MLX_OTHER_MB) > 250
     assert os.environ.get(cuda_graphs.VARIABLE) == ("250" if lowered else None)
+    assert os.environ.get(cuda_graphs.OPS_VARIABLE) == ("400" if found == "9.0" else None)
 
 
 @pytest.mark.parametrize("capability, expected", [
@@ -27,17 +29,26 @@ def test_importing_trainer_core_sized_the_graphs_before_mlx():
 ])
 def test_linux_lowers_mlx_s_graph_size_only_where_its_default_is_larger(capability, expected):
     env = {}
-    cuda_graphs.limit_graph_bytes(env, "linux", lambda: capability)
+    cuda_graphs.size_graphs(env, "linux", lambda: capability)
     assert env.get(cuda_graphs.VARIABLE) == expected
+    # more kernels a graph only where that was measured faster (H100, compute capability 9.0)
+    assert env.get(cuda_graphs.OPS_VARIABLE) == ("400" if capability == "9.0" else None)
 
 
 def test_a_value_the_user_set_is_kept_and_macos_is_left_alone():
     asked = []
-    env = {cuda_graphs.VARIABLE: "64"}
-    cuda_graphs.limit_graph_bytes(env, "linux", lambda: asked.append(1) or "9.0")
-    assert env == {cuda_graphs.VARIABLE: "64"} and not asked
+    both = {cuda_graphs.VARIABLE: "64", cuda_graphs.OPS_VARIABLE: "50"}
+    env = dict(both)
+    cuda_graphs.size_graphs(env, "linux", lambda: asked.append(1) or "9.0")
+    assert env == both and not asked
+    env = {cuda_graphs.VARIABLE: "64"}  # each variable on its own: the other is still sized
+    cuda_graphs.size_graphs(env, "linux", lambda: "9.0")
+    assert env == {cuda_graphs.VARIABLE: "64", cuda_graphs.OPS_VARIABLE: "400"}
+    env = {cuda_graphs.OPS_VARIABLE: "50"}
+    cuda_graphs.size_graphs(env, "linux", lambda: "9.0")
+    assert env == {cuda_graphs.VARIABLE: "250", cuda_graphs.OPS_VARIABLE: "50"}
     env = {}
-    cuda_graphs.limit_graph_bytes(env, "darwin", lambda: asked.append(1) or "9.0")
+    cuda_graphs.size_graphs(env, "darwin", lambda: asked.append(1) or "9.0")
     assert env == {} and not asked
 
 
