@@ -322,6 +322,8 @@ def main(argv=None) -> int:
                    help="ours: keep SwiGLU's product for the backward (no models/recompute.recompute_swiglu_products)")
     p.add_argument("--ours-fuse-siblings", action="store_true",
                    help="ours: q/k/v and gate/up as one matmul each (prototypes/fuse_siblings.py)")
+    p.add_argument("--ours-flat-adamw", action="store_true",
+                   help="ours: AdamW over one flat buffer (prototypes/flat_adamw.py)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -341,6 +343,10 @@ def main(argv=None) -> int:
             print("fused sibling groups:", fuse_siblings.patch(model), file=sys.stderr)
             return out
         runner.prepare_for_training = prepare_and_fuse
+    if args.ours_flat_adamw:
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
+        import flat_adamw
+        flat_adamw.patch()
     if args.ours_recompute_mlp_tail:
         from trainer_core import runner
         from trainer_core.models import recompute
