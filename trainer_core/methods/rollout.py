@@ -30,7 +30,7 @@ from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from trainer_core.errors import UserError
 from trainer_core.training import head_loss
-from trainer_core.training.vocab_sums import vocab_logsumexp, vocab_sum
+from trainer_core.training.vocab_sums import vocab_entropy, vocab_logsumexp
 
 
 @dataclass
@@ -74,7 +74,7 @@ def policy_logprobs(model, ids: mx.array, temperature: float, entropy: bool = Fa
     if not entropy:
         return logp, None
     detached = mx.stop_gradient(logits)
-    return logp, vocab_logsumexp(detached) - vocab_sum(mx.softmax(detached, axis=-1) * detached)
+    return logp, vocab_entropy(detached)
 
 
 def _draw(logits: mx.array, settings: SamplingSettings) -> tuple[mx.array, mx.array]:

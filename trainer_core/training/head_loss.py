@@ -32,7 +32,7 @@ from contextvars import ContextVar
 import mlx.core as mx
 import mlx.nn as nn
 
-from trainer_core.training.vocab_sums import vocab_logsumexp, vocab_sum
+from trainer_core.training.vocab_sums import vocab_entropy, vocab_logsumexp, vocab_sum
 
 CHUNK = 1024  # at most this many rows of logits per chunk
 # and at most about this many logits: MLX keeps up to 10 operations in flight (its MAX_ACTIVE_TASKS), each
@@ -195,7 +195,7 @@ def head_entropy(hidden: mx.array, weight: mx.array, scale: float = 1.0) -> mx.a
     for s, e in _chunks(h.shape[0], weight.shape[0]):
         rows = h[s:e] if not out else mx.depends(h[s:e], out[-1])
         z = _logits(rows, weight).astype(mx.float32) * scale
-        out.append(vocab_logsumexp(z) - vocab_sum(mx.softmax(z, axis=-1) * z))
+        out.append(vocab_entropy(z))
     return mx.stop_gradient(mx.concatenate(out).reshape(hidden.shape[:-1]))
 
 

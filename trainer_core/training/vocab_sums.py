@@ -1,4 +1,4 @@
-"""Sums over a whole vocabulary (log-sum-exp, a softmax's total) without MLX's CPU rounding bias.
+"""Sums over a whole vocabulary (log-sum-exp, a softmax's total, an entropy) without MLX's CPU rounding bias.
 
 Our own because MLX's CPU reductions add a row's terms one by one in float32: over a 49,152-token vocabulary the
 rounding errors all lean one way, and `mx.logsumexp` came out 1.1e-4 nats a token low on average (max 2.6e-4)
@@ -52,3 +52,9 @@ def vocab_sum(x: mx.array, keepdims: bool = False) -> mx.array:
     if rest is not None:
         total = total + rest.sum(axis=-1, keepdims=keepdims)
     return total
+
+
+def vocab_entropy(z: mx.array) -> mx.array:
+    """The entropy of softmax(z) over the last axis, its normaliser and expectation summed as above."""
+    lse = vocab_logsumexp(z, keepdims=True)
+    return lse[..., 0] - vocab_sum(mx.exp(z - lse) * z)

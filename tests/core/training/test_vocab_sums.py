@@ -9,7 +9,7 @@ import mlx.core as mx
 
 from trainer_core.methods.rollout import token_logprobs
 from trainer_core.training import head_loss, losses
-from trainer_core.training.vocab_sums import vocab_logsumexp, vocab_sum
+from trainer_core.training.vocab_sums import vocab_entropy, vocab_logsumexp, vocab_sum
 
 VOCAB = 49152  # SmolLM2's
 
@@ -68,3 +68,14 @@ def test_the_losses_have_no_drift():
         err = np.array(got, dtype=np.float64) - want
         assert abs(err.mean()) < 3e-6, (name, err.mean())
         assert np.abs(err).max() < 2e-5, (name, np.abs(err).max())
+
+
+def test_entropy_has_no_drift():
+    """The policy entropy GRPO logs (head_loss.head_entropy's per-chunk formula) against float64."""
+    z = logits(64, VOCAB, seed=5)
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - lse64(z)[:, None])
+    want = lse64(z) - (p * z64).sum(-1)
+    got = np.array(vocab_entropy(mx.array(z)), dtype=np.float64)
+    err = got - want
+    assert abs(err.mean()) < 5e-6 and np.abs(err).max() < 5e-5
