@@ -54,28 +54,12 @@ class FlatAdamW(AdamW):
                 "p": {FLAT: mx.concatenate([p.reshape(-1).astype(mx.float32) for p in params.values()])}}
 
     def step(self, params, grads, state, learning_rate, grad_scale=None, ok=None):
-        b1, b2 = self.beta1, self.beta2
-        t = state["t"] + 1
-        tf = t.astype(mx.float32)
-        correction1, correction2 = 1 - mx.power(b1, tf), 1 - mx.power(b2, tf)
-        keep1, take1, keep2, take2 = b1, 1 - b1, b2, 1 - b2
-        if ok is not None:
-            keep1, take1 = mx.where(ok, keep1, 1.0), mx.where(ok, take1, 0.0)
-            keep2, take2 = mx.where(ok, keep2, 1.0), mx.where(ok, take2, 0.0)
-            learning_rate = mx.where(ok, learning_rate, 0.0)
-            t = mx.where(ok, t, state["t"])
-        g = self._flat(grads)
-        if grad_scale is not None:
-            g = g * grad_scale
-        if ok is not None:
-            g = mx.where(ok, g, 0.0)
-        m = keep1 * state["m"][FLAT] + take1 * g
-        v = keep2 * state["v"][FLAT] + take2 * mx.square(g)
-        lr = learning_rate * self.lr_scale
-        p32 = state["p"][FLAT]
-        if self.weight_decay:
-            p32 = p32 * (1 - lr * self.weight_decay * self.decay)
-        p32 = p32 - lr * (m / correction1) / (mx.sqrt(v / correction2) + self.eps)
+        t, correction1, correction2, (keep1, take1, keep2, take2), learning_rate = self.coefficients(
+            state, learning_rate, ok)
+        m, v = self.moments(self._flat(grads), state["m"][FLAT], state["v"][FLAT], (keep1, take1, keep2, take2),
+                            grad_scale, ok)
+        decay = self.weight_decay * self.decay if self.weight_decay else None
+        p32 = self.descend(state["p"][FLAT], m, v, learning_rate * self.lr_scale, decay, correction1, correction2)
         new_params = {}
         for n, lo, hi in zip(self.names, self.bounds, self.bounds[1:]):
             piece = p32[lo:hi].reshape(self.shapes[n])

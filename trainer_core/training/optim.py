@@ -50,6 +50,39 @@ class AdamW:
             "v": {name: mx.zeros(p.shape, dtype=mx.float32) for name, p in params.items()},
         }
 
+    def coefficients(self, state: dict, learning_rate: mx.array, ok: mx.array | None):
+        """(the step count after this update, the two bias corrections, the moments' (keep, take) factors, the
+        rate), with a skipped update (`ok` False) folded into the scalars as `step` describes."""
+        b1, b2 = self.beta1, self.beta2
+        t = state["t"] + 1  # the bias corrections of this update (never 0, even when it is skipped)
+        tf = t.astype(mx.float32)
+        correction1 = 1 - mx.power(b1, tf)
+        correction2 = 1 - mx.power(b2, tf)
+        keep1, take1, keep2, take2 = b1, 1 - b1, b2, 1 - b2
+        if ok is not None:
+            keep1, take1 = mx.where(ok, keep1, 1.0), mx.where(ok, take1, 0.0)
+            keep2, take2 = mx.where(ok, keep2, 1.0), mx.where(ok, take2, 0.0)
+            learning_rate = mx.where(ok, learning_rate, 0.0)
+            t = mx.where(ok, t, state["t"])
+        return t, correction1, correction2, (keep1, take1, keep2, take2), learning_rate
+
+    @staticmethod
+    def moments(g, m, v, factors, grad_scale, ok):
+        """The new (m, v) from the gradient, scaled and (when the update is skipped) zeroed in float32."""
+        keep1, take1, keep2, take2 = factors
+        g = g.astype(mx.float32)
+        if grad_scale is not None:
+            g = g * grad_scale
+        if ok is not None:
+            g = mx.where(ok, g, 0.0)
+        return keep1 * m + take1 * g, keep2 * v + take2 * mx.square(g)
+
+    def descend(self, p32, m, v, lr, decay, correction1, correction2):
+        """p32 after decoupled weight decay at rate `decay` (None: none) and the Adam step at rate `lr`."""
+        if decay is not None:
+            p32 = p32 * (1 - lr * decay)
+        return p32 - lr * (m / correction1) / (mx.sqrt(v / correction2) + self.eps)
+
     def step(self, params: dict[str, mx.array], grads: dict[str, mx.array], state: dict,
              learning_rate: mx.array, grad_scale: mx.array | None = None,
              ok: mx.array | None = None) -> tuple[dict, dict]:
@@ -63,32 +96,16 @@ class AdamW:
         the rate to 0, the step count held — so the guard adds no full-size select after the
         update (on an H200 the selects over a 702M model's weights and float32 moments cost
         more than the update itself)."""
-        b1, b2 = self.beta1, self.beta2
-        t = state["t"] + 1  # the bias corrections of this update (never 0, even when it is skipped)
-        tf = t.astype(mx.float32)
-        correction1 = 1 - mx.power(b1, tf)
-        correction2 = 1 - mx.power(b2, tf)
-        keep1, take1, keep2, take2 = b1, 1 - b1, b2, 1 - b2
-        if ok is not None:
-            keep1, take1 = mx.where(ok, keep1, 1.0), mx.where(ok, take1, 0.0)
-            keep2, take2 = mx.where(ok, keep2, 1.0), mx.where(ok, take2, 0.0)
-            learning_rate = mx.where(ok, learning_rate, 0.0)
-            t = mx.where(ok, t, state["t"])
+        t, correction1, correction2, (keep1, take1, keep2, take2), learning_rate = self.coefficients(
+            state, learning_rate, ok)
         new_params, new_m, new_v = {}, {}, {}
         for name, p in params.items():
-            g = grads[name].astype(mx.float32)
-            if grad_scale is not None:
-                g = g * grad_scale
-            if ok is not None:
-                g = mx.where(ok, g, 0.0)
-            m = keep1 * state["m"][name] + take1 * g
-            v = keep2 * state["v"][name] + take2 * mx.square(g)
+            m, v = self.moments(grads[name], state["m"][name], state["v"][name], (keep1, take1, keep2, take2),
+                                grad_scale, ok)
             new_m[name], new_v[name] = m, v
-            lr = learning_rate * self.multipliers[name]
-            p32 = p.astype(mx.float32)
-            if self.weight_decay and self.decays[name]:
-                p32 = p32 * (1 - lr * self.weight_decay)
-            p32 = p32 - lr * (m / correction1) / (mx.sqrt(v / correction2) + self.eps)
+            decay = self.weight_decay if self.weight_decay and self.decays[name] else None
+            p32 = self.descend(p.astype(mx.float32), m, v, learning_rate * self.multipliers[name], decay,
+                               correction1, correction2)
             if self.stochastic_rounding and p.dtype in LOW_PRECISION:
                 new_params[name] = stochastic_round(p32, p.dtype)
             else:
