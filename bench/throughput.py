@@ -284,6 +284,18 @@ def machine() -> dict:
     return info
 
 
+def _after_prepare(patch) -> None:
+    """Run `patch(model)` each time the runner has prepared a model for training (how the bench's levers get in)."""
+    from trainer_core import runner
+    prepare = runner.prepare_for_training
+
+    def prepare_and_patch(model, config):
+        out = prepare(model, config)
+        patch(model)
+        return out
+    runner.prepare_for_training = prepare_and_patch
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,31 +344,17 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
+    if args.ours_fuse_siblings or args.ours_flat_adamw:  # prototypes/ is no package: on the path
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
     if args.ours_fuse_siblings:
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
         import fuse_siblings
-        from trainer_core import runner
-        prepare_plain = runner.prepare_for_training
-
-        def prepare_and_fuse(model, config):
-            out = prepare_plain(model, config)
-            print("fused sibling groups:", fuse_siblings.patch(model), file=sys.stderr)
-            return out
-        runner.prepare_for_training = prepare_and_fuse
+        _after_prepare(lambda model: print("fused sibling groups:", fuse_siblings.patch(model), file=sys.stderr))
     if args.ours_flat_adamw:
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
         import flat_adamw
         flat_adamw.patch()
     if args.ours_recompute_mlp_tail:
-        from trainer_core import runner
         from trainer_core.models import recompute
-        prepare = runner.prepare_for_training
-
-        def prepare_and_recompute(model, config):
-            out = prepare(model, config)
-            recompute.recompute_mlp_tails(model)
-            return out
-        runner.prepare_for_training = prepare_and_recompute
+        _after_prepare(recompute.recompute_mlp_tails)
     if args.ours_two_pass_head:
         from trainer_core.training import head_loss
         head_loss.ONE_PASS = False

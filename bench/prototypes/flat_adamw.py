@@ -54,10 +54,8 @@ class FlatAdamW(AdamW):
                 "p": {FLAT: mx.concatenate([p.reshape(-1).astype(mx.float32) for p in params.values()])}}
 
     def step(self, params, grads, state, learning_rate, grad_scale=None, ok=None):
-        t, correction1, correction2, (keep1, take1, keep2, take2), learning_rate = self.coefficients(
-            state, learning_rate, ok)
-        m, v = self.moments(self._flat(grads), state["m"][FLAT], state["v"][FLAT], (keep1, take1, keep2, take2),
-                            grad_scale, ok)
+        t, correction1, correction2, factors, learning_rate = self.coefficients(state, learning_rate, ok)
+        m, v = self.moments(self._flat(grads), state["m"][FLAT], state["v"][FLAT], factors, grad_scale, ok)
         decay = self.weight_decay * self.decay if self.weight_decay else None
         p32 = self.descend(state["p"][FLAT], m, v, learning_rate * self.lr_scale, decay, correction1, correction2)
         new_params = {}

@@ -96,12 +96,11 @@ class AdamW:
         the rate to 0, the step count held — so the guard adds no full-size select after the
         update (on an H200 the selects over a 702M model's weights and float32 moments cost
         more than the update itself)."""
-        t, correction1, correction2, (keep1, take1, keep2, take2), learning_rate = self.coefficients(
-            state, learning_rate, ok)
+        t, correction1, correction2, factors, learning_rate = self.coefficients(state, learning_rate, ok)
         new_params, new_m, new_v = {}, {}, {}
         for name, p in params.items():
-            m, v = self.moments(grads[name], state["m"][name], state["v"][name], (keep1, take1, keep2, take2),
-                                grad_scale, ok)
+            m, v = self.moments(grads[name], state["m"][name], state["v"][name], factors, grad_scale,
+                                ok)
             new_m[name], new_v[name] = m, v
             decay = self.weight_decay if self.weight_decay and self.decays[name] else None
             p32 = self.descend(p.astype(mx.float32), m, v, learning_rate * self.multipliers[name], decay,
