@@ -334,8 +334,8 @@ def main(argv=None) -> int:
                    help="ours: keep SwiGLU's product for the backward (no models/recompute.recompute_swiglu_products)")
     p.add_argument("--ours-fuse-siblings", action="store_true",
                    help="ours: q/k/v and gate/up as one matmul each (prototypes/fuse_siblings.py)")
-    p.add_argument("--ours-flat-adamw", action="store_true",
-                   help="ours: AdamW over one flat buffer (prototypes/flat_adamw.py)")
+    p.add_argument("--ours-per-array-adamw", action="store_true",
+                   help="ours: AdamW array by array, not joined into one vector (before 2026-12-07)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
@@ -344,14 +344,13 @@ def main(argv=None) -> int:
     if args.ours_plain_head:
         from trainer_core.training import head_loss
         head_loss.ENABLED = False
-    if args.ours_fuse_siblings or args.ours_flat_adamw:  # prototypes/ is no package: on the path
+    if args.ours_fuse_siblings:  # prototypes/ is no package: on the path
         sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
-    if args.ours_fuse_siblings:
         import fuse_siblings
         _after_prepare(lambda model: print("fused sibling groups:", fuse_siblings.patch(model), file=sys.stderr))
-    if args.ours_flat_adamw:
-        import flat_adamw
-        flat_adamw.patch()
+    if args.ours_per_array_adamw:
+        from trainer_core.training import optim
+        optim.JOIN_LIMIT = 0
     if args.ours_recompute_mlp_tail:
         from trainer_core.models import recompute
         _after_prepare(recompute.recompute_mlp_tails)

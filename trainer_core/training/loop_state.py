@@ -42,7 +42,7 @@ def _weights(loop) -> dict:
 
 
 def _optimizer_arrays(loop) -> dict:
-    state = loop.steps.optimizer_state
+    state = loop.optimizer.by_name(loop.steps.optimizer_state)  # per name, whatever the optimizer's layout
     arrays = {"t": state["t"], **{f"m.{k}": v for k, v in state["m"].items()},
               **{f"v.{k}": v for k, v in state["v"].items()}}
     if model_dtype(loop.model) is not None:
@@ -80,11 +80,11 @@ def restore(loop, checkpoint) -> None:
     masters = [(k[len("master."):], v) for k, v in arrays.items() if k.startswith("master.")]
     if masters:  # the float32 masters, not their 16-bit rounding in adapters.safetensors
         loop.model.load_weights(masters, strict=False)
-    loop.steps.optimizer_state = {
+    loop.steps.optimizer_state = loop.optimizer.from_names({
         "t": arrays["t"],
-        "m": {k: arrays[f"m.{k}"] for k in loop.optimizer.state["m"]},
-        "v": {k: arrays[f"v.{k}"] for k in loop.optimizer.state["v"]},
-    }
+        "m": {k: arrays[f"m.{k}"] for k in loop.optimizer.names},
+        "v": {k: arrays[f"v.{k}"] for k in loop.optimizer.names},
+    })
     loop.step, loop.epoch, loop.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     if state.get("cycle"):
         count = 1 + max(int(k.split(".")[1]) for k in arrays if k.startswith("cycle."))  # step_batches may split

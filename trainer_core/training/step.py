@@ -47,6 +47,8 @@ class CompiledSteps:
                 grads, loss_sum, weight, metrics = sum_over_ranks((grads, loss_sum, weight, metrics))
             params = dict(tree_flatten(model.trainable_parameters()))
             flat = dict(tree_flatten(grads))
+            if optimizer.joined:  # one vector, for the norm and the update alike
+                flat = optimizer.join(flat)
             # the gradient of the mean loss is grads / weight; dividing (and clipping) happens inside
             # the optimizer's elementwise update, so no scaled copy of every gradient is written
             norm = global_norm(flat) / weight

@@ -1,4 +1,5 @@
-"""trainer_core.training.optim: AdamW equals a numpy AdamW; param groups; global-norm clipping."""
+"""trainer_core.training.optim: AdamW equals a numpy AdamW (both layouts: per array and joined into one vector,
+bit-equal to each other); param groups; global-norm clipping."""
 
 import numpy as np
 import pytest
@@ -44,7 +45,10 @@ def run_adamw(params, grads_per_step, lrs, **kw):
     for grads, lr in zip(grads_per_step, lrs):
         current, state = opt.step(current, {k: mx.array(g) for k, g in grads.items()}, state,
                                   mx.array(lr, dtype=mx.float32))
-    return {k: np.array(v) for k, v in current.items()}, state
+    return {k: np.array(v) for k, v in current.items()}, opt.by_name(state)
+
+
+LAYOUTS = pytest.mark.parametrize("joined", [False, True], ids=["per-array", "joined"])
 
 
 def random_grads(params, steps=3, seed=1):
@@ -53,12 +57,13 @@ def random_grads(params, steps=3, seed=1):
             for s in range(steps)]
 
 
+@LAYOUTS
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_adamw_matches_numpy_over_three_steps(wd):
+def test_adamw_matches_numpy_over_three_steps(wd, joined):
     params = random_params()
     grads = random_grads(params)
     lrs = [1e-2, 5e-3, 2e-2]
-    got, state = run_adamw(params, grads, lrs, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=wd)
+    got, state = run_adamw(params, grads, lrs, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=wd, joined=joined)
     want, m, v = numpy_adamw(params, grads, lrs, b1=0.8, b2=0.95, eps=1e-6, wd=wd)
     assert state["t"].item() == 3
     for k in params:
@@ -68,22 +73,24 @@ def test_adamw_matches_numpy_over_three_steps(wd):
         assert not np.allclose(got[k], params[k])  # every parameter moved
 
 
-def test_no_weight_decay_on_one_dimensional_params():
+@LAYOUTS
+def test_no_weight_decay_on_one_dimensional_params(joined):
     params = random_params()
     zero = [{k: np.zeros_like(v) for k, v in params.items()}]  # zero gradient: only the decay acts
-    got, _ = run_adamw(params, zero, [0.1], weight_decay=0.5)
+    got, _ = run_adamw(params, zero, [0.1], weight_decay=0.5, joined=joined)
     np.testing.assert_allclose(got["layers.0.attn.weight"], params["layers.0.attn.weight"] * 0.95, rtol=1e-6)
     np.testing.assert_allclose(got["layers.1.attn.weight"], params["layers.1.attn.weight"] * 0.95, rtol=1e-6)
     np.testing.assert_array_equal(got["layers.0.norm.weight"], params["layers.0.norm.weight"])
     np.testing.assert_array_equal(got["layers.1.attn.bias"], params["layers.1.attn.bias"])
 
 
-def test_param_group_multipliers_applied_by_pattern():
+@LAYOUTS
+def test_param_group_multipliers_applied_by_pattern(joined):
     params = random_params()
     grads = random_grads(params)
     lrs = [1e-2] * 3
     groups = [ParamGroup("layers.0.*", 0.5), ParamGroup("attn.bias", 3.0), ParamGroup("layers.1.attn.weight", 0.0)]
-    got, _ = run_adamw(params, grads, lrs, weight_decay=0.1, param_groups=groups)
+    got, _ = run_adamw(params, grads, lrs, weight_decay=0.1, param_groups=groups, joined=joined)
     multipliers = {"layers.0.attn.weight": 0.5, "layers.0.norm.weight": 0.5, "layers.1.attn.bias": 3.0,
                    "layers.1.attn.weight": 0.0}
     want, _, _ = numpy_adamw(params, grads, lrs, wd=0.1, multipliers=multipliers)
@@ -150,22 +157,27 @@ def test_global_norm_joined_and_per_array_agree_with_numpy(monkeypatch):
     assert joined == pytest.approx(want, rel=1e-5) and per_array == pytest.approx(want, rel=1e-5)
 
 
+def snapshot(opt, current, state):
+    named = opt.by_name(state)
+    return ({k: np.array(v) for k, v in current.items()}, {k: np.array(v) for k, v in named["m"].items()},
+            {k: np.array(v) for k, v in named["v"].items()}, named["t"].item())
+
+
+@LAYOUTS
 @pytest.mark.parametrize("bad_at", [0, 2])  # the very first update (t = 0) and a later one
 @pytest.mark.parametrize("poison", [np.nan, np.inf])
-def test_not_ok_update_leaves_everything_bit_identical(bad_at, poison):
+def test_not_ok_update_leaves_everything_bit_identical(bad_at, poison, joined):
     params = random_params(4)
     grads = random_grads(params, steps=4, seed=6)
-    opt = AdamW({k: mx.array(v) for k, v in params.items()}, weight_decay=0.1)
+    opt = AdamW({k: mx.array(v) for k, v in params.items()}, weight_decay=0.1, joined=joined)
     current, state = {k: mx.array(v) for k, v in params.items()}, opt.state
     for s, g in enumerate(grads):
         bad = s == bad_at
         feed = {k: mx.array(np.full_like(v, poison) if bad else v) for k, v in g.items()}
-        before = ({k: np.array(v) for k, v in current.items()}, {k: np.array(v) for k, v in state["m"].items()},
-                  {k: np.array(v) for k, v in state["v"].items()}, state["t"].item())
+        before = snapshot(opt, current, state)
         current, state = opt.step(current, feed, state, mx.array(1e-2), grad_scale=mx.array(0.5),
                                   ok=mx.array(not bad))
-        after = ({k: np.array(v) for k, v in current.items()}, {k: np.array(v) for k, v in state["m"].items()},
-                 {k: np.array(v) for k, v in state["v"].items()}, state["t"].item())
+        after = snapshot(opt, current, state)
         if bad:
             for b, a in zip(before[:3], after[:3]):
                 assert all(np.array_equal(b[k], a[k]) for k in b)  # bit for bit, no NaN anywhere
@@ -178,3 +190,38 @@ def test_not_ok_update_leaves_everything_bit_identical(bad_at, poison):
     want, _, _ = numpy_adamw(params, good, [1e-2] * 3, wd=0.1)
     for k in want:
         np.testing.assert_allclose(np.array(current[k]), want[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [(), (ParamGroup("layers.0.*", 0.5), ParamGroup("attn.bias", 3.0))])
+def test_joined_layout_is_bit_equal_to_per_array_and_round_trips_by_name(groups):
+    """The joined vector is a layout, not new maths: parameters and moments equal bit for bit (weight decay on the
+    2-D arrays only, mixed group rates), and by_name / from_names carry the state between the layouts."""
+    params = random_params(7)
+    grads = random_grads(params, steps=3, seed=8)
+    runs = {}
+    for joined in (False, True):
+        opt = AdamW({k: mx.array(v) for k, v in params.items()}, weight_decay=0.1, param_groups=groups, joined=joined)
+        assert opt.joined is joined
+        current, state = {k: mx.array(v) for k, v in params.items()}, opt.state
+        for g in grads:
+            current, state = opt.step(current, {k: mx.array(v) for k, v in g.items()}, state, mx.array(1e-2),
+                                      grad_scale=mx.array(0.7), ok=mx.array(True))
+        runs[joined] = (opt, snapshot(opt, current, state), state)
+    (_, per_array, _), (opt, joined, state) = runs[False], runs[True]
+    for a, b in zip(per_array[:3], joined[:3]):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert per_array[3] == joined[3] == 3
+    back = opt.from_names(opt.by_name(state))
+    np.testing.assert_array_equal(np.array(back["m"]["*"]), np.array(state["m"]["*"]))
+    assert list(state["m"]) == ["*"] and list(opt.by_name(state)["m"]) == list(params)
+
+
+def test_joined_only_for_float32_sets_within_the_limit(monkeypatch):
+    from trainer_core.training import optim
+    f32 = {"a": mx.zeros((4, 4)), "b": mx.zeros((4,))}
+    assert optim.joinable(f32)
+    assert not optim.joinable({"a": mx.zeros((4, 4), dtype=mx.bfloat16), "b": mx.zeros((4,))})  # 16-bit: per array
+    assert not optim.joinable({"a": mx.zeros((4, 4))})  # one array: nothing to join
+    monkeypatch.setattr(optim, "JOIN_LIMIT", 16)
+    assert not optim.joinable(f32)  # 20 elements > 16: big sets (full fine-tuning) are not copied into one
