@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 LOW_PRECISION = (mx.bfloat16, mx.float16)
 
@@ -105,10 +105,15 @@ def computing_in(model, dtype: mx.Dtype | None):
         model.update(masters)
 
 
-def value_and_grad(model, fn, dtype: mx.Dtype | None):
+def value_and_grad(model, fn, dtype: mx.Dtype | None, layout=None):
     """Like `nn.value_and_grad(model, fn)`; with a 16-bit `dtype` the forward and backward
     passes see the trainable float32 weights cast to it, and the model is left holding its
-    float32 weights. Gradients come back in `dtype` (the optimizer promotes them)."""
+    float32 weights. Gradients come back in `dtype` (the optimizer promotes them).
+
+    `layout` (an optimizer whose `join` / `split` lay every trainable array out in one vector):
+    the weights are joined, cast with one kernel and handed over as views, instead of one cast
+    kernel per array (hundreds for adapters; the optimizer joins the same arrays, which MLX's
+    compile computes once)."""
     if dtype is None:
         return nn.value_and_grad(model, fn)
 
@@ -120,7 +125,10 @@ def value_and_grad(model, fn, dtype: mx.Dtype | None):
 
     def wrapped(model_, *args, **kwargs):
         masters = model.trainable_parameters()
-        low = tree_map(lambda p: p.astype(dtype) if p.dtype == mx.float32 else p, masters)
+        if layout is not None:
+            low = tree_unflatten(list(layout.split(layout.join(dict(tree_flatten(masters))).astype(dtype)).items()))
+        else:
+            low = tree_map(lambda p: p.astype(dtype) if p.dtype == mx.float32 else p, masters)
         out = grad_fn(low, *args, **kwargs)
         model.update(masters)
         return out

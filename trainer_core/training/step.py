@@ -40,7 +40,7 @@ class CompiledSteps:
             with head_loss.gradient_in_forward():  # a frozen LM head's gradient comes out of its forward pass
                 return method.loss(model, batch)
 
-        loss_and_grad = precision.value_and_grad(model, loss_fn, compute_dtype)
+        loss_and_grad = precision.value_and_grad(model, loss_fn, compute_dtype, optimizer if optimizer.joined else None)
 
         def apply_update(grads, loss_sum, weight, metrics, learning_rate):
             if world_size > 1:  # data parallel: sum over ranks, then divide by the global weight

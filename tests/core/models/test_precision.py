@@ -74,6 +74,30 @@ def test_mixed_precision_gradients_match_float32_adapters(bf16_model_dir):
     assert not all(np.array_equal(np.array(g32[k]), np.array(g16[k].astype(mx.float32))) for k in g32)
 
 
+def test_joined_cast_gives_the_per_array_gradients_bit_for_bit(bf16_model_dir):
+    """With the optimizer's joined layout the adapters are cast to bf16 with one kernel and handed over as views:
+    the same bf16 values, so the same loss and gradients bit for bit, and the model keeps its float32 masters."""
+    from trainer_core.training.optim import AdamW
+    model = lora_model(bf16_model_dir)
+    batch = a_batch(3)
+    masters = dict(tree_flatten(model.trainable_parameters()))
+    layout = AdamW(masters)
+    assert layout.joined
+    loss_a, grads_a = precision.value_and_grad(model, loss_fn, mx.bfloat16)(model, batch)
+    loss_b, grads_b = precision.value_and_grad(model, loss_fn, mx.bfloat16, layout)(model, batch)
+    assert loss_a.item() == loss_b.item()
+    ga, gb = dict(tree_flatten(grads_a)), dict(tree_flatten(grads_b))
+    assert set(ga) == set(gb) == set(masters)
+    for k in ga:
+        assert gb[k].dtype == mx.bfloat16 and mx.array_equal(ga[k], gb[k]).item(), k
+    after = dict(tree_flatten(model.trainable_parameters()))
+    assert all(after[k].dtype == mx.float32 and mx.array_equal(after[k], masters[k]).item() for k in masters)
+    # the joined gradient, cast once, is the per-array gradients cast one by one
+    joined = layout.join(gb)
+    assert joined.dtype == mx.float32
+    assert mx.array_equal(joined, mx.concatenate([ga[k].astype(mx.float32).reshape(-1) for k in layout.names])).item()
+
+
 def test_bf16_lora_run_trains_with_float32_masters(bf16_model_dir, tmp_path):
     run = build(bf16_model_dir, tmp_path, method="lora", max_steps=6, learning_rate=5e-3)
     run.train()
