@@ -103,7 +103,10 @@ class TrainingLoop:
         params = dict(tree_flatten(model.trainable_parameters()))
         self.optimizer = AdamW(params, beta1=config.adam_beta1, beta2=config.adam_beta2, eps=config.adam_eps,
                                weight_decay=config.weight_decay, param_groups=config.param_groups,
-                               stochastic_rounding=config.precision.master_weights == "stochastic_rounding")
+                               stochastic_rounding=config.precision.master_weights == "stochastic_rounding",
+                               # adapters only: full fine-tuning's big arrays gain little and the joined copies
+                               # would be memory the estimate (training/memory.py) does not count
+                               joined=False if config.resolved_fine_tune_type == "full" else None)
         self.steps = CompiledSteps(model, method, self.optimizer, config.max_grad_norm, world_size,
                                    compute_dtype=precision.compute_dtype(model, config.mixed_precision))
         self.evaluation = Evaluation(config, model, method, self.steps, valid_examples, world_size, rank)

@@ -7,8 +7,8 @@ dimensions), and a learning-rate multiplier per parameter-name pattern
 compiled step lists as input/output; the checkpoint saves it per parameter name
 (`by_name` / `from_names`).
 
-Joined (`self.joined`, the usual case for adapters: every trainable array float32,
-at most JOIN_LIMIT elements in all): the moments are two flat float32 vectors,
+Joined (`self.joined`; the loop asks for it for adapters, where every trainable array
+is float32, at most JOIN_LIMIT elements in all; full fine-tuning stays per array): the moments are two flat float32 vectors,
 and a step joins the gradients and the parameters into one vector each, updates
 them with one elementwise kernel and hands the model views (slices) of the
 result. Per array, hundreds of adapter matrices cost hundreds of tiny update

@@ -225,3 +225,11 @@ def test_joined_only_for_float32_sets_within_the_limit(monkeypatch):
     assert not optim.joinable({"a": mx.zeros((4, 4))})  # one array: nothing to join
     monkeypatch.setattr(optim, "JOIN_LIMIT", 16)
     assert not optim.joinable(f32)  # 20 elements > 16: big sets (full fine-tuning) are not copied into one
+
+
+def test_the_loop_joins_adapters_and_keeps_full_fine_tuning_per_array(tiny_model_dir, tmp_path):
+    from tests.train_helpers import build
+    lora = build(tiny_model_dir, tmp_path / "lora", method="lora", max_steps=1).loop.optimizer
+    full = build(tiny_model_dir, tmp_path / "full", method="sft", max_steps=1).loop.optimizer
+    assert lora.joined and list(lora.state["m"]) == ["*"]
+    assert not full.joined and len(full.state["m"]) > 1  # the estimate counts no joined copies of full weights
