@@ -8,7 +8,8 @@ compiled step lists as input/output; the checkpoint saves it per parameter name
 (`by_name` / `from_names`).
 
 Joined (`self.joined`; the loop asks for it for adapters, where every trainable array
-is float32, at most JOIN_LIMIT elements in all; full fine-tuning stays per array): the moments are two flat float32 vectors,
+is float32, at most JOIN_LIMIT elements in all, when MLX runs on a GPU; full fine-tuning
+and MLX's CPU backend stay per array): the moments are two flat float32 vectors,
 and a step joins the gradients and the parameters into one vector each, updates
 them with one elementwise kernel and hands the model views (slices) of the
 result. Per array, hundreds of adapter matrices cost hundreds of tiny update
@@ -45,6 +46,10 @@ def group_multipliers(names, param_groups) -> dict[str, float]:
 
 
 JOIN_LIMIT = 1 << 26  # elements: float32 parameter sets up to this size are updated as one vector
+# MLX's CPU backend runs the joined update 2-3x slower than per array (the demo's 420 adapters, 2.4M elements, in a
+# compiled step: 44-65 vs 20-24 ms; its fused CPU kernel over one long vector with in-graph scalars is the slow part,
+# bench/RESULTS.md "GPU, tenth look"), so there it stays per array unless this is set
+JOIN_ON_CPU = False
 JOINED = "*"  # the key of the joined moments in the state
 
 
@@ -176,9 +181,11 @@ class AdamW:
 
 
 def joinable(params: dict[str, mx.array]) -> bool:
-    """Whether AdamW updates `params` as one vector: several float32 arrays of JOIN_LIMIT elements at most."""
+    """Whether AdamW updates `params` as one vector: several float32 arrays of JOIN_LIMIT elements at most, on a
+    GPU (or anywhere with JOIN_ON_CPU)."""
     return (len(params) > 1 and all(p.dtype == mx.float32 for p in params.values())
-            and sum(p.size for p in params.values()) <= JOIN_LIMIT)
+            and sum(p.size for p in params.values()) <= JOIN_LIMIT
+            and (JOIN_ON_CPU or mx.default_device() == mx.gpu))
 
 
 CONCAT_NORM_LIMIT = 1 << 26  # elements: below this the gradients are joined into one vector for the norm

@@ -220,6 +220,8 @@ def test_joined_layout_is_bit_equal_to_per_array_and_round_trips_by_name(groups)
 def test_joined_only_for_float32_sets_within_the_limit(monkeypatch):
     from trainer_core.training import optim
     f32 = {"a": mx.zeros((4, 4)), "b": mx.zeros((4,))}
+    assert optim.joinable(f32) == (mx.default_device() == mx.gpu)  # MLX's CPU backend: per array by default
+    monkeypatch.setattr(optim, "JOIN_ON_CPU", True)
     assert optim.joinable(f32)
     assert not optim.joinable({"a": mx.zeros((4, 4), dtype=mx.bfloat16), "b": mx.zeros((4,))})  # 16-bit: per array
     assert not optim.joinable({"a": mx.zeros((4, 4))})  # one array: nothing to join
@@ -227,8 +229,10 @@ def test_joined_only_for_float32_sets_within_the_limit(monkeypatch):
     assert not optim.joinable(f32)  # 20 elements > 16: big sets (full fine-tuning) are not copied into one
 
 
-def test_the_loop_joins_adapters_and_keeps_full_fine_tuning_per_array(tiny_model_dir, tmp_path):
+def test_the_loop_joins_adapters_and_keeps_full_fine_tuning_per_array(tiny_model_dir, tmp_path, monkeypatch):
     from tests.train_helpers import build
+    from trainer_core.training import optim
+    monkeypatch.setattr(optim, "JOIN_ON_CPU", True)  # as on a GPU
     lora = build(tiny_model_dir, tmp_path / "lora", method="lora", max_steps=1).loop.optimizer
     full = build(tiny_model_dir, tmp_path / "full", method="sft", max_steps=1).loop.optimizer
     assert lora.joined and list(lora.state["m"]) == ["*"]

@@ -50,6 +50,27 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_model_dir, method, 
         assert mx.allclose(a[k], b[k], atol=1e-6).item(), k
 
 
+@pytest.mark.parametrize("first,second", [(True, True), (True, False), (False, True)],
+                         ids=["joined", "joined-then-per-array", "per-array-then-joined"])
+def test_resume_is_exact_whichever_adamw_layout_wrote_the_checkpoint(tmp_path, tiny_model_dir, monkeypatch,
+                                                                     first, second):
+    """The joined AdamW (GPU default) saves its moments per parameter name: a run resumes exactly with either layout."""
+    from trainer_core.training import optim
+    monkeypatch.setattr(optim, "JOIN_ON_CPU", True)
+    runner.train(make_config(tmp_path, tiny_model_dir, "full"))
+    monkeypatch.setattr(optim, "JOIN_ON_CPU", first)
+    assert runner.train(make_config(tmp_path, tiny_model_dir, "half"), [StopAfter(3)]).status == "stopped"
+    run_dir = tmp_path / "runs" / "half"
+    moments = mx.load(str(CheckpointManager(run_dir / "checkpoints").latest() / "optimizer.safetensors"))
+    assert "m.*" not in moments and any(k.startswith("m.") and k.endswith("lora_a") for k in moments)
+    monkeypatch.setattr(optim, "JOIN_ON_CPU", second)
+    assert runner.resume(run_dir).status == "finished"
+    assert train_losses(run_dir) == pytest.approx(train_losses(tmp_path / "runs" / "full"), rel=1e-6, abs=1e-6)
+    a, b = weights(tmp_path / "runs" / "full"), weights(run_dir)
+    for k in a:
+        assert mx.allclose(a[k], b[k], atol=1e-6).item(), k
+
+
 def test_dropout_changes_losses(tmp_path, tiny_model_dir):
     """Guards the test above: with dropout on, the random stream really matters."""
     runner.train(make_config(tmp_path, tiny_model_dir, "d0", lora={"dropout": 0.0}))
