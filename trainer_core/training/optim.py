@@ -47,8 +47,9 @@ def group_multipliers(names, param_groups) -> dict[str, float]:
 
 JOIN_LIMIT = 1 << 26  # elements: float32 parameter sets up to this size are updated as one vector
 # MLX's CPU backend runs the joined update 2-3x slower than per array (the demo's 420 adapters, 2.4M elements, in a
-# compiled step: 44-65 vs 20-24 ms; its fused CPU kernel over one long vector with in-graph scalars is the slow part,
-# bench/RESULTS.md "GPU, tenth look"), so there it stays per array unless this is set
+# compiled step: 44-65 vs 20-24 ms: compile fuses the bias corrections' scalar chain into the one long kernel, which
+# the CPU's scalar code then recomputes per element; bench/RESULTS.md "GPU, tenth look"), so there it stays per
+# array unless this is set
 JOIN_ON_CPU = False
 JOINED = "*"  # the key of the joined moments in the state
 
