@@ -35,5 +35,5 @@ with tempfile.NamedTemporaryFile("w+", suffix=".dot") as f:
     counts = collections.Counter(label.split()[0] for label in re.findall(r'label ="([A-Za-z]+)', open(f.name).read()))
 mx.eval(out, model.state, steps.holder)
 print({"adamw": "per array" if optim.JOIN_LIMIT == 0 else "joined",
-       "record_ms": round(1e3 * statistics.median(times[5:]), 2), "nodes": sum(counts.values()), **{k: counts[k] for k in ("AsType", "Concatenate", "Matmul")},
-       "top": counts.most_common(6)})
+       "record_ms": round(1e3 * statistics.median(times[5:]), 2), "nodes": sum(counts.values()),
+       **{k: counts[k] for k in ("AsType", "Concatenate", "Matmul")}, "top": counts.most_common(6)})
