@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     p.add_argument("--ours-fuse-siblings", action="store_true",
                    help="ours: q/k/v and gate/up as one matmul each (prototypes/fuse_siblings.py)")
     p.add_argument("--ours-per-array-adamw", action="store_true",
-                   help="ours: AdamW array by array, not joined into one vector (before 2026-12-07)")
+                   help="ours: AdamW array by array, not joined (the GPU's default; the CPU's is per array)")
     p.add_argument("--tiny-check", action="store_true", help="gpu case: tiny model, same code path (CPU smoke test)")
     p.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/bench-work"))
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
